@@ -1,2 +1,20 @@
 """lens: load internalized-debate models into TransformerLens and find, probe, steer and ablate their agents."""
+from lens import plots
+from lens.activations import ActivationSet, collect_activations, hook_name, turn_activations
 from lens.debate_format import DEBATE_TAGS, DebateFormatError, Transcript, Turn
+from lens.errors import LensError, LensInputError, LensLoadError
+from lens.interventions import ablate, steer
+from lens.loading import ModelProvenance, load_model
+from lens.probes import PCAProjection, ProbeResult, pca_projection, probe_layers
+from lens.rating import SuppressionReport, rate_suppression, response_perplexities, suppression_auc
+from lens.subspace import AgentSubspace, chat_prompts, contrastive_direction, find_agent_subspace
+
+__all__ = [
+    "DEBATE_TAGS", "DebateFormatError", "Transcript", "Turn",
+    "load_model", "ModelProvenance", "LensError", "LensInputError", "LensLoadError",
+    "collect_activations", "turn_activations", "ActivationSet", "hook_name",
+    "find_agent_subspace", "AgentSubspace", "contrastive_direction", "chat_prompts",
+    "probe_layers", "ProbeResult", "pca_projection", "PCAProjection",
+    "steer", "ablate", "rate_suppression", "SuppressionReport", "response_perplexities", "suppression_auc",
+    "plots",
+]

@@ -29,6 +29,10 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return _atomic(Path(path), lambda p: p.write_text(text))
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    return _atomic(Path(path), lambda p: p.write_bytes(data))
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 

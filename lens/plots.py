@@ -1,0 +1,113 @@
+"""Figures from lens results: each function takes results and returns a `plotly.graph_objects.Figure`.
+
+They never train or load a model. `save_figure` writes HTML always, and PNG + PDF when kaleido finds Chromium.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+from lens.io import atomic_write_bytes, atomic_write_text
+from lens.probes import PCAProjection, ProbeResult
+from lens.rating import SuppressionReport
+
+log = logging.getLogger(__name__)
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f")
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def _band(fig: go.Figure, x, mean, se, name: str, color: str, **line) -> None:
+    """A line with a ±SE band (the band is one filled trace, hidden from the legend)."""
+    x, mean, se = np.asarray(x, float), np.asarray(mean, float), np.nan_to_num(np.asarray(se, float))
+    fig.add_trace(go.Scatter(x=np.concatenate([x, x[::-1]]), y=np.concatenate([mean + se, (mean - se)[::-1]]),
+                             fill="toself", fillcolor=_rgba(color, 0.2), line=dict(width=0), hoverinfo="skip",
+                             showlegend=False, name=f"{name} ± SE", legendgroup=name))
+    fig.add_trace(go.Scatter(x=x, y=mean, mode="lines+markers", name=name, legendgroup=name,
+                             line=dict(color=color, **line)))
+
+
+def probe_accuracy_by_layer(results: ProbeResult | Mapping[str, ProbeResult], title: str | None = None) -> go.Figure:
+    """Cross-validated probe accuracy vs layer (± SE), one series per model, with the chance level."""
+    results = {"model": results} if isinstance(results, ProbeResult) else dict(results)
+    fig = go.Figure()
+    for (name, r), color in zip(results.items(), PALETTE):
+        _band(fig, r.layers, r.accuracy, r.accuracy_se, name, color)
+    chance = max(r.chance for r in results.values())
+    fig.add_hline(y=chance, line_dash="dot", annotation_text="chance")
+    label = next(iter(results.values())).label
+    fig.update_layout(title=title or f"{label} probe accuracy by layer", xaxis_title="layer (resid_post)",
+                      yaxis_title="cross-validated accuracy", yaxis_range=[0, 1.02], template="plotly_white")
+    return fig
+
+
+def pca_scatter(projection: PCAProjection, color_by: str = "agent", symbol_by: str | None = "round",
+                title: str | None = None) -> go.Figure:
+    """Turns in the first two PCA components, one trace per ``color_by`` value (agent by default)."""
+    coords = projection.coords.numpy()
+    colors, symbols = projection.column(color_by), projection.column(symbol_by) if symbol_by else None
+    fig = go.Figure()
+    for value, color in zip(sorted(set(colors), key=str), PALETTE * 4):
+        idx = [i for i, c in enumerate(colors) if c == value]
+        fig.add_trace(go.Scatter(
+            x=coords[idx, 0], y=coords[idx, 1], mode="markers", name=f"{color_by} {value}",
+            marker=dict(color=color, size=8, symbol=[("circle", "diamond", "square")[(symbols[i] or 1) % 3 - 1]
+                                                     for i in idx] if symbols else "circle"),
+            text=[f"{projection.labels[i].get('question_id')} r{projection.labels[i].get('round')}" for i in idx]))
+    ev = projection.explained_variance_ratio
+    fig.update_layout(title=title or f"turn activations, {projection.hook_name} ({projection.center}-centred)",
+                      xaxis_title=f"PC1 ({ev[0]:.0%})", yaxis_title=f"PC2 ({ev[1]:.0%})" if len(ev) > 1 else "PC2",
+                      template="plotly_white")
+    return fig
+
+
+def steering_curves(series: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]], *,
+                    metric: str = "score", title: str | None = None) -> go.Figure:
+    """Score vs α with SE bands; ``series`` maps a name (e.g. "base", "IMAD") to (alphas, mean, se)."""
+    fig = go.Figure()
+    for (name, (alphas, mean, se)), color in zip(series.items(), PALETTE):
+        _band(fig, alphas, mean, se, name, color)
+    fig.update_layout(title=title or f"{metric} vs steering strength", xaxis_title="α", yaxis_title=metric,
+                      template="plotly_white")
+    return fig
+
+
+def suppression_tradeoff(reports: SuppressionReport | Mapping[str, SuppressionReport],
+                         title: str | None = None) -> go.Figure:
+    """Trait score vs capability across α, one path per model (e.g. base vs IMAD), points annotated with α and
+    the best α within the capability budget ringed."""
+    reports = {"model": reports} if isinstance(reports, SuppressionReport) else dict(reports)
+    fig = go.Figure()
+    for (name, r), color in zip(reports.items(), PALETTE):
+        fig.add_trace(go.Scatter(
+            x=r.capability, y=r.trait_mean, mode="lines+markers+text", name=name, line=dict(color=color),
+            error_y=dict(type="data", array=np.nan_to_num(r.trait_se), visible=True),
+            text=[f"α={a:g}" for a in r.alphas], textposition="top center"))
+        i = r.alphas.index(r.best_alpha)
+        fig.add_trace(go.Scatter(x=[r.capability[i]], y=[r.trait_mean[i]], mode="markers", showlegend=False,
+                                 name=f"{name} best α", marker=dict(size=18, color="rgba(0,0,0,0)",
+                                                                    line=dict(color=color, width=2))))
+    fig.update_layout(title=title or "trait suppression vs capability", xaxis_title="capability (accuracy)",
+                      yaxis_title="trait score (0-100)", template="plotly_white")
+    return fig
+
+
+def save_figure(fig: go.Figure, path_stem: str | Path) -> list[Path]:
+    """Write ``stem.html`` (always, offline: plotly.js inlined) and ``stem.png`` + ``stem.pdf`` when static
+    export works; logs one line and skips the static images otherwise."""
+    stem = Path(path_stem)
+    written = [atomic_write_text(stem.with_suffix(".html"), fig.to_html(include_plotlyjs=True, full_html=True))]
+    try:
+        for suffix in (".png", ".pdf"):
+            written.append(atomic_write_bytes(stem.with_suffix(suffix), fig.to_image(format=suffix[1:])))
+    except Exception as e:  # kaleido raises several types when Chromium is missing or fails to start
+        log.warning("static export skipped for %s (HTML written): %s", stem, str(e).splitlines()[0][:160])
+    return written

@@ -1,0 +1,205 @@
+"""Rate a steering vector as a trait suppressor: trait score, capability and coherence across an α grid.
+
+All α values run in one batched generate (one α per row) where ``batch_size`` allows; capability runs the caller's
+task inside `steer` for each α; coherence is the perplexity of each response under a reference model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from lens.activations import resolve_prepend_bos
+from lens.errors import LensInputError
+from lens.interventions import steer
+from lens.subspace import AgentSubspace
+
+
+class Judge(Protocol):
+    def score_many(self, questions: Sequence[str], responses: Sequence[str]) -> Sequence[float | None]: ...
+
+
+@dataclass
+class SuppressionReport:
+    """Per-α trait mean ± SE (0–100), capability (0–1), perplexity mean ± SE, deltas vs α=0, the best α within
+    the capability-drop budget and the normalised area under the suppression curve."""
+
+    alphas: list[float]
+    trait_mean: list[float]
+    trait_se: list[float]
+    capability: list[float]
+    perplexity_mean: list[float]
+    perplexity_se: list[float]
+    delta_trait: list[float]
+    delta_capability: list[float]
+    best_alpha: float
+    capacity_budget: float
+    suppression_auc: float
+    hook_name: str
+    positions: str
+    responses: list[list[str]] = field(default_factory=list)
+    trait_scores: list[list[float]] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+
+
+def _mean_se(values: Sequence[float]) -> tuple[float, float]:
+    v = np.array([x for x in values if x is not None and not math.isnan(x)], dtype=float)
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
+
+
+def _score_trait(trait, questions: Sequence[str], responses: Sequence[str]) -> list[float]:
+    if hasattr(trait, "score_many"):
+        scores = list(trait.score_many(questions, responses))
+    elif callable(trait):
+        scores = [trait(q, r) for q, r in zip(questions, responses)]
+    else:
+        raise LensInputError("trait must be a judge with score_many(questions, responses) or a callable "
+                             "(question, response) -> score in 0..100")
+    if len(scores) != len(responses):
+        raise LensInputError(f"the trait judge returned {len(scores)} scores for {len(responses)} responses")
+    return [float("nan") if s is None else float(s) for s in scores]
+
+
+def _generate_rows(model, prompts, alpha_rows, subspace, *, layer, positions, max_new_tokens, batch_size,
+                   prepend_bos, generate_kwargs, seed) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, response ids) per row, steering row ``i`` with ``alpha_rows[i]``, ``batch_size`` rows a call."""
+    tok = model.tokenizer
+    bos = [tok.bos_token_id] if prepend_bos else []
+    prompt_ids = [bos + tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    stops = generate_kwargs.get("eos_token_id", tok.eos_token_id)
+    stops = {stops} if isinstance(stops, int) else set(stops or ())
+    out = []
+    for start in range(0, len(alpha_rows), batch_size):
+        rows = list(range(start, min(start + batch_size, len(alpha_rows))))
+        ids = [prompt_ids[r % len(prompts)] for r in rows]
+        width = max(map(len, ids))
+        tokens = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=model.cfg.device)
+        torch.manual_seed(seed)
+        with steer(model, subspace, alpha_rows[rows], layer=layer, positions=positions, prompt_len=width):
+            gen = _left_padded_generate(model, tokens, max_new_tokens, generate_kwargs)
+        for r, row in zip(rows, gen[:, width:].tolist()):
+            row = row[:next((k for k, t in enumerate(row) if t in stops), len(row))]
+            out.append((prompt_ids[r % len(prompts)], row))
+    return out
+
+
+def _left_padded_generate(model, tokens, max_new_tokens, generate_kwargs):
+    """`model.generate` on left-padded token rows (TL masks the leading pads when told the padding side)."""
+    return model.generate(tokens, max_new_tokens=max_new_tokens, verbose=False, return_type="tokens",
+                          prepend_bos=False, padding_side="left", **generate_kwargs)
+
+
+def response_perplexities(reference, pairs: Sequence[tuple[str, str]], *, batch_size: int = 16,
+                          prepend_bos: bool | None = None) -> list[float]:
+    """Perplexity of each response given its prompt under ``reference`` (prompt tokens masked out)."""
+    tok = reference.tokenizer
+    bos = [tok.bos_token_id] if resolve_prepend_bos(reference, prepend_bos) else []
+    rows = [(bos + tok(p, add_special_tokens=False)["input_ids"], tok(r, add_special_tokens=False)["input_ids"])
+            for p, r in pairs]
+    return _perplexities(reference, rows, batch_size)
+
+
+@torch.no_grad()
+def _perplexities(reference, rows: Sequence[tuple[list[int], list[int]]], batch_size: int) -> list[float]:
+    """exp(mean NLL of the response ids given the prompt ids), per (prompt ids, response ids) row; NaN if empty."""
+    pad = reference.tokenizer.pad_token_id or 0
+    out = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        width = max(len(p) + len(r) for p, r in chunk)
+        tokens = torch.full((len(chunk), width), pad, dtype=torch.long)
+        for i, (p, r) in enumerate(chunk):
+            tokens[i, :len(p) + len(r)] = torch.tensor(p + r)
+        logprobs: Float[Tensor, "batch pos vocab"] = reference(tokens.to(reference.cfg.device)).float().log_softmax(-1).cpu()
+        for i, (p, r) in enumerate(chunk):
+            if not r:
+                out.append(float("nan"))
+                continue
+            lp = logprobs[i, len(p) - 1:len(p) + len(r) - 1].gather(-1, torch.tensor(r)[:, None])[:, 0]
+            out.append(float(torch.exp(-lp.mean())))
+    return out
+
+
+def rate_suppression(model, subspace: AgentSubspace, *, alphas: Sequence[float], prompts: Sequence[str], trait,
+                     capability: Callable[[Any], float] | None = None, reference=None,
+                     capacity_budget: float = 0.05, max_new_tokens: int = 64, batch_size: int | None = None,
+                     questions: Sequence[str] | None = None, layer: int | None = None, positions: str = "generated",
+                     prepend_bos: bool | None = None, seed: int = 0, do_sample: bool = False,
+                     **generate_kwargs) -> SuppressionReport:
+    """Steer with each α (all α in one batched generate when ``batch_size`` allows), score the trait with a judge,
+    capability with ``capability(model)`` run inside `steer`, coherence as perplexity under ``reference`` (default:
+    the unsteered model); best α = lowest trait whose capability drop vs α=0 is within ``capacity_budget``."""
+    alphas = [float(a) for a in alphas]
+    if not alphas:
+        raise LensInputError("the α grid is empty; pass alphas=[...] with at least one value (α=0 is added)")
+    if not prompts:
+        raise LensInputError("prompts is empty; pass at least one prompt")
+    questions = list(questions) if questions is not None else list(prompts)
+    if len(questions) != len(prompts):
+        raise LensInputError(f"{len(questions)} questions for {len(prompts)} prompts; give one per prompt")
+    grid = sorted(set(alphas) | {0.0})
+    prepend_bos = resolve_prepend_bos(model, prepend_bos)
+    alpha_rows = torch.tensor(grid, dtype=model.cfg.dtype).repeat_interleave(len(prompts))
+    rows = _generate_rows(model, prompts, alpha_rows, subspace, layer=layer, positions=positions,
+                          max_new_tokens=max_new_tokens, batch_size=batch_size or len(alpha_rows),
+                          prepend_bos=prepend_bos, generate_kwargs={"do_sample": do_sample, **generate_kwargs},
+                          seed=seed)
+    tok = model.tokenizer
+    texts = [tok.decode(r, skip_special_tokens=True) for _, r in rows]
+    scores = _score_trait(trait, questions * len(grid), texts)
+    if reference is None:  # the unsteered model itself scores exactly the generated ids
+        ppl = _perplexities(model, rows, batch_size or 16)
+    else:
+        ppl = response_perplexities(reference, [(prompts[i % len(prompts)], t) for i, t in enumerate(texts)])
+    n = len(prompts)
+    by_alpha = lambda xs: [xs[i * n:(i + 1) * n] for i in range(len(grid))]  # noqa: E731
+    trait_stats = [_mean_se(s) for s in by_alpha(scores)]
+    ppl_stats = [_mean_se(s) for s in by_alpha(ppl)]
+    cap = []
+    for a in grid:
+        if capability is None:
+            cap.append(float("nan"))
+            continue
+        with steer(model, subspace, a, layer=layer, positions=positions):
+            cap.append(float(capability(model)))
+    i0 = grid.index(0.0)
+    trait_mean = [m for m, _ in trait_stats]
+    delta_trait = [m - trait_mean[i0] for m in trait_mean]
+    delta_cap = [c - cap[i0] for c in cap]
+    allowed = [i for i in range(len(grid)) if capability is None or delta_cap[i] >= -capacity_budget]
+    best = min(allowed, key=lambda i: (trait_mean[i], abs(grid[i])))
+    return SuppressionReport(
+        alphas=grid, trait_mean=trait_mean, trait_se=[s for _, s in trait_stats], capability=cap,
+        perplexity_mean=[m for m, _ in ppl_stats], perplexity_se=[s for _, s in ppl_stats], delta_trait=delta_trait,
+        delta_capability=delta_cap, best_alpha=grid[best], capacity_budget=capacity_budget,
+        suppression_auc=suppression_auc(grid, trait_mean), hook_name=subspace.hook_name if layer is None
+        else f"blocks.{layer}.hook_resid_post", positions=positions, responses=by_alpha(texts),
+        trait_scores=by_alpha(scores),
+        settings={"max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed,
+                  "prepend_bos": prepend_bos, "n_prompts": n, "alpha_zero_added": 0.0 not in alphas,
+                  "reference": "model itself (unsteered)" if reference is None else "given reference",
+                  **{k: v for k, v in generate_kwargs.items() if isinstance(v, (int, float, str, bool))}})
+
+
+def suppression_auc(alphas: Sequence[float], trait_mean: Sequence[float]) -> float:
+    """Trapezoid mean over the α range of the relative suppression max(0, trait(0) − trait(α)) / trait(0):
+    0 = no suppression anywhere, 1 = the trait gone at every α. Pass the α range you care about."""
+    i0 = list(alphas).index(0.0)
+    t0 = trait_mean[i0]
+    if not t0 > 0 or len(alphas) < 2:
+        return float("nan")
+    s = np.clip((t0 - np.asarray(trait_mean, dtype=float)) / t0, 0.0, None)
+    x = np.asarray(alphas, dtype=float)
+    return float(np.trapezoid(s, x) / (x.max() - x.min()))
