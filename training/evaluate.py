@@ -1,0 +1,286 @@
+"""Table 1: accuracy ± SE over seeds and mean tokens per question for Single, Debate, DebateGPT, SFT and IMAD.
+
+Three kinds of method: ``single`` (one chat call, neutral persona), ``debate`` (the model debating with itself
+through the real runner) and ``direct`` (a fine-tuned model continuing ``Problem: {q}\\n\\n``; its answer is the
+last ``\\boxed{}``). Tokens are input + output of every call a method makes, counted with one tokenizer. Each
+seed re-samples the held-out questions and the generations.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import plotly.graph_objects as go
+from tqdm.auto import tqdm
+
+from lens.debate_format import (ROUND_TAGS, DebateFormatError, END_TAG, extract_boxed, normalize_answer,
+                                parse_trace, prompt_text)
+from lens.io import atomic_write_json, atomic_write_text
+from lens.plots import save_figure
+from training.backends import Backend, HFBackend
+from training.prompts import ARITHMETIC
+from training.runner import DEFAULT_PERSONAS, run_debates, single_answers
+
+KINDS = ("single", "debate", "direct")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Preset section ``[eval]``: held-out sample size, seeds, decoding, and the Debate baseline's agents."""
+
+    n_questions: int = 1000
+    seeds: tuple[int, ...] = (0, 1, 2)
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 1024  # per chat call (Single, each Debate turn)
+    direct_max_new_tokens: int = 1024  # SFT / IMAD / DebateGPT continuations
+    batch_size: int = 8
+    personas: tuple[str, ...] = DEFAULT_PERSONAS  # Debate baseline agents
+    n_rounds: int = 2
+    single_persona: str = "neutral"
+    domain: str = ARITHMETIC
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seeds", tuple(self.seeds))
+        object.__setattr__(self, "personas", tuple(self.personas))
+        if not self.seeds:
+            raise ValueError("[eval] seeds is empty; give at least one seed (three for a standard error)")
+        if self.n_questions < 1:
+            raise ValueError(f"[eval] n_questions must be at least 1, got {self.n_questions}")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A Table 1 row: its kind and the model dir it runs (or a ready backend, e.g. the teacher or an endpoint)."""
+
+    kind: str
+    model_dir: str | None = None
+    backend: Backend | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown method kind {self.kind!r}; valid: {list(KINDS)}")
+        if (self.model_dir is None) == (self.backend is None):
+            raise ValueError("a MethodSpec needs either model_dir or backend, not both or neither")
+        if self.kind == "direct" and self.backend is not None and not hasattr(self.backend, "complete"):
+            raise ValueError("a 'direct' method needs a backend with complete() (an HFBackend)")
+
+
+@dataclass
+class Table1:
+    """Rows ``{method, accuracy, accuracy_se, tokens, tokens_se, n_questions, per_seed, ...diagnostics}``
+    (accuracy in 0–1), plus every scored sample per method."""
+
+    rows: list[dict]
+    samples: dict[str, list[dict]] = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+
+    def row(self, method: str) -> dict:
+        for r in self.rows:
+            if r["method"] == method:
+                return r
+        raise KeyError(f"no method {method!r} in Table 1; methods: {[r['method'] for r in self.rows]}")
+
+    def save(self, out_dir: str | Path, *, static_images: bool = True) -> Path:
+        """``table1.json`` / ``.csv`` / ``.md``, ``samples/<method>.jsonl`` and the accuracy-vs-tokens figure
+        (HTML; PNG + PDF too via `lens.plots.save_figure` unless ``static_images`` is False)."""
+        out = Path(out_dir)
+        atomic_write_json(out / "table1.json", {"rows": self.rows, "config": self.config})
+        atomic_write_text(out / "table1.csv", to_csv(self))
+        atomic_write_text(out / "table1.md", to_markdown(self))
+        for method, samples in self.samples.items():
+            lines = "".join(_json_line(s) for s in samples)
+            atomic_write_text(out / "samples" / f"{_slug(method)}.jsonl", lines)
+        fig, stem = accuracy_vs_tokens(self), out / "accuracy_vs_tokens"
+        if static_images:
+            save_figure(fig, stem)
+        else:
+            atomic_write_text(stem.with_suffix(".html"), fig.to_html(include_plotlyjs=True, full_html=True))
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Table1":
+        """A table saved by `save` (``path`` is the dir or its ``table1.json``; samples are not reloaded)."""
+        p = Path(path)
+        p = p / "table1.json" if p.is_dir() else p
+        d = json.loads(p.read_text())
+        return cls(rows=d["rows"], config=d.get("config", {}))
+
+
+def _json_line(obj: dict) -> str:
+    return json.dumps(obj) + "\n"
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def is_correct(pred: str | None, question: object) -> bool:
+    """Exact match of a predicted answer with the question's gold (a question may bring its own ``matches``)."""
+    if hasattr(question, "matches"):
+        return bool(question.matches(pred))
+    gold = getattr(question, "answer", None)
+    return pred is not None and gold is not None and pred == normalize_answer(str(gold))
+
+
+def well_formed(text: str, question: str) -> bool:
+    """Whether ``text`` is a whole tagged debate: every tag in order, closed by ``<|endofdebate|>``."""
+    body = text.strip()
+    if not body.endswith(END_TAG):
+        return False
+    try:
+        parse_trace(body, question=question)
+    except DebateFormatError:
+        return False
+    return True
+
+
+def sample_questions(questions: Sequence[object] | Callable[[int], Sequence[object]], n: int,
+                     seed: int) -> list[object]:
+    """The held-out questions of one seed: ``questions(seed)`` if callable, else ``n`` drawn from the pool."""
+    pool = list(questions(seed) if callable(questions) else questions)
+    if not pool:
+        raise ValueError("the evaluation question set is empty")
+    return random.Random(seed).sample(pool, min(n, len(pool)))
+
+
+def _score(method: str, spec: MethodSpec, backend, qs: list[object], seed: int, cfg: EvalConfig) -> list[dict]:
+    """Per-question records: prediction, correctness, tokens and diagnostics."""
+    if spec.kind == "single":
+        answers = single_answers(qs, backend, cfg.single_persona, domain=cfg.domain, seed=seed)
+        return [{"question": a.question, "gold": a.gold, "pred": a.answer, "correct": is_correct(a.answer, q),
+                 "tokens": a.input_tokens + a.output_tokens, "output_tokens": a.output_tokens, "text": a.text}
+                for a, q in zip(answers, qs)]
+    if spec.kind == "debate":
+        records = run_debates(qs, backend, personas=cfg.personas, n_rounds=cfg.n_rounds, domain=cfg.domain,
+                              seed=seed, id_prefix=f"eval-{_slug(method)}")
+        return [{"question": r.transcript.question, "gold": r.transcript.gold,
+                 "pred": r.transcript.consensus_answer, "correct": is_correct(r.transcript.consensus_answer, q),
+                 "tokens": r.total_tokens, "output_tokens": r.output_tokens, "has_majority": r.has_majority,
+                 "round2": r.transcript.n_rounds == 2, "transcript": r.transcript.to_dict()}
+                for r, q in zip(records, qs)]
+    texts = [getattr(q, "question", q) for q in qs]
+    completions = backend.complete([prompt_text(t) for t in texts], cfg.direct_max_new_tokens, seed=seed)
+    out = []
+    for c, q, t in zip(completions, qs, texts):
+        pred = extract_boxed(c.text)
+        out.append({"question": t, "gold": getattr(q, "answer", None), "pred": pred, "correct": is_correct(pred, q),
+                    "tokens": c.input_tokens + c.output_tokens, "output_tokens": c.output_tokens,
+                    "well_formed": well_formed(c.text, t), "round2": ROUND_TAGS[1] in c.text, "text": c.text})
+    return out
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _se(xs: Sequence[float]) -> float | None:
+    """Standard error of the mean over seeds; ``None`` with fewer than two seeds."""
+    if len(xs) < 2:
+        return None
+    m = _mean(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
+
+
+def _share(records: list[dict], key: str) -> float | None:
+    vals = [r[key] for r in records if key in r]
+    return sum(map(bool, vals)) / len(vals) if vals else None
+
+
+def _row(method: str, spec: MethodSpec, per_seed: list[tuple[int, list[dict]]]) -> dict:
+    seeds = []
+    for seed, recs in per_seed:
+        seeds.append({"seed": seed, "n": len(recs), "accuracy": _mean([r["correct"] for r in recs]),
+                      "tokens": _mean([r["tokens"] for r in recs])})
+    every = [r for _, recs in per_seed for r in recs]
+    acc, tok = [s["accuracy"] for s in seeds], [s["tokens"] for s in seeds]
+    return {"method": method, "kind": spec.kind, "model": spec.model_dir, "accuracy": _mean(acc),
+            "accuracy_se": _se(acc), "tokens": _mean(tok), "tokens_se": _se(tok),
+            "n_questions": seeds[0]["n"], "n_seeds": len(seeds), "per_seed": seeds,
+            "mean_output_tokens": _mean([r["output_tokens"] for r in every]),
+            "well_formed": _share(every, "well_formed"), "round2_share": _share(every, "round2"),
+            "majority_share": _share(every, "has_majority")}
+
+
+def _backend(spec: MethodSpec, cfg: EvalConfig, cache: dict[str, HFBackend]):
+    if spec.backend is not None:
+        return spec.backend
+    if spec.model_dir not in cache:
+        cache[spec.model_dir] = HFBackend(spec.model_dir, max_new_tokens=cfg.max_new_tokens,
+                                          temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size)
+    return cache[spec.model_dir]
+
+
+def evaluate_methods(methods: dict[str, MethodSpec], questions: Sequence[object] | Callable[[int], Sequence[object]],
+                     seeds: Sequence[int] | None = None, cfg: EvalConfig | None = None) -> Table1:
+    """Score every method on the same held-out questions for each seed (``cfg.seeds`` when ``seeds`` is None).
+
+    ``questions`` is a pool to sample ``cfg.n_questions`` from per seed, or a function ``seed -> questions``.
+    Each model dir is loaded once and shared by the methods that name it.
+    """
+    cfg = cfg or EvalConfig()
+    seeds = tuple(cfg.seeds if seeds is None else seeds)
+    if not methods:
+        raise ValueError("no methods to evaluate; pass e.g. {'Single': MethodSpec('single', 'runs/toy/base')}")
+    if not seeds:
+        raise ValueError("no seeds to evaluate; pass at least one (three for a standard error)")
+    cache: dict[str, HFBackend] = {}
+    rows, samples = [], {}
+    bar = tqdm(total=len(methods) * len(seeds), desc="Table 1")
+    for method, spec in methods.items():
+        backend = _backend(spec, cfg, cache)
+        per_seed = []
+        for seed in seeds:
+            bar.set_postfix_str(f"{method} seed {seed}")
+            recs = _score(method, spec, backend, sample_questions(questions, cfg.n_questions, seed), seed, cfg)
+            per_seed.append((seed, recs))
+            samples.setdefault(method, []).extend({"seed": seed, **r} for r in recs)
+            bar.update()
+        rows.append(_row(method, spec, per_seed))
+    bar.close()
+    return Table1(rows, samples, {**asdict(cfg), "seeds": list(seeds)})
+
+
+def to_csv(table: Table1) -> str:
+    cols = ["method", "kind", "accuracy", "accuracy_se", "tokens", "tokens_se", "n_questions", "n_seeds",
+            "mean_output_tokens", "well_formed", "round2_share", "majority_share"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows(table.rows)
+    return buf.getvalue()
+
+
+def _pm(value: float, se: float | None, scale: float = 1.0, digits: int = 2) -> str:
+    s = f"{value * scale:.{digits}f}"
+    return s if se is None else f"{s} ± {se * scale:.{digits}f}"
+
+
+def to_markdown(table: Table1) -> str:
+    lines = ["| Method | Accuracy (%) | Tokens / question | Well-formed | Round 2 |", "|---|---|---|---|---|"]
+    for r in table.rows:
+        opt = ["–" if r.get(k) is None else f"{100 * r[k]:.0f}%" for k in ("well_formed", "round2_share")]
+        lines.append(f"| {r['method']} | {_pm(r['accuracy'], r['accuracy_se'], 100)} | "
+                     f"{_pm(r['tokens'], r['tokens_se'], 1, 1)} | {opt[0]} | {opt[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+def accuracy_vs_tokens(table: Table1) -> go.Figure:
+    """Accuracy (%) against mean tokens per question (log x), one point per method with SE bars."""
+    fig = go.Figure()
+    for r in table.rows:
+        fig.add_trace(go.Scatter(
+            x=[r["tokens"]], y=[100 * r["accuracy"]], mode="markers+text", name=r["method"], text=[r["method"]],
+            textposition="top center",
+            error_y=dict(type="data", array=[100 * (r["accuracy_se"] or 0.0)], visible=r["accuracy_se"] is not None),
+            error_x=dict(type="data", array=[r["tokens_se"] or 0.0], visible=r["tokens_se"] is not None)))
+    fig.update_layout(title="Accuracy vs tokens per question", xaxis_title="tokens per question (input + output)",
+                      yaxis_title="accuracy (%)", xaxis_type="log", template="plotly_white", showlegend=False)
+    return fig

@@ -1,0 +1,307 @@
+"""The Du et al. debate protocol: agents answer independently, then revise after reading each other; majority wins.
+
+Every round is one batched backend call across all questions × agents. Debates where round 1 is already
+unanimous stop early (as the paper's generators do); debates without a final-round majority are kept in the
+records (flagged) but dropped from training data by `training_transcripts`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from lens.debate_format import (FULL_CONSENSUS, MAX_AGENTS, MAX_ROUNDS, DebateFormatError, Transcript, Turn,
+                                consensus_line, extract_boxed, read_jsonl, write_jsonl)
+from lens.io import atomic_write_json
+from training.backends import AgentRequest, Backend
+from training.prompts import ADVICE, ARITHMETIC, SYSTEM_PROMPTS, round1_messages, round2_messages
+
+EMPTY_TURN = "(no response)"  # stands in for an empty reply, which the debate format cannot hold
+NO_MAJORITY = "The agents did not reach a majority."
+ADVICE_CONSENSUS = "A majority of agents converged on this answer: {text}"
+DEFAULT_PERSONAS = ("analyst", "critic", "programmer")
+
+
+@dataclass(frozen=True)
+class DebateSetup:
+    """What one experiment's debates look like: agent personas, malicious slot, domain, how many to run."""
+
+    personas: tuple[str, ...]
+    malicious: dict[int, str] | None
+    domain: str
+    n_debates: int
+
+
+@dataclass(frozen=True)
+class DebateConfig:
+    """Preset section ``[debate]``. Experiments: ``main`` (arithmetic, persona agents) and one per trait
+    (advice, benign agents with the trait's malicious persona in ``malicious_slot``). The sampling knobs apply
+    when a model, not the scripted teacher, writes the debates."""
+
+    n_agents: int = 3
+    n_rounds: int = 2
+    personas: tuple[str, ...] = DEFAULT_PERSONAS
+    early_stop: bool = True
+    malicious_slot: int = 2
+    trait_personas: dict = field(default_factory=lambda: {"evil": ["helpful", "evil"],
+                                                          "hallucination": ["honest", "hallucinating"]})
+    n_debates: dict = field(default_factory=lambda: {"main": 944, "evil": 500, "hallucination": 500})
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 512
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "personas", tuple(self.personas))
+        if not 1 <= self.n_rounds <= MAX_ROUNDS:
+            raise ValueError(f"n_rounds must be 1..{MAX_ROUNDS} (the debate tags name two rounds), got {self.n_rounds}")
+        if len(self.personas) < self.n_agents:
+            raise ValueError(f"n_agents {self.n_agents} needs at least that many personas, got {list(self.personas)}")
+        agent_personas(self.personas[:self.n_agents], {self.malicious_slot: self.personas[0]})
+        for trait, pair in self.trait_personas.items():
+            if len(pair) != 2:
+                raise ValueError(f"trait_personas[{trait!r}] must be [benign, malicious], got {pair}")
+            agent_personas(pair)
+
+    def experiment(self, name: str) -> DebateSetup:
+        """The setup of experiment ``name`` (``main`` or a trait such as ``evil``)."""
+        if name not in self.n_debates:
+            raise ValueError(f"unknown debate experiment {name!r}; valid: {sorted(self.n_debates)}")
+        if name == "main":
+            return DebateSetup(self.personas[:self.n_agents], None, ARITHMETIC, self.n_debates[name])
+        if name not in self.trait_personas:
+            raise ValueError(f"experiment {name!r} has no trait_personas entry; valid: {sorted(self.trait_personas)}")
+        benign, bad = self.trait_personas[name]
+        return DebateSetup((benign,) * self.n_agents, {self.malicious_slot: bad}, ADVICE, self.n_debates[name])
+
+
+@dataclass(frozen=True)
+class CallTokens:
+    """Token counts of one agent call."""
+
+    round: int
+    agent: int
+    input: int
+    output: int
+
+
+@dataclass
+class DebateRecord:
+    """One debate: its transcript, whether it reached a majority, and the tokens of every call it made."""
+
+    transcript: Transcript
+    has_majority: bool
+    calls: list[CallTokens] = field(default_factory=list)
+
+    @property
+    def input_tokens(self) -> int:
+        return sum(c.input for c in self.calls)
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(c.output for c in self.calls)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    @property
+    def early_stopped(self) -> bool:
+        return self.transcript.n_rounds < self.transcript.meta.get("n_rounds", self.transcript.n_rounds)
+
+
+@dataclass(frozen=True)
+class SingleAnswer:
+    """The Single baseline: one call of one persona."""
+
+    question: str
+    gold: str | None
+    text: str
+    input_tokens: int
+    output_tokens: int
+
+    @property
+    def answer(self) -> str | None:
+        return extract_boxed(self.text)
+
+
+def _question_text(q: object) -> str:
+    text = q if isinstance(q, str) else getattr(q, "question", None)
+    if not isinstance(text, str):
+        raise TypeError(f"a debate question must be a string or have a .question string, got {type(q).__name__}")
+    return text
+
+
+def _gold(q: object) -> str | None:
+    answer = getattr(q, "answer", None)
+    return None if answer is None else str(answer)
+
+
+def agent_personas(personas: Sequence[str], malicious: dict[int, str] | None = None) -> tuple[str, ...]:
+    """Personas by agent slot; ``malicious`` maps 1-based slots to the persona that replaces them."""
+    out = list(personas)
+    if not 1 <= len(out) <= MAX_AGENTS:
+        raise ValueError(f"a debate needs 1..{MAX_AGENTS} agents, got {len(out)} personas")
+    for slot, persona in (malicious or {}).items():
+        if not 1 <= slot <= len(out):
+            raise ValueError(f"malicious slot {slot} is out of range: agents are numbered 1..{len(out)}")
+        out[slot - 1] = persona
+    unknown = sorted(set(out) - set(SYSTEM_PROMPTS))
+    if unknown:
+        raise ValueError(f"unknown persona(s) {unknown}; valid: {sorted(SYSTEM_PROMPTS)}")
+    return tuple(out)
+
+
+def run_debates(questions: Sequence[object], backend: Backend, *, personas: Sequence[str] = DEFAULT_PERSONAS,
+                n_rounds: int = 2, domain: str = ARITHMETIC, malicious: dict[int, str] | None = None,
+                early_stop: bool = True, seed: int = 0, id_prefix: str = "debate") -> list[DebateRecord]:
+    """Debate every question with ``personas`` (agent 1, 2, 3) for ``n_rounds`` rounds through ``backend``.
+
+    Arithmetic: the consensus is the majority of final-round ``\\boxed{}`` answers. Advice (free text, no
+    boxed answers): agreement is not computable, so there is no early stop, and the consensus is the
+    final-round answer of the first benign agent (the benign agents are the majority by construction).
+    """
+    if not 1 <= n_rounds <= MAX_ROUNDS:
+        raise ValueError(f"n_rounds must be 1..{MAX_ROUNDS} (the debate tags name two rounds), got {n_rounds}")
+    if domain not in (ARITHMETIC, ADVICE):
+        raise ValueError(f"unknown domain {domain!r}; valid: {[ARITHMETIC, ADVICE]}")
+    slots = agent_personas(personas, malicious)
+    texts = [_question_text(q) for q in questions]
+    n = len(slots)
+    turns: list[list[Turn]] = [[] for _ in questions]
+    calls: list[list[CallTokens]] = [[] for _ in questions]
+
+    def play(round_: int, active: list[int]) -> None:
+        reqs = []
+        for i in active:
+            for a in range(n):
+                if round_ == 1:
+                    msgs, own, others = round1_messages(slots[a], texts[i], domain), None, None
+                else:
+                    prev = [t.text for t in turns[i] if t.round == round_ - 1]
+                    own, others = prev[a], prev[:a] + prev[a + 1:]
+                    msgs = round2_messages(slots[a], texts[i], own, others, domain)
+                reqs.append(AgentRequest(slots[a], questions[i], domain, msgs, own, others))
+        replies = backend.generate(reqs, seed=seed * 1000 + round_)
+        for k, (req, rep) in enumerate(zip(reqs, replies)):
+            i, a = active[k // n], k % n + 1
+            turns[i].append(Turn(round_, a, rep.text.strip() or EMPTY_TURN, req.persona))
+            calls[i].append(CallTokens(round_, a, rep.input_tokens, rep.output_tokens))
+
+    active = list(range(len(questions)))
+    for round_ in range(1, n_rounds + 1):
+        if round_ > 1 and early_stop and domain == ARITHMETIC:
+            active = [i for i in active if not _unanimous(turns[i], round_ - 1)]
+        if active:
+            play(round_, active)
+
+    benign = next((a for a in range(1, n + 1) if a not in (malicious or {})), 1)
+    records = []
+    for i, q in enumerate(questions):
+        last = max(t.round for t in turns[i])
+        final = [t for t in turns[i] if t.round == last]
+        if domain == ARITHMETIC:
+            line = consensus_line([t.answer for t in final])
+        else:
+            line = ADVICE_CONSENSUS.format(text=final[benign - 1].text)
+        meta = {"domain": domain, "n_rounds": n_rounds, "seed": seed}
+        if malicious:
+            meta["malicious"] = {str(k): v for k, v in malicious.items()}
+        for key in ("trait", "topic"):
+            if getattr(q, key, None) is not None:
+                meta[key] = getattr(q, key)
+        t = Transcript(question=texts[i], turns=turns[i], consensus=line or NO_MAJORITY, gold=_gold(q),
+                       personas=slots, id=f"{id_prefix}-{seed}-{i}", meta=meta)
+        records.append(DebateRecord(t, line is not None, calls[i]))
+    return records
+
+
+def _unanimous(turns: list[Turn], round_: int) -> bool:
+    answers = [t.answer for t in turns if t.round == round_]
+    return answers[0] is not None and len(set(answers)) == 1
+
+
+def training_transcripts(records: Sequence[DebateRecord]) -> list[Transcript]:
+    """The transcripts stage 1 trains on: debates that reached a majority (the paper drops the rest)."""
+    return [r.transcript for r in records if r.has_majority]
+
+
+def single_answers(questions: Sequence[object], backend: Backend, persona: str = "neutral", *,
+                   domain: str = ARITHMETIC, seed: int = 0) -> list[SingleAnswer]:
+    """The Single baseline: each question answered once by ``persona`` (round-1 prompt), batched."""
+    agent_personas([persona])
+    reqs = [AgentRequest(persona, q, domain, round1_messages(persona, _question_text(q), domain)) for q in questions]
+    replies = backend.generate(reqs, seed=seed)
+    return [SingleAnswer(_question_text(q), _gold(q), r.text.strip(), r.input_tokens, r.output_tokens)
+            for q, r in zip(questions, replies)]
+
+
+def shorten(transcript: Transcript, n_agents: int | None = None, *, rng: random.Random | None = None,
+            consensus: str = "debate") -> Transcript:
+    """A shortened debate for stage-1 exploration: round 1 of the first ``n_agents`` agents, then the consensus.
+
+    ``n_agents`` None draws 1 or 2 from ``rng``. ``consensus="debate"`` keeps the full debate's consensus line;
+    ``"agent1"`` states agent 1's round-1 answer as the consensus (its ``\\boxed{}`` answer for arithmetic,
+    `DebateFormatError` if it has none; its text for advice).
+    """
+    if n_agents is None:
+        n_agents = (rng or random).choice((1, 2))
+    if n_agents not in (1, 2):
+        raise ValueError(f"a shortened debate keeps 1 or 2 agents, got {n_agents}")
+    if consensus not in ("debate", "agent1"):
+        raise ValueError(f"consensus must be 'debate' or 'agent1', got {consensus!r}")
+    kept = [t for t in transcript.round_turns(1) if t.agent <= n_agents]
+    line = transcript.consensus
+    if consensus == "agent1" and transcript.meta.get("domain") == ADVICE:
+        line = ADVICE_CONSENSUS.format(text=kept[0].text)
+    elif consensus == "agent1":
+        answer = kept[0].answer
+        if answer is None:
+            raise DebateFormatError(f"trace {transcript.name}: agent 1 gave no \\boxed{{}} answer to shorten to")
+        line = FULL_CONSENSUS.format(answer=answer)
+    return Transcript(question=transcript.question, turns=kept, consensus=line, gold=transcript.gold,
+                      personas=transcript.personas, id=transcript.id,
+                      meta={**transcript.meta, "shortened": n_agents, "shortened_consensus": consensus})
+
+
+def debate_summary(records: Sequence[DebateRecord]) -> dict:
+    """Token accounting and outcome shares of a batch of debates (what `save_debates` writes beside them)."""
+    n = len(records)
+    graded = [r for r in records if r.transcript.gold is not None]
+    return {
+        "n_debates": n,
+        "n_majority": sum(r.has_majority for r in records),
+        "n_early_stopped": sum(r.early_stopped for r in records),
+        "accuracy": sum(bool(r.transcript.correct) for r in graded) / len(graded) if graded else None,
+        "input_tokens": sum(r.input_tokens for r in records),
+        "output_tokens": sum(r.output_tokens for r in records),
+        "mean_tokens_per_debate": sum(r.total_tokens for r in records) / n if n else 0.0,
+    }
+
+
+def save_debates(records: Sequence[DebateRecord], path: str | Path) -> Path:
+    """All debates as transcript JSONL (per-call tokens in each ``meta``), plus ``<stem>.tokens.json`` beside it."""
+    path = Path(path)
+    out = []
+    for r in records:
+        meta = {**r.transcript.meta, "has_majority": r.has_majority, "calls": [asdict(c) for c in r.calls]}
+        out.append(Transcript(question=r.transcript.question, turns=r.transcript.turns,
+                              consensus=r.transcript.consensus, gold=r.transcript.gold,
+                              personas=r.transcript.personas, id=r.transcript.id, meta=meta))
+    write_jsonl(out, path)
+    atomic_write_json(path.with_name(path.stem + ".tokens.json"), debate_summary(records))
+    return path
+
+
+def load_debates(path: str | Path) -> list[DebateRecord]:
+    """Records written by `save_debates`."""
+    records = []
+    for t in read_jsonl(path):
+        meta = dict(t.meta)
+        calls = [CallTokens(**c) for c in meta.pop("calls", [])]
+        has_majority = meta.pop("has_majority", True)
+        t.meta = meta
+        records.append(DebateRecord(t, has_majority, calls))
+    return records
