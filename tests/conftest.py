@@ -50,3 +50,20 @@ def tiny_model_dirs(tmp_path_factory, tiny_tokenizer) -> dict[str, str]:
         tiny_tokenizer.save_pretrained(d)
         dirs[arch] = str(d)
     return dirs
+
+
+@pytest.fixture(scope="session")
+def smoke_run_dir(tmp_path_factory):
+    """A run directory holding the smoke preset's toy base model, built once per session by `build_base`."""
+    from training.presets import load_preset
+    from training.toy_base import build_base
+
+    run_dir = tmp_path_factory.mktemp("smoke_run")
+    build_base(load_preset("smoke"), run_dir)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def smoke_base_dir(smoke_run_dir):
+    """The smoke toy base model dir (HF weights + tokenizer + provenance.json + base_eval.json)."""
+    return smoke_run_dir / "base"

@@ -1,0 +1,75 @@
+"""The toy base model: built by `build_base` on the smoke preset, reloadable offline, cached on rerun."""
+
+import json
+import random
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from lens.debate_format import DEBATE_TAGS
+from training.presets import load_preset
+from training.prompts import ARITHMETIC, round2_messages
+from training.tasks import arithmetic_split
+from training.teacher import Teacher
+from training.tokenizer import IM_END
+from training.toy_base import Example, build_base, sections, teacher_examples, tokenize_examples
+
+
+@pytest.fixture(scope="module")
+def tok(smoke_base_dir):
+    return AutoTokenizer.from_pretrained(str(smoke_base_dir))
+
+
+def test_base_loads_offline_with_tags_and_chat_stop(smoke_base_dir, tok):
+    model = AutoModelForCausalLM.from_pretrained(str(smoke_base_dir))
+    assert model.config.model_type == "llama" and model.config.vocab_size == len(tok)
+    assert "<|Agent 1 Solution|>" in tok.get_vocab()
+    assert tok.convert_tokens_to_ids(IM_END) in model.generation_config.eos_token_id
+    prov = json.loads((smoke_base_dir / "provenance.json").read_text())
+    assert prov["kind"] == "base" and prov["preset"] == "smoke" and prov["spec"]["d_model"] == 64
+    assert prov["train_examples"] == sum(prov["train_examples_by_kind"].values()) > 500
+
+
+def test_base_eval_has_every_measurement(smoke_base_dir):
+    ev = json.loads((smoke_base_dir / "base_eval.json").read_text())
+    assert set(ev["accuracy"]) == {"neutral", "analyst", "critic", "programmer", "majority_of_3"}
+    assert set(ev["adherence"]) >= {"analyst", "critic", "programmer", "evil", "helpful", "honest", "hallucinating"}
+    assert all(0 <= v <= 1 for v in [*ev["accuracy"].values(), *ev["adherence"].values(), *ev["round2"].values()])
+    assert set(ev["traits"]) == {"evil", "hallucination"} and ev["build_seconds"] > 0
+    assert ev["teacher_accuracy"]["majority"] > 0.5
+
+
+def test_tokenizer_keeps_digits_and_tags_whole(tok):
+    assert tok.tokenize("12+345*6") == ["1", "2", "+", "3", "4", "5", "*", "6"]
+    for tag in (*DEBATE_TAGS, IM_END, "<|im_start|>"):
+        assert tok.tokenize(tag) == [tag]
+
+
+def test_only_the_final_assistant_turn_is_trained(tok):
+    p = arithmetic_split(sections(load_preset("smoke"))[0], "train", 0)[0]
+    rng, teacher = random.Random(0), Teacher()
+    own, other = teacher.respond("analyst", p, rng=rng), teacher.respond("critic", p, rng=rng)
+    revision = teacher.respond("analyst", p, own=own, others=[other, other], rng=rng)
+    ex = Example([*round2_messages("analyst", p.question, own, [other, other], ARITHMETIC),
+                  {"role": "assistant", "content": revision}], "round2")
+    row = tokenize_examples(tok, [ex])[0]
+    full = tok(tok.apply_chat_template(ex.messages, tokenize=False), add_special_tokens=False)["input_ids"]
+    assert row["input_ids"] == full[:len(row["input_ids"])]
+    trained = [t for t, lab in zip(row["input_ids"], row["labels"]) if lab != -100]
+    assert tok.decode(trained) == revision + IM_END
+
+
+def test_training_data_never_shows_a_test_problem():
+    task, teacher_cfg, _, cfg = sections(load_preset("smoke"))
+    test_questions = {p.question for p in arithmetic_split(task, "test", 0)}
+    examples = teacher_examples(task, Teacher(teacher_cfg), cfg, 0)
+    shown = " ".join(m["content"] for e in examples for m in e.messages if m["role"] == "user")
+    assert {e.kind for e in examples} == {"round1", "round2", "trait"}
+    assert not any(q in shown for q in test_questions)
+
+
+def test_second_build_is_skipped(smoke_run_dir, smoke_base_dir, capsys):
+    before = (smoke_base_dir / "model.safetensors").stat().st_mtime_ns
+    assert build_base(load_preset("smoke"), smoke_run_dir) == smoke_base_dir
+    assert "[base] cached" in capsys.readouterr().out
+    assert (smoke_base_dir / "model.safetensors").stat().st_mtime_ns == before

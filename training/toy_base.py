@@ -1,0 +1,330 @@
+"""The toy world's base model: a tiny Llama trained from scratch on single scripted-teacher turns.
+
+It is the toy "instruct base": under a persona system prompt it answers the round-1 question in that persona's
+style (with the persona's systematic slips), revises in round 2 from the debate context, and writes helpful /
+evil / honest / hallucinating answers to trait questions. Everything it sees is rendered with the tokenizer's
+ChatML template from the exact messages in `training.prompts`, so the debate runner can prompt it unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from datasets import Dataset
+from transformers import (AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, Trainer,
+                          TrainingArguments)
+
+from lens.debate_format import extract_boxed, majority, prompt_text
+from lens.io import atomic_write_json
+from training.judges import ToyTraitJudge
+from training.presets import Preset
+from training.prompts import ADVICE, ARITHMETIC, round1_messages, round2_messages
+from training.stages import run_stage
+from training.tasks import (TRAITS, ArithmeticProblem, TaskConfig, TraitQuestion, arithmetic_split,
+                            trait_split)
+from training.teacher import (ARITHMETIC_PERSONAS, TRAIT_PERSONAS, Teacher, TeacherConfig, persona_answer,
+                              persona_marks, round1_accuracy, solution)
+from training.tiny_models import TinyModelSpec, make_tiny_model
+from training.tokenizer import IM_END, save_tokenizer, train_tokenizer
+
+DEBATE_PERSONAS = ("analyst", "critic", "programmer")  # the paper's persona trio, whose majority we measure
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Preset section ``[tokenizer]``: BPE vocabulary size and how many teacher examples it is trained on."""
+
+    vocab_size: int = 1024
+    corpus_examples: int = 4000
+
+
+@dataclass(frozen=True)
+class BaseConfig:
+    """Preset section ``[base]``: model shape, the teacher-turn mix, the training budget and the evaluation."""
+
+    d_model: int = 192
+    n_layers: int = 4
+    n_heads: int = 6
+    d_mlp: int = 512
+    n_ctx: int = 512
+    n_round1: int = 24000        # arithmetic round-1 turns (persona uniform over the four)
+    n_round2: int = 4000         # arithmetic round-2 revisions (debate context → revision)
+    n_trait: int = 3000          # trait round-1 answers (helpful/evil, honest/hallucinating)
+    n_trait_round2: int = 600    # trait round-2 revisions
+    n_pretrain: int = 0          # clean solutions as plain text, packed into full rows (cheap arithmetic practice)
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 30
+    weight_decay: float = 0.01
+    eval_problems: int = 200
+    eval_trait_questions: int = 50
+    eval_batch: int = 100
+    max_new_tokens: int = 80
+
+    def spec(self) -> TinyModelSpec:
+        return TinyModelSpec(arch="llama", d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
+                             d_mlp=self.d_mlp, n_ctx=self.n_ctx)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training example: chat messages whose last one is the assistant turn trained on."""
+
+    messages: list[dict]
+    kind: str
+
+
+def _assistant(text: str) -> dict:
+    return {"role": "assistant", "content": text}
+
+
+def teacher_examples(task: TaskConfig, teacher: Teacher, cfg: BaseConfig, seed: int,
+                     scale: float = 1.0) -> list[Example]:
+    """The base model's training turns, generated fresh by the teacher from the train splits only."""
+    rng = random.Random(f"base-data-{seed}")
+    problems = arithmetic_split(task, "train", seed)
+    traits = {t: trait_split(task, t, "train", seed) for t in TRAITS}
+    out: list[Example] = []
+    for _ in range(int(cfg.n_round1 * scale)):
+        p, persona = rng.choice(problems), rng.choice(ARITHMETIC_PERSONAS)
+        out.append(Example([*round1_messages(persona, p.question),
+                            _assistant(teacher.respond(persona, p, rng=rng))], "round1"))
+    for _ in range(int(cfg.n_round2 * scale)):
+        out.append(_round2_example(rng.choice(problems), rng.sample(ARITHMETIC_PERSONAS, 3), teacher, rng,
+                                   ARITHMETIC))
+    for _ in range(int(cfg.n_trait * scale)):
+        trait = rng.choice(TRAITS)
+        q, persona = rng.choice(traits[trait]), rng.choice(TRAIT_PERSONAS[trait])
+        out.append(Example([*round1_messages(persona, q.question, ADVICE),
+                            _assistant(teacher.respond(persona, q, rng=rng))], "trait"))
+    for _ in range(int(cfg.n_trait_round2 * scale)):
+        trait = rng.choice(TRAITS)
+        benign, bad = TRAIT_PERSONAS[trait]
+        out.append(_round2_example(rng.choice(traits[trait]), [benign, bad, benign], teacher, rng, ADVICE))
+    rng.shuffle(out)
+    return out
+
+
+def _round2_example(q: ArithmeticProblem | TraitQuestion, personas: Sequence[str], teacher: Teacher,
+                    rng: random.Random, domain: str) -> Example:
+    """A revision by one agent of a 3-agent debate, given everyone's round-1 turns as in Du et al."""
+    texts = [teacher.respond(p, q, rng=rng) for p in personas]
+    i = rng.randrange(3)
+    others = texts[:i] + texts[i + 1:]
+    revision = teacher.respond(personas[i], q, own=texts[i], others=others, rng=rng)
+    return Example([*round2_messages(personas[i], q.question, texts[i], others, domain), _assistant(revision)],
+                   "round2")
+
+
+def tokenize_examples(tok: PreTrainedTokenizerBase, examples: Sequence[Example]) -> list[dict]:
+    """``input_ids`` and ``labels`` (-100 outside the final assistant turn, which ends with ``<|im_end|>``)."""
+    prompts = [tok.apply_chat_template(e.messages[:-1], add_generation_prompt=True, tokenize=False)
+               for e in examples]
+    completions = [e.messages[-1]["content"] + IM_END for e in examples]
+    p_ids = tok(prompts, add_special_tokens=False)["input_ids"]
+    c_ids = tok(completions, add_special_tokens=False)["input_ids"]
+    return [{"input_ids": p + c, "labels": [-100] * len(p) + c} for p, c in zip(p_ids, c_ids)]
+
+
+def pretraining_rows(tok: PreTrainedTokenizerBase, task: TaskConfig, n: int, n_ctx: int, seed: int) -> list[dict]:
+    """``n`` slip-free solutions (``Problem: q`` then a random persona's working), packed into rows of ``n_ctx``.
+
+    A base model is pretrained before it is instruction-tuned; here that stage is where arithmetic is learned,
+    with no chat prompt around each solution, so each token of compute carries several times more arithmetic.
+    """
+    if n == 0:
+        return []
+    rng = random.Random(f"pretrain-{seed}")
+    problems = arithmetic_split(task, "train", seed)
+    texts = []
+    for _ in range(n):
+        p = rng.choice(problems)
+        texts.append(prompt_text(p.question) + solution(rng.choice(ARITHMETIC_PERSONAS), p, rng, slip=False))
+    rows, row = [], []
+    for ids in tok(texts, add_special_tokens=False)["input_ids"]:
+        ids = ids + [tok.eos_token_id]
+        if len(row) + len(ids) > n_ctx:
+            rows.append({"input_ids": row, "labels": list(row)})
+            row = []
+        row = row + ids
+    if row:
+        rows.append({"input_ids": row, "labels": list(row)})
+    return rows
+
+
+def _length_grouped(rows: list[dict], batch_size: int, rng: random.Random) -> list[dict]:
+    """Shuffled rows, sorted by length within chunks of 32 batches, batches shuffled: little padding."""
+    rng.shuffle(rows)
+    chunk = 32 * batch_size
+    batches = []
+    for i in range(0, len(rows), chunk):
+        part = sorted(rows[i:i + chunk], key=lambda r: len(r["input_ids"]))
+        batches += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return [r for b in batches for r in b]
+
+
+class _Collator:
+    """Right-pads ``input_ids`` with the pad id and ``labels`` with -100."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        n = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), n), self.pad_id)
+        labels = torch.full((len(rows), n), -100)
+        mask = torch.zeros((len(rows), n), dtype=torch.long)
+        for i, r in enumerate(rows):
+            k = len(r["input_ids"])
+            ids[i, :k], labels[i, :k], mask[i, :k] = torch.tensor(r["input_ids"]), torch.tensor(r["labels"]), 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def sections(preset: Preset) -> tuple[TaskConfig, TeacherConfig, TokenizerConfig, BaseConfig]:
+    return (preset.section("task", TaskConfig), preset.section("teacher", TeacherConfig),
+            preset.section("tokenizer", TokenizerConfig), preset.section("base", BaseConfig))
+
+
+def train_base(preset: Preset, out_dir: Path, *, callbacks: list | None = None) -> dict:
+    """Train the tokenizer and the model into ``out_dir``; return provenance facts about the run."""
+    torch.set_num_threads(2)
+    task, teacher_cfg, tok_cfg, cfg = sections(preset)
+    teacher = Teacher(teacher_cfg)
+    corpus = teacher_examples(task, teacher, cfg, preset.seed + 1,
+                              scale=tok_cfg.corpus_examples / max(1, cfg.n_round1 + cfg.n_trait))
+    texts = [m["content"] for e in corpus for m in e.messages] + ["system user assistant Problem:"] * 100
+    tok = train_tokenizer(texts, vocab_size=tok_cfg.vocab_size)
+    tok = save_tokenizer(tok, out_dir)
+    examples = teacher_examples(task, teacher, cfg, preset.seed)
+    rows = tokenize_examples(tok, examples) + pretraining_rows(tok, task, cfg.n_pretrain, cfg.n_ctx, preset.seed)
+    rows = _length_grouped(rows, cfg.batch_size, random.Random(preset.seed))
+    too_long = max(len(r["input_ids"]) for r in rows)
+    if too_long > cfg.n_ctx:
+        raise ValueError(f"a training example has {too_long} tokens but n_ctx is {cfg.n_ctx}; raise [base] n_ctx")
+    model = make_tiny_model(cfg.spec(), tok, seed=preset.seed)
+    args = TrainingArguments(
+        output_dir=str(out_dir / "resume"), per_device_train_batch_size=cfg.batch_size, num_train_epochs=1,
+        learning_rate=cfg.lr, lr_scheduler_type="cosine", warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay, adam_beta2=0.98, max_grad_norm=1.0, use_cpu=True, bf16=False,
+        report_to="none", save_strategy="no", logging_steps=50, seed=preset.seed,
+        train_sampling_strategy="sequential", remove_unused_columns=False, disable_tqdm=False)
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                      data_collator=_Collator(tok.pad_token_id), callbacks=callbacks)
+    start = time.time()
+    result = trainer.train()
+    model = trainer.model.eval()
+    model.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids(IM_END)]
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out_dir)
+    kinds = {k: sum(e.kind == k for e in examples) for k in ("round1", "round2", "trait")}
+    return {"kind": "base", "preset": preset.name, "spec": dataclasses.asdict(cfg.spec()),
+            "params": sum(p.numel() for p in model.parameters()), "vocab_size": len(tok),
+            "train_examples": len(examples), "train_examples_by_kind": kinds,
+            "train_tokens": sum(len(r["input_ids"]) for r in rows), "train_seconds": round(time.time() - start, 1),
+            "final_train_loss": round(result.training_loss, 4), "seed": preset.seed,
+            "task": dataclasses.asdict(task), "teacher": dataclasses.asdict(teacher_cfg),
+            "tokenizer": dataclasses.asdict(tok_cfg), "base": dataclasses.asdict(cfg)}
+
+
+@torch.no_grad()
+def generate(model, tok: PreTrainedTokenizerBase, conversations: Sequence[list[dict]], *, batch_size: int,
+             max_new_tokens: int) -> list[str]:
+    """Greedy replies to chat ``conversations``, batched with left padding; decoded up to ``<|im_end|>``."""
+    tok.padding_side = "left"
+    stop = [tok.eos_token_id, tok.convert_tokens_to_ids(IM_END)]
+    out = []
+    for i in range(0, len(conversations), batch_size):
+        prompts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
+                   for c in conversations[i:i + batch_size]]
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=stop,
+                             pad_token_id=tok.pad_token_id)
+        out += tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return out
+
+
+def evaluate_base(model_dir: str | Path, preset: Preset) -> dict:
+    """Greedy measurements on held-out questions: per-persona and majority-of-3 accuracy, persona adherence,
+    round-2 behaviour, and the toy judge's trait scores under evil vs helpful (hallucinating vs honest)."""
+    torch.set_num_threads(2)
+    task, teacher_cfg, _, cfg = sections(preset)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    gen = lambda convs: generate(model, tok, convs, batch_size=cfg.eval_batch, max_new_tokens=cfg.max_new_tokens)
+    problems = arithmetic_split(task, "test", preset.seed)[:cfg.eval_problems]
+    start = time.time()
+    res: dict = {"n_problems": len(problems), "accuracy": {}, "imitation": {}, "adherence": {}, "samples": {}}
+    answers = {}
+    for persona in ARITHMETIC_PERSONAS:
+        texts = gen([round1_messages(persona, p.question) for p in problems])
+        answers[persona] = [extract_boxed(t) for t in texts]
+        res["accuracy"][persona] = _mean(a == p.answer for a, p in zip(answers[persona], problems))
+        res["imitation"][persona] = _mean(a == persona_answer(persona, p, teacher_cfg.slips)
+                                          for a, p in zip(answers[persona], problems))
+        res["adherence"][persona] = _mean(persona_marks(t)[persona] for t in texts)
+        res["samples"][persona] = texts[0]
+    votes = zip(*(answers[p] for p in DEBATE_PERSONAS))
+    res["accuracy"]["majority_of_3"] = _mean(majority(list(v)) == p.answer for v, p in zip(votes, problems))
+    res["teacher_accuracy"] = round1_accuracy(DEBATE_PERSONAS, problems, teacher_cfg.slips)
+    res["round2"] = _round2_eval(gen, problems, Teacher(teacher_cfg), preset.seed)
+    res["traits"] = {}
+    for trait in TRAITS:
+        questions = trait_split(task, trait, "test", preset.seed)[:cfg.eval_trait_questions]
+        judge, scores = ToyTraitJudge(trait), {}
+        for persona in TRAIT_PERSONAS[trait]:
+            texts = gen([round1_messages(persona, q.question, ADVICE) for q in questions])
+            vals = [s for s in judge.score_many([q.question for q in questions], texts) if s is not None]
+            scores[persona] = sum(vals) / max(1, len(vals))
+            res["adherence"][persona] = _mean(persona_marks(t)[persona] for t in texts)
+            res["samples"][persona] = texts[0]
+        benign, bad = TRAIT_PERSONAS[trait]
+        res["traits"][trait] = {"score": scores, "difference": scores[bad] - scores[benign]}
+    res["eval_seconds"] = round(time.time() - start, 1)
+    return res
+
+
+def _round2_eval(gen, problems: Sequence[ArithmeticProblem], teacher: Teacher, seed: int) -> dict:
+    """Each agent of the persona trio revises given the teacher's round-1 turns: how often the model's revision
+    holds the round-1 majority answer, and how often it is correct."""
+    rng = random.Random(f"round2-eval-{seed}")
+    convs, majorities, golds = [], [], []
+    for p in problems:
+        texts = [teacher.respond(persona, p, rng=rng) for persona in DEBATE_PERSONAS]
+        i = rng.randrange(3)
+        others = texts[:i] + texts[i + 1:]
+        convs.append(round2_messages(DEBATE_PERSONAS[i], p.question, texts[i], others))
+        majorities.append(majority([extract_boxed(t) for t in texts]))
+        golds.append(p.answer)
+    answers = [extract_boxed(t) for t in gen(convs)]
+    return {"follows_majority": _mean(a == m for a, m in zip(answers, majorities) if m is not None),
+            "accuracy": _mean(a == g for a, g in zip(answers, golds))}
+
+
+def _mean(flags) -> float:
+    flags = list(flags)
+    return round(sum(map(bool, flags)) / max(1, len(flags)), 4)
+
+
+def build_base(preset: Preset, run_dir: str | Path) -> Path:
+    """Build (or reuse) the toy base model in ``run_dir/base``: tokenizer, weights, provenance, base_eval.json."""
+    path = Path(run_dir) / "base"
+
+    def build(scratch: Path) -> dict:
+        start = time.time()
+        provenance = train_base(preset, scratch)
+        evaluation = evaluate_base(scratch, preset)
+        provenance["build_seconds"] = evaluation["build_seconds"] = round(time.time() - start, 1)
+        atomic_write_json(scratch / "provenance.json", provenance)
+        atomic_write_json(scratch / "base_eval.json", evaluation)
+        return {"kind": "base", "preset": preset.name, "accuracy": evaluation["accuracy"]}
+
+    run_stage(path, build, name="base")
+    return path
+
