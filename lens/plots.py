@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
 
 from lens.io import atomic_write_bytes, atomic_write_text
 from lens.probes import PCAProjection, ProbeResult
@@ -100,11 +101,16 @@ def suppression_tradeoff(reports: SuppressionReport | Mapping[str, SuppressionRe
     return fig
 
 
-def save_figure(fig: go.Figure, path_stem: str | Path) -> list[Path]:
-    """Write ``stem.html`` (always, offline: plotly.js inlined) and ``stem.png`` + ``stem.pdf`` when static
-    export works; logs one line and skips the static images otherwise."""
+def save_figure(fig: go.Figure, path_stem: str | Path, *, static: bool = True) -> list[Path]:
+    """Write ``stem.html`` (always, offline: it loads ``plotly.min.js`` written once beside it) and, with
+    ``static``, ``stem.png`` + ``stem.pdf`` when export works; logs one line and skips them otherwise."""
     stem = Path(path_stem)
-    written = [atomic_write_text(stem.with_suffix(".html"), fig.to_html(include_plotlyjs=True, full_html=True))]
+    bundle = stem.parent / "plotly.min.js"
+    if not bundle.exists():
+        atomic_write_text(bundle, get_plotlyjs())
+    written = [atomic_write_text(stem.with_suffix(".html"), fig.to_html(include_plotlyjs="directory", full_html=True))]
+    if not static:
+        return written
     try:
         for suffix in (".png", ".pdf"):
             written.append(atomic_write_bytes(stem.with_suffix(suffix), fig.to_image(format=suffix[1:])))

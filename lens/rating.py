@@ -178,7 +178,8 @@ def rate_suppression(model, subspace: AgentSubspace, *, alphas: Sequence[float],
     trait_mean = [m for m, _ in trait_stats]
     delta_trait = [m - trait_mean[i0] for m in trait_mean]
     delta_cap = [c - cap[i0] for c in cap]
-    allowed = [i for i in range(len(grid)) if capability is None or delta_cap[i] >= -capacity_budget]
+    allowed = [i for i in range(len(grid)) if math.isfinite(trait_mean[i])
+               and (capability is None or delta_cap[i] >= -capacity_budget)] or [i0]
     best = min(allowed, key=lambda i: (trait_mean[i], abs(grid[i])))
     return SuppressionReport(
         alphas=grid, trait_mean=trait_mean, trait_se=[s for _, s in trait_stats], capability=cap,

@@ -98,11 +98,7 @@ class Table1:
         for method, samples in self.samples.items():
             lines = "".join(_json_line(s) for s in samples)
             atomic_write_text(out / "samples" / f"{_slug(method)}.jsonl", lines)
-        fig, stem = accuracy_vs_tokens(self), out / "accuracy_vs_tokens"
-        if static_images:
-            save_figure(fig, stem)
-        else:
-            atomic_write_text(stem.with_suffix(".html"), fig.to_html(include_plotlyjs=True, full_html=True))
+        save_figure(accuracy_vs_tokens(self), out / "accuracy_vs_tokens", static=static_images)
         return out
 
     @classmethod
