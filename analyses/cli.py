@@ -32,10 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from analyses.models import resolve_model
     from training.presets import PresetError, default_run_dir, load_preset
 
     try:
-        preset = load_preset(args.preset)
+        preset = resolve_model(load_preset(args.preset))
     except PresetError as e:
         print(f"latent-agents: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,195 @@
+"""Experiment 2 (paper §3, Fig. 2, 9, 11, Table 8): agent vectors from the SFT checkpoint, steering base and IMAD.
+
+Each agent's unit diff-of-means vector is read from the SFT model at ``blocks.L.hook_resid_post`` (end of the
+agent's turn) and added at that same hook, on generated tokens only, to the base model and to IMAD. From the
+debate context up to the agent's tag (held-out debates) we generate, and score ROUGE against the agent's own
+response; the area under ROUGE-vs-α summarises each model. Caveat (toy world): the base model never saw the
+debate tags, so its prompts are out of distribution; both models get the same prompts, layer and vectors.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+import lens
+from analyses import figures as study_figures
+from analyses.generation import fits_context, generate, native_prompt
+from analyses.metrics import ROUGE_METRICS, auc, json_safe, mean_rouge, pct_change
+from lens.debate_format import Transcript, extract_boxed, training_text, turn_spans
+from lens.activations import resolve_transcripts
+from lens.io import atomic_write_json
+from lens.probes import PCAProjection, ProbeResult
+from training.pipeline import Run
+from training.presets import Preset
+from training.runner import load_debates
+from training.tasks import TaskConfig, arithmetic_split
+
+MODELS = ("base", "imad")
+RESULTS = "results.json"
+
+
+@dataclass(frozen=True)
+class SubspaceConfig:
+    """Preset section ``[subspaces]``: where to read/write, the α grid, and how much to generate."""
+
+    experiment: str = "main"
+    layer: int | None = None            # None: the middle layer (paper: 15 for 32-layer LLaMA/Qwen, 20 for Mistral)
+    alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0)
+    n_train_transcripts: int | None = None  # SFT training debates used for the vectors (None: all, as the paper)
+    n_heldout: int = 20                 # held-out debates; each turn of an agent in them is one prompt
+    rounds: tuple[int, ...] = (1, 2)
+    max_new_tokens: int = 160
+    temperature: float = 0.7
+    top_p: float = 0.9
+    capability_alphas: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)
+    n_capability: int = 50
+    capability_max_new_tokens: int = 96
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        for name in ("alphas", "rounds", "capability_alphas"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if len(self.alphas) < 2:
+            raise ValueError(f"[subspaces] alphas needs at least two values for an AUC, got {list(self.alphas)}")
+        if not self.capability_alphas:
+            raise ValueError("[subspaces] capability_alphas is empty; give at least α = 0")
+
+
+def heldout_transcripts(run_dir: str | Path, experiment: str = "main", n: int | None = None) -> list[Transcript]:
+    """Held-out debates of ``experiment`` (teacher debates on test questions, never trained on; the debate
+    stage writes them beside the training transcripts)."""
+    return [r.transcript for r in load_debates(Path(run_dir) / "debates" / experiment / "heldout.jsonl")][:n]
+
+
+def turn_prompts(transcripts: list[Transcript], agent: int, rounds: tuple[int, ...]) -> tuple[list[str], list[str]]:
+    """(context up to and including the agent's ``tag:``, the agent's own response) for each of its turns."""
+    prompts, refs = [], []
+    for t in transcripts:
+        text = training_text(t)
+        for span in turn_spans(t):
+            if span.turn.agent == agent and span.turn.round in rounds:
+                prompts.append(text[:span.start].rstrip(" "))
+                refs.append(span.turn.text)
+    if not prompts:
+        raise ValueError(f"no held-out turns of agent {agent} in rounds {list(rounds)}")
+    return prompts, refs
+
+
+def rouge_sweep(model, sub, prompts: list[str], refs: list[str], cfg: SubspaceConfig) -> dict[str, list[float]]:
+    """Mean ROUGE-1/2/L per α of the steered continuation against the agent's own turn (one batched sweep);
+    contexts too long to leave room for a continuation are skipped."""
+    keep = fits_context(model, prompts, margin=16)
+    prompts, refs = [p for p, k in zip(prompts, keep) if k], [r for r, k in zip(refs, keep) if k]
+    if not prompts:
+        raise ValueError(f"every held-out context is longer than the model's context of {model.cfg.n_ctx} tokens")
+    rows = [(a, p, r) for a in cfg.alphas for p, r in zip(prompts, refs)]
+    outs = generate(model, [p for _, p, _ in rows], subspace=sub, alphas=[a for a, _, _ in rows],
+                    max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                    seed=cfg.seed, at_tags=True)
+    curves: dict[str, list[float]] = {m: [] for m in ROUGE_METRICS}
+    n = len(prompts)
+    for i in range(len(cfg.alphas)):
+        scores = mean_rouge([o.strip() for o in outs[i * n:(i + 1) * n]], refs)
+        for m in ROUGE_METRICS:
+            curves[m].append(scores[m])
+    return curves
+
+
+def capability_sweep(model, kind: str, sub, cfg: SubspaceConfig, problems) -> list[float]:
+    """Arithmetic accuracy per α in ``cfg.capability_alphas`` under steering with ``sub`` (native prompts)."""
+    prompts = [native_prompt(kind, p.question, model.tokenizer) for p in problems]
+    rows = [(a, k) for a in cfg.capability_alphas for k in range(len(problems))]
+    outs = generate(model, [prompts[k] for _, k in rows], subspace=sub, alphas=[a for a, _ in rows],
+                    max_new_tokens=cfg.capability_max_new_tokens, temperature=0.0, seed=cfg.seed)
+    n = len(problems)
+    correct = [extract_boxed(o) == problems[k].answer for o, (_, k) in zip(outs, rows)]
+    return [sum(correct[i * n:(i + 1) * n]) / n for i in range(len(cfg.capability_alphas))]
+
+
+def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
+    """The whole experiment; the agent vectors (safetensors + JSON) and ``results.json`` go to ``out_dir``."""
+    cfg = preset.section("subspaces", SubspaceConfig)
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    heldout = heldout_transcripts(run_dir, cfg.experiment, cfg.n_heldout)
+    sft = lens.load_model(run_dir / "sft" / cfg.experiment)
+    layer = sft.cfg.n_layers // 2 if cfg.layer is None else cfg.layer
+    agents = sorted({turn.agent for t in heldout for turn in t.turns})
+    personas = {str(a): heldout[0].persona_of(a) for a in agents}
+    train, _ = resolve_transcripts(sft, None)
+    subs = {a: lens.find_agent_subspace(sft, a, transcripts=train[:cfg.n_train_transcripts], layers=[layer])
+            for a in agents}
+    for a, sub in subs.items():
+        sub.save(out_dir / "vectors" / f"agent{a}")
+    probes = {"sft": lens.probe_layers(sft, heldout).to_dict()}
+    pca = _pca_dict(lens.pca_projection(sft, heldout, layer=layer, center="slot"))
+    del sft
+    problems = arithmetic_split(preset.section("task", TaskConfig), "test", preset.seed)[:cfg.n_capability]
+    rouge: dict = {}
+    capability: dict = {}
+    dirs = {"base": Run(preset, run_dir).base_dir(), "imad": run_dir / "imad" / cfg.experiment}
+    for kind in MODELS:
+        model = lens.load_model(dirs[kind])
+        if kind == "imad":
+            probes["imad"] = lens.probe_layers(model, heldout).to_dict()
+        rouge[kind], capability[kind] = {}, {}
+        for a, sub in subs.items():
+            prompts, refs = turn_prompts(heldout, a, cfg.rounds)
+            rouge[kind][str(a)] = rouge_sweep(model, sub, prompts, refs, cfg)
+            capability[kind][str(a)] = capability_sweep(model, kind, sub, cfg, problems)
+        del model
+    auc_block = {str(a): {m: _auc_entry(cfg.alphas, rouge["base"][str(a)][m], rouge["imad"][str(a)][m])
+                          for m in ROUGE_METRICS} for a in agents}
+    results = {"config": asdict(cfg), "layer": layer, "hook_name": subs[agents[0]].hook_name,
+               "alphas": list(cfg.alphas), "capability_alphas": list(cfg.capability_alphas), "personas": personas,
+               "n_prompts": {str(a): len(turn_prompts(heldout, a, cfg.rounds)[0]) for a in agents},
+               "vectors": {str(a): {"layer": s.layer, "hook_name": s.hook_name, "position": s.position,
+                                    "stats": s.stats, "scores": {str(k): v for k, v in s.scores.items()}}
+                           for a, s in subs.items()},
+               "rouge": rouge, "auc": auc_block, "capability": capability, "probe": probes, "pca": pca}
+    results = json_safe(results)
+    atomic_write_json(out_dir / RESULTS, results)
+    return results
+
+
+def _auc_entry(alphas, base: list[float], imad: list[float]) -> dict:
+    b, i = auc(alphas, base), auc(alphas, imad)
+    return {"base": b, "imad": i, "pct": pct_change(b, i)}
+
+
+def _pca_dict(p: PCAProjection) -> dict:
+    return {**{k: getattr(p, k) for k in ("labels", "explained_variance_ratio", "layer", "hook_name", "position",
+                                           "center")}, "coords": p.coords.tolist()}
+
+
+def _pca(d: dict) -> PCAProjection:
+    import torch
+
+    return PCAProjection(**{**d, "coords": torch.tensor(d["coords"])})
+
+
+def load_results(run_dir: str | Path) -> dict:
+    """The saved results of a finished run (``run_dir/analyses/agent_subspaces/results.json``)."""
+    path = Path(run_dir) / "analyses" / "agent_subspaces" / RESULTS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; run `latent-agents reproduce` for this run first")
+    return json.loads(path.read_text())
+
+
+def auc_rows(results: dict) -> list[dict]:
+    """Table 8: ROUGE AUC per agent and metric, base vs IMAD, with the % difference."""
+    return [{"agent": f"{a} ({results['personas'][a]})", "metric": m, "base": v["base"], "imad": v["imad"],
+             "delta %": v["pct"]} for a, ms in results["auc"].items() for m, v in ms.items()]
+
+
+def figures(results: dict) -> dict[str, go.Figure]:
+    """Every figure of this experiment, by name."""
+    return {"probe_accuracy": lens.plots.probe_accuracy_by_layer(
+                {name.upper(): ProbeResult(**p) for name, p in results["probe"].items()}),
+            "pca_agents": lens.plots.pca_scatter(_pca(results["pca"])),
+            "rouge_vs_alpha": study_figures.rouge_curves(results),
+            "rouge_auc": study_figures.rouge_auc_bars(results),
+            "capability_agent_steering": study_figures.capability_under_steering(results)}

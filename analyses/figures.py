@@ -1,0 +1,76 @@
+"""Study figures that `lens.plots` has no equivalent for: ROUGE AUC bars (paper Fig. 2 right, Fig. 10),
+capability under agent steering (Fig. 11) and the malicious-agent panels (Fig. 3). Each takes saved results.
+"""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+MODEL_COLORS = {"base": "#7f7f7f", "imad": "#d62728"}
+METRIC_NAMES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}
+
+
+def rouge_curves(results: dict) -> go.Figure:
+    """ROUGE-1/2/L vs α per agent, base (grey) vs IMAD (red): paper Fig. 9."""
+    agents = list(results["auc"])
+    metrics = list(METRIC_NAMES)
+    fig = make_subplots(rows=len(agents), cols=len(metrics), shared_xaxes=True,
+                        subplot_titles=[f"agent {a} ({results['personas'][a]}) {METRIC_NAMES[m]}"
+                                        for a in agents for m in metrics])
+    for i, a in enumerate(agents, 1):
+        for j, m in enumerate(metrics, 1):
+            for model, color in MODEL_COLORS.items():
+                fig.add_trace(go.Scatter(x=results["alphas"], y=results["rouge"][model][a][m], mode="lines+markers",
+                                         name=model, legendgroup=model, showlegend=i == j == 1,
+                                         line={"color": color}), row=i, col=j)
+    fig.update_xaxes(title_text="α", row=len(agents))
+    fig.update_layout(title="ROUGE of steered output vs the agent's own response", height=260 * len(agents))
+    return fig
+
+
+def rouge_auc_bars(results: dict) -> go.Figure:
+    """Area under each ROUGE-vs-α curve per agent and metric, base vs IMAD, with the % difference on top."""
+    fig = go.Figure()
+    labels = [f"agent {a} {METRIC_NAMES[m]}" for a, ms in results["auc"].items() for m in ms]
+    for model, color in MODEL_COLORS.items():
+        ys = [v[model] for ms in results["auc"].values() for v in ms.values()]
+        texts = [f"{v['pct']:+.1f}%" if model == "imad" and v["pct"] is not None else ""
+                 for ms in results["auc"].values() for v in ms.values()]
+        fig.add_trace(go.Bar(x=labels, y=ys, name=model, marker_color=color, text=texts, textposition="outside"))
+    fig.update_layout(barmode="group", title="ROUGE AUC over α (trapezoid), base vs IMAD", yaxis_title="AUC")
+    return fig
+
+
+def capability_under_steering(results: dict) -> go.Figure:
+    """Arithmetic accuracy while steering with each agent's vector, base and IMAD: paper Fig. 11."""
+    fig = go.Figure()
+    dashes = ["solid", "dash", "dot", "dashdot"]
+    for model, color in MODEL_COLORS.items():
+        for k, (agent, curve) in enumerate(results["capability"][model].items()):
+            fig.add_trace(go.Scatter(x=results["capability_alphas"], y=[100 * c for c in curve], mode="lines+markers",
+                                     name=f"{model} agent {agent}", line={"color": color, "dash": dashes[k % 4]}))
+    fig.update_layout(title="Arithmetic accuracy under agent steering", xaxis_title="α", yaxis_title="accuracy (%)")
+    return fig
+
+
+def malicious_panels(results: dict) -> go.Figure:
+    """Trait score, capability and perplexity vs α for each trait, base vs IMAD: paper Fig. 3."""
+    traits = list(results["traits"])
+    cols = [("trait", "trait score"), ("capability", "accuracy %"), ("perplexity", "perplexity (log)")]
+    fig = make_subplots(rows=len(traits), cols=3, subplot_titles=[f"{t} · {c[1]}" for t in traits for c in cols])
+    for i, trait in enumerate(traits, 1):
+        for j, (key, _) in enumerate(cols, 1):
+            for model, color in MODEL_COLORS.items():
+                block = results["traits"][trait][model]
+                ys = [100 * y for y in block[key]] if key == "capability" else block[key]
+                err = block.get(f"{key}_se")
+                fig.add_trace(go.Scatter(
+                    x=block["alphas"], y=ys, mode="lines+markers", name=model, legendgroup=model,
+                    showlegend=i == j == 1, line={"color": color},
+                    error_y={"type": "data", "array": err, "visible": True} if err else None), row=i, col=j)
+    fig.update_xaxes(title_text="α")
+    fig.update_yaxes(type="log", col=3)
+    fig.update_layout(title="Steering against the malicious agent: base vs IMAD", height=330 * len(traits),
+                      width=1000)
+    return fig

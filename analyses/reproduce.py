@@ -1,0 +1,66 @@
+"""``latent-agents reproduce``: every missing stage, the three experiments, then the report.
+
+Each step is a cached stage (a ``stage.json`` manifest marks it done), so a killed run resumes where it stopped
+and a finished one only rewrites the report.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from analyses import agent_subspaces, malicious
+from analyses.models import resolve_model
+from analyses.study_report import write_report
+from analyses.validate import validate_preset
+from training.presets import Preset
+from training.stages import run_stage
+
+PIPELINE_STAGES = ("debate", "sft", "internalize", "evaluate")
+EXPERIMENTS: dict[str, Callable[[Preset, Path, Path], dict]] = {
+    "agent_subspaces": agent_subspaces.run,
+    "malicious": malicious.run,
+}
+
+
+def is_toy(preset: Preset) -> bool:
+    """Whether the preset trains its own base model (the toy world) instead of loading a local HF model."""
+    return not preset.data.get("model", {}).get("path")
+
+
+def run_experiment(name: str, preset: Preset, run_dir: Path, log: Callable[[str], None] = print) -> dict:
+    """One experiment as a cached stage under ``run_dir/analyses/<name>/``."""
+    fn = EXPERIMENTS[name]
+
+    def build(out: Path) -> dict:
+        # small batched generation gains little from threads, and oversubscribed cores make it many times slower
+        torch.set_num_threads(int(os.environ.get("LATENT_AGENTS_THREADS", "1")))
+        results = fn(preset, run_dir, out)
+        return {"kind": "analysis", "experiment": name, "results": "results.json", "keys": sorted(results)}
+
+    return run_stage(run_dir / "analyses" / name, build, name=f"analyses/{name}", log=log)
+
+
+def reproduce(preset: Preset, run_dir: str | Path, *, log: Callable[[str], None] = print) -> Path:
+    """Run whatever is missing for ``preset`` in ``run_dir`` and write ``run_dir/report/report.html``."""
+    from training.pipeline import run_pipeline_stage
+
+    preset = resolve_model(preset)
+    validate_preset(preset)
+    run_dir = Path(run_dir)
+    start = time.time()
+    if is_toy(preset):
+        from training.toy_base import build_base
+
+        build_base(preset, run_dir)
+    for stage in PIPELINE_STAGES:
+        run_pipeline_stage(stage, preset, run_dir, log=log)
+    for name in EXPERIMENTS:
+        run_experiment(name, preset, run_dir, log)
+    path = write_report(preset, run_dir, log=log)
+    log(f"[reproduce] {preset.name} done in {time.time() - start:.0f}s; report: {path}")
+    return path

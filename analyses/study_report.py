@@ -1,0 +1,182 @@
+"""Assemble the study report from a run directory: Table 1, both experiments, the claims, and how it was made.
+
+Everything is read from saved artifacts (``eval/table1.json``, ``analyses/*/results.json``, ``stage.json``
+manifests), so the report can be rebuilt at any time without recomputing. Writes ``report.html``,
+``results.json`` and static images under ``run_dir/report/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import lens
+from analyses import agent_subspaces, malicious
+from analyses.metrics import json_safe
+from analyses.claims import malicious_claims, subspace_claims, token_efficiency_claims
+from analyses.report import Report
+from lens.io import atomic_write_json
+from training.evaluate import EvalConfig, Table1, accuracy_vs_tokens
+from training.presets import Preset
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Preset section ``[report]``: whether to also write static PNG/PDF images of every figure."""
+
+    static_images: bool = True
+
+
+PACKAGES = ("torch", "transformers", "transformer-lens", "peft", "trl", "accelerate", "scikit-learn", "plotly",
+            "kaleido", "rouge-score", "numpy", "tokenizers", "safetensors")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def stage_times(run_dir: Path) -> list[dict]:
+    """Every finished stage under ``run_dir`` with its wall time, from the ``stage.json`` manifests."""
+    rows = []
+    for manifest in sorted(run_dir.rglob("stage.json")):
+        if ".partial" in str(manifest.relative_to(run_dir)):
+            continue
+        m = json.loads(manifest.read_text())
+        rows.append({"stage": str(manifest.parent.relative_to(run_dir)), "wall seconds": m.get("wall_seconds")})
+    return rows
+
+
+def _load(fn, run_dir: Path) -> dict | None:
+    try:
+        return fn(run_dir)
+    except FileNotFoundError:
+        return None
+
+
+def _table1(run_dir: Path) -> Table1 | None:
+    path = run_dir / "eval" / "table1.json"
+    return Table1.load(path) if path.is_file() else None
+
+
+def table1_rows(table: Table1) -> list[dict]:
+    """Table 1 as the report shows it: accuracy and tokens with their SE over seeds."""
+    def pm(v, se, scale=1.0, digits=2):
+        return f"{v * scale:.{digits}f}" + ("" if se is None else f" ± {se * scale:.{digits}f}")
+    return [{"method": r["method"], "accuracy (%)": pm(r["accuracy"], r["accuracy_se"], 100),
+             "tokens / question": pm(r["tokens"], r["tokens_se"], 1, 1), "questions": r["n_questions"],
+             "seeds": r["n_seeds"], "well-formed debate": "–" if r.get("well_formed") is None
+             else f"{100 * r['well_formed']:.0f}%"} for r in table.rows]
+
+
+def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
+    """The report and the ``results.json`` payload for ``run_dir``."""
+    table = _table1(run_dir)
+    subs = _load(agent_subspaces.load_results, run_dir)
+    mal = _load(malicious.load_results, run_dir)
+    methods = {r["method"]: r for r in table.rows} if table else None
+    claims = [*token_efficiency_claims(methods), *subspace_claims(subs), *malicious_claims(mal)]
+    stages = stage_times(run_dir)
+    seeds = {"preset": preset.seed, "eval": list(preset.section("eval", EvalConfig).seeds),
+             "subspaces": preset.section("subspaces", agent_subspaces.SubspaceConfig).seed,
+             "malicious": preset.section("malicious", malicious.MaliciousConfig).seed}
+    rep = Report(f"latent-agents study: preset {preset.name}")
+    rep.text(f"{preset.data.get('meta', {}).get('description', '')} Run directory: {run_dir}. "
+             f"Total stage wall time: {sum(s['wall seconds'] or 0 for s in stages):.0f} s.")
+    rep.heading("Paper claims")
+    rep.claims(claims)
+
+    rep.heading("1. Token efficiency (paper Table 1)")
+    if table:
+        rep.table(table1_rows(table), "Table 1: accuracy ± SE over seeds, mean tokens (input + output) per question")
+        rep.figure("accuracy_vs_tokens", accuracy_vs_tokens(table))
+    else:
+        rep.text("Table 1 is missing (eval/table1.json).", "note")
+
+    rep.heading("2. Agent subspaces (paper §3)")
+    if subs:
+        rep.text(f"Vectors: unit diff-of-means per agent from the SFT checkpoint of '{subs['config']['experiment']}', "
+                 f"read and written at {subs['hook_name']} (end of the agent's turn; no layer offset). Steering adds "
+                 "α·v on generated tokens only, to the base model and to IMAD, from the held-out debate context up "
+                 "to the agent's tag. ROUGE is against the agent's own response; AUC is the trapezoid over α.")
+        rep.text("Caveat: the toy base model never saw the debate tags, so the tagged prompts are out of its "
+                 "distribution; both models get the same prompts, layer and vectors. Capability is arithmetic "
+                 "accuracy with each model's native prompt (base: chat template, neutral persona; IMAD: "
+                 "'Problem: q').", "note")
+        rep.table(agent_subspaces.auc_rows(subs), "Table 8: ROUGE AUC over α, base vs IMAD")
+        rep.table([{"agent": a, "persona": subs["personas"][a], "hook": v["hook_name"],
+                    "residual norm": v["stats"].get("resid_norm"), "raw diff norm": v["stats"].get("raw_diff_norm"),
+                    "held-out prompts": subs["n_prompts"][a]} for a, v in subs["vectors"].items()],
+                  "Agent vectors")
+        for name, fig in agent_subspaces.figures(subs).items():
+            rep.figure(name, fig)
+    else:
+        rep.text("Agent-subspace results are missing.", "note")
+
+    rep.heading("3. Malicious agents (paper §4)")
+    if mal:
+        rep.text("IMAD: agent-2 vector from the trait experiment's SFT checkpoint. Base: contrastive system-prompt "
+                 "vector (malicious minus benign prompt, chat template, token −2). Same layer for both; "
+                 "trait scores from the judge (0–100), accuracy under steering, perplexity of the response under "
+                 "the base model. Best α: the lowest trait score whose accuracy drop stays within the budget.")
+        rep.table(malicious.rating_rows(mal), "Suppression rating, base vs IMAD")
+        for name, fig in malicious.figures(mal, run_dir).items():
+            rep.figure(name, fig)
+    else:
+        rep.text("Malicious-agent results are missing.", "note")
+
+    rep.heading("How this was made")
+    versions = package_versions()
+    rep.table([{"stage": s["stage"], "wall seconds": s["wall seconds"]} for s in stages], "Wall time per stage")
+    rep.table([{"seed of": k, "value": v} for k, v in seeds.items()], "Seeds")
+    rep.table([{"package": k, "version": v} for k, v in versions.items()], "Package versions")
+    rep.heading("Preset", 3)
+    rep.pre(preset.path.read_text())
+    payload = {"preset": preset.name, "preset_path": str(preset.path), "run_dir": str(run_dir), "seeds": seeds,
+               "versions": versions, "stages": stages, "table1": table.rows if table else None,
+               "agent_subspaces": subs, "malicious": mal, "claims": [c.to_dict() for c in claims],
+               "figures": list(rep.figures), "tables": rep.tables}
+    return rep, payload
+
+
+def export_static(figures: dict, out_dir: Path, log: Callable[[str], None]) -> list[str]:
+    """``lens.plots.save_figure`` for each figure, sharing one Chromium; HTML only (one log line) without it."""
+    import shutil
+
+    if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "chrome")):
+        log("[report] Chromium not found: figures are interactive in report.html only (no PNG/PDF)")
+        return []
+    import kaleido
+
+    logging.getLogger("lens.plots").setLevel(logging.ERROR)
+    written = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kaleido.start_sync_server(silence_warnings=True)
+        try:
+            for name, fig in figures.items():
+                written += [p.name for p in lens.plots.save_figure(fig, out_dir / name)]
+        finally:
+            kaleido.stop_sync_server(silence_warnings=True)
+    return written
+
+
+def write_report(preset: Preset, run_dir: str | Path, *, log: Callable[[str], None] = print) -> Path:
+    """``report.html`` + ``results.json`` + figures under ``run_dir/report/``; returns the report path."""
+    run_dir = Path(run_dir)
+    out = run_dir / "report"
+    rep, payload = build(preset, run_dir)
+    cfg = preset.section("report", ReportConfig)
+    payload["static_figures"] = export_static(rep.figures, out / "figures", log) if cfg.static_images else []
+    atomic_write_json(out / "results.json", json_safe(payload))
+    return rep.write(out / "report.html")

@@ -1,0 +1,113 @@
+"""The whole smoke study through `latent-agents reproduce` in a temp run dir: report, results, resumption,
+and the paper-scale presets (they validate, and fail fast without their model in the local HF cache)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from analyses import reproduce as repro
+from analyses.cli import main as cli_main
+from analyses.models import resolve_model
+from analyses.validate import validate_preset
+from training.presets import PresetError, load_preset
+
+PAPER_PRESETS = ("llama3.1-8b", "qwen2.5-7b", "mistral-nemo")
+
+
+@pytest.fixture(scope="session")
+def smoke_study(smoke_run_dir) -> Path:
+    """The smoke study, reproduced in the session's smoke run dir (its toy base is shared with other tests); a
+    second module using this fixture finds every stage cached and only rewrites the report."""
+    start = time.time()
+    repro.reproduce(load_preset("smoke"), smoke_run_dir)
+    print(f"smoke study: {time.time() - start:.0f}s")
+    return smoke_run_dir
+
+
+@pytest.mark.slow
+def test_report_has_every_figure_table_and_claim(smoke_study):
+    html = (smoke_study / "report" / "report.html").read_text()
+    results = json.loads((smoke_study / "report" / "results.json").read_text())
+    assert html.count("plotly-graph-div") >= 6
+    assert len(re.findall(r"<script type='text/javascript'>", html)) == 1  # plotly.js inlined once
+    for fig in ("accuracy_vs_tokens", "probe_accuracy", "pca_agents", "rouge_vs_alpha", "rouge_auc",
+                "capability_agent_steering", "malicious_fig3", "tradeoff_evil", "tradeoff_hallucination"):
+        assert f'id="fig-{fig}"' in html and fig in results["figures"]
+    for caption in ("Paper claims", "Table 1", "Table 8", "Suppression rating", "Wall time per stage", "Seeds",
+                    "Package versions"):
+        assert f"<caption>{caption}" in html
+    assert set(results) >= {"preset", "seeds", "versions", "stages", "table1", "agent_subspaces", "malicious",
+                            "claims", "figures"}
+    assert {r["method"] for r in results["table1"]} == {"Single", "Debate", "DebateGPT", "SFT", "IMAD"}
+    assert {c["id"] for c in results["claims"]} >= {"tokens_vs_debate", "accuracy_vs_debate", "rouge_auc",
+                                                    "evil_suppressed", "capability_stable"}
+    assert all(c["verdict"] in ("reproduced", "not reproduced", "not run") for c in results["claims"])
+    assert any(s["stage"] == "analyses/malicious" and s["wall seconds"] is not None for s in results["stages"])
+    subs = results["agent_subspaces"]
+    assert subs["hook_name"] == f"blocks.{subs['layer']}.hook_resid_post"
+    assert set(subs["auc"]) == {"1", "2", "3"} and set(subs["auc"]["1"]) == {"rouge1", "rouge2", "rougeL"}
+    assert set(results["malicious"]["traits"]) == {"evil", "hallucination"}
+    assert "NaN" not in (smoke_study / "report" / "results.json").read_text()
+
+
+@pytest.mark.slow
+def test_killed_experiment_resumes_without_redoing_finished_stages(smoke_study, monkeypatch):
+    manifests = {p: p.stat().st_mtime for p in smoke_study.rglob("stage.json")}
+    target = smoke_study / "analyses" / "agent_subspaces"
+    keep = target.with_name("agent_subspaces.kept")
+    target.rename(keep)  # as if the run had been killed before this experiment finished
+    real = repro.EXPERIMENTS["agent_subspaces"]
+
+    def killed(preset, run_dir, out):
+        (out / "half-written.json").write_text("{")
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(repro.EXPERIMENTS, "agent_subspaces", killed)
+    with pytest.raises(KeyboardInterrupt):
+        repro.reproduce(load_preset("smoke"), smoke_study)
+    monkeypatch.setitem(repro.EXPERIMENTS, "agent_subspaces", real)
+    lines: list[str] = []
+    repro.reproduce(load_preset("smoke"), smoke_study, log=lines.append)
+    assert any(l.startswith("[analyses/agent_subspaces] done") for l in lines)
+    assert any(l.startswith("[analyses/malicious] cached") for l in lines)
+    assert not (target / "half-written.json").exists() and (target / "results.json").is_file()
+    for path, mtime in manifests.items():
+        if "agent_subspaces" not in str(path):
+            assert path.stat().st_mtime == mtime, f"{path} was rebuilt"
+    import shutil
+
+    shutil.rmtree(keep)
+
+
+@pytest.mark.parametrize("name", PAPER_PRESETS)
+def test_paper_presets_validate(name):
+    sections = validate_preset(load_preset(name))
+    assert sections["sft"].lora_r == 64 and sections["sft"].lora_alpha == 128 and sections["sft"].lora_dropout == 0.1
+    assert [p["budget"] for p in sections["grpo"].phases] == [2000, 1274, 500]
+    assert sections["subspaces"].layer == sections["malicious"].layer == (20 if name == "mistral-nemo" else 15)
+    assert sections["sft"].learning_rate == (3e-5 if name == "mistral-nemo" else 5e-5)
+    assert sections["task"].operand_min == 10 and sections["task"].operand_max == 99
+
+
+@pytest.mark.parametrize("name", PAPER_PRESETS)
+def test_paper_presets_fail_fast_without_the_cached_model(name, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(PresetError, match=r"needs the model .* in the local Hugging Face cache"):
+        resolve_model(load_preset(name))
+    assert cli_main(["reproduce", "--preset", name, "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "huggingface-cli download" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_preset_section_is_one_clear_error(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[meta]\nname = "bad"\n[subspace]\nlayer = 3\n')
+    with pytest.raises(PresetError, match=r"unknown section\(s\) \['subspace'\]"):
+        validate_preset(load_preset(bad))
