@@ -4,7 +4,7 @@ import json
 import random
 
 import pytest
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from lens.debate_format import DEBATE_TAGS
 from training.presets import load_preset
@@ -12,7 +12,7 @@ from training.prompts import ARITHMETIC, round2_messages
 from training.tasks import arithmetic_split
 from training.teacher import Teacher
 from training.tokenizer import IM_END
-from training.toy_base import Example, build_base, sections, teacher_examples, tokenize_examples
+from training.toy_base import Example, build_base, sections, teacher_examples, tokenize_examples, train_base
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +73,30 @@ def test_second_build_is_skipped(smoke_run_dir, smoke_base_dir, capsys):
     assert build_base(load_preset("smoke"), smoke_run_dir) == smoke_base_dir
     assert "[base] cached" in capsys.readouterr().out
     assert (smoke_base_dir / "model.safetensors").stat().st_mtime_ns == before
+
+
+class _StopInSecondPhase(TrainerCallback):
+    """Kills training at the first step of the second phase, as a crash or Ctrl-C would."""
+
+    def __init__(self) -> None:
+        self.phases = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.phases += 1
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.phases == 2:
+            raise KeyboardInterrupt
+
+
+def test_killed_build_resumes_from_the_last_finished_phase(tmp_path):
+    preset = load_preset("smoke")
+    assert len(sections(preset)[3].restart_lrs) == 1
+    with pytest.raises(KeyboardInterrupt):
+        train_base(preset, tmp_path, callbacks=[_StopInSecondPhase()])
+    first = json.loads((tmp_path / "resume" / "phase_0" / "phase.json").read_text())
+    assert not (tmp_path / "resume" / "phase_1" / "phase.json").exists()
+    info = train_base(preset, tmp_path)
+    assert [p["phase"] for p in info["phases"]] == [0, 1]
+    assert info["phases"][0] == first  # phase 0 was loaded from its checkpoint, not trained again
+    assert info["phases"][1]["lr"] == 1e-3 and info["phases"][1]["data_seed"] != first["data_seed"]

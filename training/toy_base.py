@@ -9,6 +9,7 @@ ChatML template from the exact messages in `training.prompts`, so the debate run
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import time
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ class BaseConfig:
     n_pretrain: int = 0          # clean solutions as plain text, packed into full rows (cheap arithmetic practice)
     batch_size: int = 32
     lr: float = 1e-3
+    restart_lrs: tuple[float, ...] = ()  # further phases, each on fresh data with its own cosine (warm restarts)
     warmup_steps: int = 30
     weight_decay: float = 0.01
     eval_problems: int = 200
@@ -193,43 +195,65 @@ def sections(preset: Preset) -> tuple[TaskConfig, TeacherConfig, TokenizerConfig
 
 
 def train_base(preset: Preset, out_dir: Path, *, callbacks: list | None = None) -> dict:
-    """Train the tokenizer and the model into ``out_dir``; return provenance facts about the run."""
+    """Train the tokenizer and the model into ``out_dir``; return provenance facts about the run.
+
+    Training runs in phases (``[base] lr`` then each of ``restart_lrs``), each on freshly generated teacher data
+    with its own warmup and cosine decay, as the pilots' warm restarts did. Each finished phase is checkpointed
+    in ``out_dir/resume/phase_<i>``, so a killed build resumes from the last finished phase.
+    """
     torch.set_num_threads(2)
     task, teacher_cfg, tok_cfg, cfg = sections(preset)
     teacher = Teacher(teacher_cfg)
-    corpus = teacher_examples(task, teacher, cfg, preset.seed + 1,
-                              scale=tok_cfg.corpus_examples / max(1, cfg.n_round1 + cfg.n_trait))
-    texts = [m["content"] for e in corpus for m in e.messages] + ["system user assistant Problem:"] * 100
-    tok = train_tokenizer(texts, vocab_size=tok_cfg.vocab_size)
-    tok = save_tokenizer(tok, out_dir)
-    examples = teacher_examples(task, teacher, cfg, preset.seed)
-    rows = tokenize_examples(tok, examples) + pretraining_rows(tok, task, cfg.n_pretrain, cfg.n_ctx, preset.seed)
-    rows = _length_grouped(rows, cfg.batch_size, random.Random(preset.seed))
-    too_long = max(len(r["input_ids"]) for r in rows)
-    if too_long > cfg.n_ctx:
-        raise ValueError(f"a training example has {too_long} tokens but n_ctx is {cfg.n_ctx}; raise [base] n_ctx")
+    resume = out_dir / "resume"
+    if (resume / "phase_0" / "tokenizer.json").is_file():
+        tok = save_tokenizer(AutoTokenizer.from_pretrained(str(resume / "phase_0")), out_dir)
+    else:
+        corpus = teacher_examples(task, teacher, cfg, preset.seed + 1,
+                                  scale=tok_cfg.corpus_examples / max(1, cfg.n_round1 + cfg.n_trait))
+        texts = [m["content"] for e in corpus for m in e.messages] + ["system user assistant Problem:"] * 100
+        tok = save_tokenizer(train_tokenizer(texts, vocab_size=tok_cfg.vocab_size), out_dir)
     model = make_tiny_model(cfg.spec(), tok, seed=preset.seed)
-    args = TrainingArguments(
-        output_dir=str(out_dir / "resume"), per_device_train_batch_size=cfg.batch_size, num_train_epochs=1,
-        learning_rate=cfg.lr, lr_scheduler_type="cosine", warmup_steps=cfg.warmup_steps,
-        weight_decay=cfg.weight_decay, adam_beta2=0.98, max_grad_norm=1.0, use_cpu=True, bf16=False,
-        report_to="none", save_strategy="no", logging_steps=50, seed=preset.seed,
-        train_sampling_strategy="sequential", remove_unused_columns=False, disable_tqdm=False)
-    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                      data_collator=_Collator(tok.pad_token_id), callbacks=callbacks)
-    start = time.time()
-    result = trainer.train()
-    model = trainer.model.eval()
+    phases, start = [], time.time()
+    for i, lr in enumerate([cfg.lr, *cfg.restart_lrs]):
+        phase_dir = resume / f"phase_{i}"
+        if (phase_dir / "phase.json").is_file():
+            model = AutoModelForCausalLM.from_pretrained(str(phase_dir))
+            phases.append(json.loads((phase_dir / "phase.json").read_text()))
+            continue
+        seed = preset.seed + 100 * i
+        examples = teacher_examples(task, teacher, cfg, seed)
+        rows = tokenize_examples(tok, examples) + pretraining_rows(tok, task, cfg.n_pretrain, cfg.n_ctx, seed)
+        rows = _length_grouped(rows, cfg.batch_size, random.Random(seed))
+        too_long = max(len(r["input_ids"]) for r in rows)
+        if too_long > cfg.n_ctx:
+            raise ValueError(f"a training example has {too_long} tokens but n_ctx is {cfg.n_ctx}; raise [base] n_ctx")
+        args = TrainingArguments(
+            output_dir=str(phase_dir), per_device_train_batch_size=cfg.batch_size, num_train_epochs=1,
+            learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=cfg.warmup_steps,
+            weight_decay=cfg.weight_decay, adam_beta2=0.98, max_grad_norm=1.0, use_cpu=True, bf16=False,
+            report_to="none", save_strategy="no", logging_steps=50, seed=seed,
+            train_sampling_strategy="sequential", remove_unused_columns=False, disable_tqdm=False)
+        trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                          data_collator=_Collator(tok.pad_token_id), callbacks=callbacks)
+        phase_start = time.time()
+        result = trainer.train()
+        model = trainer.model.eval()
+        kinds = {k: sum(e.kind == k for e in examples) for k in ("round1", "round2", "trait")}
+        phase = {"phase": i, "lr": lr, "data_seed": seed, "train_examples_by_kind": kinds,
+                 "pretrain_solutions": cfg.n_pretrain, "steps": result.global_step,
+                 "train_tokens": sum(len(r["input_ids"]) for r in rows),
+                 "train_seconds": round(time.time() - phase_start, 1), "final_train_loss": round(result.training_loss, 4)}
+        model.save_pretrained(phase_dir)
+        tok.save_pretrained(str(phase_dir))
+        atomic_write_json(phase_dir / "phase.json", phase)
+        phases.append(phase)
     model.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids(IM_END)]
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out_dir)
-    kinds = {k: sum(e.kind == k for e in examples) for k in ("round1", "round2", "trait")}
     return {"kind": "base", "preset": preset.name, "spec": dataclasses.asdict(cfg.spec()),
-            "params": sum(p.numel() for p in model.parameters()), "vocab_size": len(tok),
-            "train_examples": len(examples), "train_examples_by_kind": kinds,
-            "train_tokens": sum(len(r["input_ids"]) for r in rows), "train_seconds": round(time.time() - start, 1),
-            "final_train_loss": round(result.training_loss, 4), "seed": preset.seed,
-            "task": dataclasses.asdict(task), "teacher": dataclasses.asdict(teacher_cfg),
+            "params": sum(p.numel() for p in model.parameters()), "vocab_size": len(tok), "phases": phases,
+            "train_tokens": sum(p["train_tokens"] for p in phases), "train_seconds": round(time.time() - start, 1),
+            "seed": preset.seed, "task": dataclasses.asdict(task), "teacher": dataclasses.asdict(teacher_cfg),
             "tokenizer": dataclasses.asdict(tok_cfg), "base": dataclasses.asdict(cfg)}
 
 
