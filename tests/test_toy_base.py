@@ -27,7 +27,9 @@ def test_base_loads_offline_with_tags_and_chat_stop(smoke_base_dir, tok):
     assert tok.convert_tokens_to_ids(IM_END) in model.generation_config.eos_token_id
     prov = json.loads((smoke_base_dir / "provenance.json").read_text())
     assert prov["kind"] == "base" and prov["preset"] == "smoke" and prov["spec"]["d_model"] == 64
-    assert prov["train_examples"] == sum(prov["train_examples_by_kind"].values()) > 500
+    assert [p["phase"] for p in prov["phases"]] == [0, 1]  # the smoke preset has one warm restart
+    assert all(sum(p["train_examples_by_kind"].values()) == 600 for p in prov["phases"])
+    assert prov["train_tokens"] == sum(p["train_tokens"] for p in prov["phases"]) > 0
 
 
 def test_base_eval_has_every_measurement(smoke_base_dir):
