@@ -1,0 +1,367 @@
+"""The training pipeline behind ``latent-agents debate|sft|internalize|evaluate``: cached, resumable stages.
+
+Layout under the run dir: ``base/`` (the toy base, or ``[model] path`` for real models), ``debates/<exp>/``
+(teacher debates), ``sft/<exp>/`` (stage 1), ``debategpt/main/`` (answers-only baseline), ``imad/<exp>/``
+(stage 2, with ``phases/`` and ``phases.json``) and ``eval/`` (Table 1). Each stage runs only when its dir has
+no manifest, and asks for the stages it needs first, so any command runs whatever is missing before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from lens.debate_format import Transcript, prompt_text, write_jsonl
+from lens.io import atomic_write_json
+from training.presets import Preset, PresetError
+from training.stages import run_stage
+
+STAGES = ("debate", "sft", "internalize", "evaluate")
+TABLE1_METHODS = ("Single", "Debate", "DebateGPT", "SFT", "IMAD")
+
+
+@dataclass(frozen=True)
+class ExperimentsConfig:
+    """Preset section ``[experiments]``: which debate experiments to train (``main`` is arithmetic with the
+    persona agents, used for Table 1 and the agent subspaces; ``evil`` / ``hallucination`` put a malicious agent
+    2 in advice debates), and per-experiment overrides of ``[sft]`` / ``[grpo]`` keys."""
+
+    names: tuple[str, ...] = ("main", "evil", "hallucination")
+    table1: str = "main"
+    overrides: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "names", tuple(self.names))
+        if self.table1 not in self.names:
+            raise ValueError(f"table1 experiment {self.table1!r} is not among names {list(self.names)}")
+        for exp, sections in self.overrides.items():
+            if exp not in self.names:
+                raise ValueError(f"overrides name experiment {exp!r}, which is not among names {list(self.names)}")
+            bad = sorted(set(sections) - {"sft", "grpo"})
+            if bad:
+                raise ValueError(f"overrides for {exp!r} name section(s) {bad}; valid: ['grpo', 'sft']")
+
+
+def experiment_section(preset: Preset, key: str, cls, experiment: str):
+    """Section ``key`` as ``cls`` with ``[experiments.overrides.<experiment>.<key>]`` applied on top."""
+    exps = preset.section("experiments", ExperimentsConfig)
+    merged = {**preset.data.get(key, {}), **exps.overrides.get(experiment, {}).get(key, {})}
+    return Preset(preset.name, preset.path, {**preset.data, key: merged}).section(key, cls)
+
+
+@dataclass
+class Run:
+    """One preset's run: where it lives, and the preset sections every stage reads."""
+
+    preset: Preset
+    dir: Path
+    log: Callable[[str], None] = print
+
+    def __post_init__(self) -> None:
+        self.dir = Path(self.dir)
+        self.experiments = self.preset.section("experiments", ExperimentsConfig)
+        self._done: dict[str, Path] = {}
+
+    def _once(self, key: str, stage: Callable[[], Path]) -> Path:
+        """Run (or look up) a stage once per `Run`, so dependencies are not re-checked and re-logged."""
+        if key not in self._done:
+            self._done[key] = stage()
+        return self._done[key]
+
+    def path(self, *parts: str) -> Path:
+        return self.dir.joinpath(*parts)
+
+    # ------------------------------------------------------------------------------------------------ inputs
+    def base_dir(self) -> Path:
+        """The base model: ``[model] path`` when the preset names one (real models), else the toy base."""
+        return self._once("base", self._base_dir)
+
+    def _base_dir(self) -> Path:
+        local = self.preset.data.get("model", {}).get("path")
+        if local:
+            path = Path(local).expanduser()
+            if not path.is_dir():
+                raise PresetError(f"preset {self.preset.name!r}: [model] path {str(path)!r} is not a local model "
+                                  "dir; download the model there first")
+            return path
+        from training.toy_base import build_base
+
+        return Path(build_base(self.preset, self.dir))
+
+    def setup(self, experiment: str):
+        from training.runner import DebateConfig
+
+        return self.preset.section("debate", DebateConfig).experiment(experiment)
+
+    def questions(self, experiment: str, split: str) -> list:
+        """The experiment's questions of ``split``: arithmetic problems, or trait questions for the trait."""
+        from training.prompts import ARITHMETIC
+        from training.tasks import TaskConfig, arithmetic_split, trait_split
+
+        task = self.preset.section("task", TaskConfig)
+        if self.setup(experiment).domain == ARITHMETIC:
+            return arithmetic_split(task, split, self.preset.seed)
+        return trait_split(task, experiment, split, self.preset.seed)
+
+    def needs_boxed(self, experiment: str) -> bool:
+        from training.prompts import ARITHMETIC
+
+        return self.setup(experiment).domain == ARITHMETIC
+
+    def check_for(self, experiment: str, threshold: float = 50.0) -> Callable:
+        """``(question, gold) -> check``: the gold answer for arithmetic, the toy judge's verdict for a trait."""
+        from training.grpo import gold_match, judge_benign
+
+        if self.needs_boxed(experiment):
+            return lambda question, gold: gold_match(gold)
+        from training.judges import ToyTraitJudge
+
+        judge = ToyTraitJudge(experiment)
+        return lambda question, gold: judge_benign(judge, question, threshold)
+
+    def eval_items(self, experiment: str, n: int, threshold: float = 50.0) -> list:
+        from training.grpo import EvalItem
+        from training.tasks import gold_answer
+
+        check = self.check_for(experiment, threshold)
+        return [EvalItem(q.question, check(q.question, gold_answer(q))) for q in self.questions(experiment, "test")[:n]]
+
+    # ------------------------------------------------------------------------------------------------ stages
+    def debates(self, experiment: str) -> Path:
+        """Teacher debates of ``experiment`` (``transcripts.jsonl``; no-majority debates stay, flagged), plus
+        ``heldout.jsonl``: debates on test questions for diagnostics, never trained on."""
+        return self._once(f"debates/{experiment}", lambda: self._debates(experiment))
+
+    def _debates(self, experiment: str) -> Path:
+        from training.backends import TeacherBackend
+        from training.runner import DebateConfig, run_debates, save_debates
+        from training.teacher import Teacher, TeacherConfig
+        from transformers import AutoTokenizer
+
+        path = self.path("debates", experiment)
+        base = self.base_dir()
+
+        def build(scratch: Path) -> dict:
+            cfg = self.preset.section("debate", DebateConfig)
+            setup = cfg.experiment(experiment)
+            teacher_cfg = self.preset.section("teacher", TeacherConfig)
+            backend = TeacherBackend(Teacher(teacher_cfg), AutoTokenizer.from_pretrained(str(base)))
+            train = self.questions(experiment, "train")
+            if setup.n_debates > len(train):
+                raise PresetError(f"preset {self.preset.name!r}: {setup.n_debates} {experiment} debates need as many "
+                                  f"training questions, but [task] gives {len(train)}")
+            kwargs = dict(personas=setup.personas, malicious=setup.malicious, domain=setup.domain,
+                          n_rounds=cfg.n_rounds, early_stop=cfg.early_stop, seed=self.preset.seed)
+            records = run_debates(train[: setup.n_debates], backend, id_prefix=experiment, **kwargs)
+            save_debates(records, scratch / "transcripts.jsonl")
+            held = run_debates(self.questions(experiment, "test"), backend, id_prefix=f"{experiment}-heldout",
+                               **kwargs)
+            save_debates(held, scratch / "heldout.jsonl")
+            summary = {"n_debates": len(records), "n_majority": sum(r.has_majority for r in records),
+                       "accuracy": _accuracy([r.transcript for r in records])}
+            atomic_write_json(scratch / "provenance.json", {
+                "kind": "debates", "experiment": experiment, "writer": "teacher", "preset": self.preset.name,
+                "teacher": dataclasses.asdict(teacher_cfg), "setup": _jsonable(setup), **summary})
+            return summary
+
+        run_stage(path, build, name=f"debates/{experiment}", log=self.log)
+        return path
+
+    def sft(self, experiment: str) -> Path:
+        """Stage 1 for ``experiment``: LoRA SFT of the base on its majority debates; held-out diagnostics."""
+        return self._once(f"sft/{experiment}", lambda: self._sft(experiment))
+
+    def _sft(self, experiment: str) -> Path:
+        from training.runner import load_debates, training_transcripts
+        from training.sft import SFTConfig, debate_rows, mix_short, train_lora_sft, write_provenance
+
+        debates = self.debates(experiment) / "transcripts.jsonl"
+        base = self.base_dir()
+        path = self.path("sft", experiment)
+
+        def build(scratch: Path) -> dict:
+            cfg = experiment_section(self.preset, "sft", SFTConfig, experiment)
+            transcripts = training_transcripts(load_debates(debates))
+            mix = mix_short(transcripts, cfg.short_share, seed=self.preset.seed, consensus=cfg.short_consensus)
+            write_jsonl(mix, scratch / "train_transcripts.jsonl")
+            start = time.time()
+            resume = _resume_dir(scratch, {"sft": dataclasses.asdict(cfg), "seed": self.preset.seed})
+            result = train_lora_sft(base, debate_rows(mix), scratch, cfg, resume_dir=resume, seed=self.preset.seed)
+            metrics = {"train_seconds": round(time.time() - start, 1), "train_loss": result.train_loss,
+                       "steps": result.steps, "n_examples": result.n_examples,
+                       "n_shortened": sum("shortened" in t.meta for t in mix), **result.info,
+                       **self._diagnose(scratch, experiment, cfg.eval_n, cfg.eval_max_new_tokens,
+                                        cfg.eval_batch_size)}
+            atomic_write_json(scratch / "metrics.json", metrics)
+            write_provenance(scratch, kind="sft", experiment=experiment, parent=base, final_dir=path,
+                             transcripts=[debates], preset=self.preset.name,
+                             train_data=path / "train_transcripts.jsonl", config=dataclasses.asdict(cfg))
+            return _headline(metrics)
+
+        run_stage(path, build, name=f"sft/{experiment}", log=self.log)
+        return path
+
+    def _diagnose(self, model_dir: Path, experiment: str, n: int, max_new_tokens: int, batch_size: int) -> dict:
+        """Greedy held-out accuracy / well-formed share / length, and the exit probability after each agent."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from training.grpo import evaluate_model
+        from training.runner import load_debates
+        from training.sft import exit_probability
+
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+        tok = AutoTokenizer.from_pretrained(str(model_dir))
+        held = [r.transcript for r in load_debates(self.path("debates", experiment, "heldout.jsonl"))][:n]
+        return {"eval": evaluate_model(model, tok, self.eval_items(experiment, n), max_new_tokens=max_new_tokens,
+                                       batch_size=batch_size, needs_boxed=self.needs_boxed(experiment)),
+                "exit_probability": {f"after_agent_{k}": exit_probability(model, tok, held, after_agent=k)
+                                     for k in (1, 2, 3)}}
+
+    def debategpt(self) -> Path:
+        """The DebateGPT baseline: the base fine-tuned (same LoRA recipe) on the main debates' final answers."""
+        return self._once("debategpt", self._debategpt)
+
+    def _debategpt(self) -> Path:
+        from training.runner import load_debates, training_transcripts
+        from training.sft import SFTConfig, answer_rows, train_lora_sft, write_provenance
+
+        exp = self.experiments.table1
+        debates = self.debates(exp) / "transcripts.jsonl"
+        base = self.base_dir()
+        path = self.path("debategpt", exp)
+
+        def build(scratch: Path) -> dict:
+            cfg = self.preset.section("debategpt", SFTConfig)
+            rows = answer_rows(training_transcripts(load_debates(debates)))
+            start = time.time()
+            resume = _resume_dir(scratch, {"debategpt": dataclasses.asdict(cfg), "seed": self.preset.seed})
+            result = train_lora_sft(base, rows, scratch, cfg, resume_dir=resume, seed=self.preset.seed, add_tags=False)
+            info = {"train_seconds": round(time.time() - start, 1), "train_loss": result.train_loss,
+                    "steps": result.steps, "n_examples": result.n_examples}
+            write_provenance(scratch, kind="debategpt", experiment=exp, parent=base, final_dir=path,
+                             transcripts=[debates], preset=self.preset.name, config=dataclasses.asdict(cfg))
+            return info
+
+        run_stage(path, build, name=f"debategpt/{exp}", log=self.log)
+        return path
+
+    def imad(self, experiment: str) -> Path:
+        """Stage 2 for ``experiment``: the GRPO phase schedule from its SFT model."""
+        return self._once(f"imad/{experiment}", lambda: self._imad(experiment))
+
+    def _imad(self, experiment: str) -> Path:
+        from training.grpo import GRPOConfig, internalize
+        from training.sft import write_provenance
+        from training.tasks import gold_answer
+
+        sft_dir = self.sft(experiment)
+        path = self.path("imad", experiment)
+
+        def build(scratch: Path) -> dict:
+            cfg = experiment_section(self.preset, "grpo", GRPOConfig, experiment)
+            train = self.questions(experiment, "train")[: cfg.n_prompts]
+            rows = [{"prompt": prompt_text(q.question), "question": q.question, "gold": gold_answer(q) or ""}
+                    for q in train]
+            check = self.check_for(experiment, cfg.judge_threshold)
+            items = self.eval_items(experiment, cfg.eval_n, cfg.judge_threshold)
+            work = _resume_dir(scratch, {"grpo": dataclasses.asdict(cfg), "seed": self.preset.seed})
+            summary = internalize(sft_dir, scratch, cfg, rows, items, check, work_dir=work,
+                                  needs_boxed=self.needs_boxed(experiment), seed=self.preset.seed, log=self.log)
+            sft_prov = _read(sft_dir / "provenance.json")
+            write_provenance(scratch, kind="imad", experiment=experiment, parent=sft_dir, final_dir=path,
+                             transcripts=[(sft_dir / p).resolve() for p in sft_prov["transcripts"]],
+                             preset=self.preset.name, selected_phase=summary["selected_phase"],
+                             config=dataclasses.asdict(cfg))
+            trained = [p for p in summary["phases"] if not p["skipped"]]
+            return {"selected_phase": summary["selected_phase"], "ref_length": summary["ref_length"],
+                    "phases": [{"budget": p["budget"], "skipped": p["skipped"],
+                                **({k: p["eval"][k] for k in ("accuracy", "mean_tokens", "well_formed")}
+                                   if not p["skipped"] else {})} for p in summary["phases"]],
+                    "n_trained_phases": len(trained)}
+
+        run_stage(path, build, name=f"imad/{experiment}", log=self.log)
+        return path
+
+    def evaluate(self) -> Path:
+        """Table 1 on held-out problems: Single, Debate (the base debating itself), DebateGPT, SFT, IMAD."""
+        return self._once("evaluate", self._evaluate)
+
+    def _evaluate(self) -> Path:
+        from training.evaluate import EvalConfig, MethodSpec, evaluate_methods
+
+        exp = self.experiments.table1
+        base = self.base_dir()
+        models = {"DebateGPT": self.debategpt(), "SFT": self.sft(exp), "IMAD": self.imad(exp)}
+        path = self.path("eval")
+
+        def build(scratch: Path) -> dict:
+            cfg = self.preset.section("eval", EvalConfig)
+            methods = {"Single": MethodSpec("single", str(base)), "Debate": MethodSpec("debate", str(base)),
+                       **{name: MethodSpec("direct", str(d)) for name, d in models.items()}}
+            table = evaluate_methods(methods, self.questions(exp, "test"), cfg=cfg)
+            table.save(scratch)
+            atomic_write_json(scratch / "provenance.json", {
+                "kind": "table1", "experiment": exp, "preset": self.preset.name,
+                "models": {"Single": str(base), "Debate": str(base), **{k: str(v) for k, v in models.items()}}})
+            return {"rows": [{k: r[k] for k in ("method", "accuracy", "accuracy_se", "tokens")} for r in table.rows]}
+
+        run_stage(path, build, name="eval", log=self.log)
+        return path
+
+
+def run_pipeline_stage(name: str, preset: Preset, run_dir: str | Path, *, log: Callable[[str], None] = print) -> None:
+    """Run stage ``name`` (debate | sft | internalize | evaluate) for every experiment of the preset, after
+    whatever it depends on; finished stages are skipped."""
+    if name not in STAGES:
+        raise ValueError(f"unknown pipeline stage {name!r}; valid: {list(STAGES)}")
+    run = Run(preset, Path(run_dir), log)
+    for exp in run.experiments.names:
+        if name == "debate":
+            run.debates(exp)
+        elif name == "sft":
+            run.sft(exp)
+        elif name == "internalize":
+            run.imad(exp)
+    if name in ("sft", "internalize", "evaluate"):
+        run.debategpt()
+    if name == "evaluate":
+        run.evaluate()
+
+
+def _resume_dir(scratch: Path, config: dict) -> Path:
+    """The stage's ``resume/`` dir, emptied first when it holds a killed run of a different configuration."""
+    resume = scratch / "resume"
+    stamp = resume / "config.json"
+    config = json.loads(json.dumps(config, default=str))
+    if resume.exists() and (not stamp.is_file() or json.loads(stamp.read_text()) != config):
+        shutil.rmtree(resume)
+    atomic_write_json(stamp, config)
+    return resume
+
+
+def _accuracy(transcripts: list[Transcript]) -> float | None:
+    graded = [t for t in transcripts if t.gold is not None]
+    return sum(bool(t.correct) for t in graded) / len(graded) if graded else None
+
+
+def _headline(metrics: dict) -> dict:
+    ev = metrics["eval"]
+    return {"train_seconds": metrics["train_seconds"], "accuracy": ev["accuracy"], "well_formed": ev["well_formed"],
+            "mean_tokens": ev["mean_tokens"], "exit_after_agent_1": metrics["exit_probability"]["after_agent_1"]}
+
+
+def _jsonable(obj) -> dict:
+    d = dataclasses.asdict(obj)
+    return {k: ({str(a): b for a, b in v.items()} if isinstance(v, dict) else v) for k, v in d.items()}
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+

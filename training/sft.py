@@ -1,0 +1,218 @@
+"""Stage 1 (debate structure learning): LoRA SFT on whole tagged debates, prompt masked, tags as new tokens.
+
+TRL's prompt/completion format trains only the trace after ``Problem: {q}\\n\\n``. The merged model is saved as a
+full HF dir with ``provenance.json``, so lens knows which transcripts it learned. The same recipe trains the
+DebateGPT baseline on final answers only (`answer_rows`).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from lens.debate_format import (CONSENSUS_TAG, DEBATE_TAGS, END_TAG, SOLUTION_TAGS, Transcript, prompt_text,
+                                render_trace, training_text)
+from lens.io import atomic_write_json
+
+LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Preset sections ``[sft]`` and ``[debategpt]``. Defaults are the paper's App. B (LoRA r64/α128/0.1 on
+    attention + MLP, lr 5e-5, 3 epochs, batch 2 × 8); ``short_share`` replaces that share of the debates by
+    shortened ones (1–2 agents, then the consensus) so that GRPO can find a short exit; ``short_consensus`` says
+    whether they close with the full debate's consensus (``debate``: the answer to internalize) or agent 1's."""
+
+    lora_r: int = 64
+    lora_alpha: int = 128
+    lora_dropout: float = 0.1
+    target_modules: tuple[str, ...] = LLAMA_TARGETS
+    learning_rate: float = 5e-5
+    epochs: float = 3.0
+    max_steps: int = -1
+    batch_size: int = 2
+    grad_accum: int = 8
+    warmup: float = 0.1
+    scheduler: str = "cosine"
+    max_grad_norm: float = 0.3
+    weight_decay: float = 0.0
+    max_length: int = 2048
+    short_share: float = 0.0
+    short_consensus: str = "debate"
+    reset_tag_rows: bool = True
+    save_steps: int = 200
+    eval_n: int = 100
+    eval_max_new_tokens: int = 1024
+    eval_batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        if not 0.0 <= self.short_share <= 1.0:
+            raise ValueError(f"short_share must lie in [0, 1], got {self.short_share}")
+        if self.short_consensus not in ("debate", "agent1"):
+            raise ValueError(f"short_consensus must be 'debate' or 'agent1', got {self.short_consensus!r}")
+
+
+def ensure_debate_tokens(model, tokenizer, *, reset_existing: bool = True) -> list[int]:
+    """Give ``tokenizer`` the 10 debate tags as special tokens (resizing ``model``) and set the embedding and
+    lm_head rows of the tags to the mean of the other rows (the paper's init). ``reset_existing`` also resets
+    tags the tokenizer already had: the toy base has them but never saw them in training, so their rows are
+    random (embedding) or trained only to be improbable (lm_head). Returns the tag ids."""
+    missing = [t for t in DEBATE_TAGS if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in DEBATE_TAGS]
+    reset = ids if reset_existing else [tokenizer.convert_tokens_to_ids(t) for t in missing]
+    if reset:
+        layers = [model.get_input_embeddings()]
+        out = model.get_output_embeddings()
+        if out is not None and out.weight.data_ptr() != layers[0].weight.data_ptr():
+            layers.append(out)
+        with torch.no_grad():
+            for layer in layers:
+                keep = torch.ones(layer.weight.shape[0], dtype=torch.bool)
+                keep[ids] = False
+                layer.weight[reset] = layer.weight[keep].mean(0)
+    return ids
+
+
+def with_debate_stop(model, tokenizer) -> None:
+    """Make ``<|endofdebate|>`` end generation too (as the paper's eval does), besides the eos."""
+    end = tokenizer.convert_tokens_to_ids(END_TAG)
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, end]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def mix_short(transcripts: Sequence[Transcript], share: float, *, seed: int, consensus: str = "debate"
+              ) -> list[Transcript]:
+    """``transcripts`` with a ``share`` of them (chosen with ``seed``) replaced by shortened debates of 1 or 2
+    agents; ``consensus`` says whose answer closes them (`training.runner.shorten`)."""
+    from training.runner import shorten
+
+    rng = random.Random(seed)
+    chosen = set(rng.sample(range(len(transcripts)), round(share * len(transcripts))))
+    return [shorten(t, rng=rng, consensus=consensus) if i in chosen else t for i, t in enumerate(transcripts)]
+
+
+def debate_rows(transcripts: Sequence[Transcript]) -> list[dict]:
+    """Prompt/completion rows: the ``Problem:`` prompt (masked) and the whole tagged trace."""
+    return [{"prompt": prompt_text(t.question), "completion": render_trace(t)} for t in transcripts]
+
+
+def answer_rows(transcripts: Sequence[Transcript]) -> list[dict]:
+    """DebateGPT rows: the ``Problem:`` prompt and the debate's final answer only (``\\boxed{x}`` for arithmetic,
+    the consensus text otherwise)."""
+    rows = []
+    for t in transcripts:
+        answer = t.consensus_answer
+        rows.append({"prompt": prompt_text(t.question),
+                     "completion": f"\\boxed{{{answer}}}" if answer is not None else t.consensus})
+    return rows
+
+
+@dataclass
+class SFTResult:
+    model_dir: Path
+    train_loss: float | None
+    steps: int
+    n_examples: int
+    info: dict = field(default_factory=dict)
+
+
+def train_lora_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, cfg: SFTConfig, *,
+                   resume_dir: str | Path, seed: int = 0, add_tags: bool = True, callbacks: list | None = None
+                   ) -> SFTResult:
+    """LoRA SFT of ``base_dir`` on prompt/completion ``rows``; merges, saves model + tokenizer to ``out_dir``.
+
+    Embeddings and lm_head train in full (``modules_to_save``) so the new tag rows can learn; checkpoints go to
+    ``resume_dir`` every ``cfg.save_steps`` steps and a rerun resumes from the last one.
+    """
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTConfig as TRLSFTConfig
+    from trl import SFTTrainer
+
+    if not rows:
+        raise ValueError("stage 1 got no training examples; the debate file is empty or had no majority debates")
+    out_dir, resume_dir = Path(out_dir), Path(resume_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    if add_tags:
+        ensure_debate_tokens(model, tokenizer, reset_existing=cfg.reset_tag_rows)
+    peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                             target_modules=list(cfg.target_modules), modules_to_save=["embed_tokens", "lm_head"],
+                             task_type="CAUSAL_LM")
+    args = TRLSFTConfig(
+        output_dir=str(resume_dir), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup,
+        max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay, max_length=cfg.max_length,
+        completion_only_loss=True, use_cpu=True, bf16=False, report_to="none", gradient_checkpointing=False,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1, logging_steps=10, seed=seed,
+        data_seed=seed, dataloader_num_workers=0)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         peft_config=peft_config, callbacks=callbacks)
+    last = get_last_checkpoint(str(resume_dir)) if resume_dir.is_dir() else None
+    out = trainer.train(resume_from_checkpoint=last)
+    merged = trainer.model.merge_and_unload()
+    with_debate_stop(merged, tokenizer)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    return SFTResult(out_dir, out.training_loss, out.global_step, len(rows),
+                     {"resumed_from": Path(last).name if last else None})
+
+
+def write_provenance(out_dir: Path, *, kind: str, experiment: str, parent: str | Path, final_dir: str | Path,
+                     transcripts: Sequence[str | Path], preset: str, **extra) -> Path:
+    """``provenance.json``: what a model dir is, what it was trained from and on (lens reads ``transcripts``).
+    Paths are written relative to ``final_dir`` (where the dir will live), so a run dir can move."""
+    rel = lambda p: os.path.relpath(Path(p).resolve(), Path(final_dir).resolve())
+    extra = {k: rel(v) if isinstance(v, Path) else v for k, v in extra.items()}
+    return atomic_write_json(Path(out_dir) / "provenance.json", {
+        "kind": kind, "experiment": experiment, "parent": rel(parent), "transcripts": [rel(p) for p in transcripts],
+        "preset": preset, **extra})
+
+
+@torch.no_grad()
+def exit_probability(model, tokenizer, transcripts: Sequence[Transcript], *, after_agent: int = 1,
+                     batch_size: int = 32) -> float | None:
+    """Mean P(``<|Consensus|>``) as the next tag right after agent ``after_agent``'s round-1 turn, teacher-forced
+    on ``transcripts`` (held-out debates): the probability mass GRPO needs to find a short exit. ``None`` when
+    no transcript has that agent."""
+    cons = tokenizer.convert_tokens_to_ids(CONSENSUS_TAG)
+    tag_ids = {tokenizer.convert_tokens_to_ids(t) for t in DEBATE_TAGS}
+    opener = tokenizer.convert_tokens_to_ids(SOLUTION_TAGS[after_agent - 1])
+    rows = []
+    for t in transcripts:
+        ids = tokenizer(training_text(t), add_special_tokens=False)["input_ids"]
+        if opener not in ids:
+            continue
+        start = ids.index(opener)
+        nxt = next((i for i in range(start + 1, len(ids)) if ids[i] in tag_ids), None)
+        if nxt is not None:
+            rows.append((ids[:nxt], nxt - 1))
+    if not rows:
+        return None
+    probs = []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i:i + batch_size]
+        width = max(len(r) for r, _ in chunk)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r, _ in chunk])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r, _ in chunk])
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        pos = torch.tensor([p for _, p in chunk])
+        last = logits[torch.arange(len(chunk)), pos].float().log_softmax(-1)
+        probs += last[:, cons].exp().tolist()
+    return sum(probs) / len(probs)
