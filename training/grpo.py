@@ -383,6 +383,7 @@ class GRPOConfig:
     eval_max_new_tokens: int = 1024
     eval_batch_size: int = 32
     select: str = "last"
+    bf16: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "phases", tuple(self.phases))
@@ -471,7 +472,8 @@ def train_phase(model_dir: Path, out_dir: Path, phase: Phase, cfg: GRPOConfig, r
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.scheduler, warmup_steps=0, beta=cfg.beta,
         temperature=cfg.temperature, top_p=cfg.top_p, scale_rewards=cfg.scale_rewards, loss_type=cfg.loss_type,
         epsilon=cfg.epsilon, num_iterations=cfg.num_iterations, mask_truncated_completions=False,
-        use_cpu=True, bf16=False, report_to="none", logging_steps=1, save_strategy="no",
+        use_cpu=not torch.cuda.is_available(), bf16=cfg.bf16, report_to="none", logging_steps=1,
+        save_strategy="no",
         gradient_checkpointing=False, seed=seed, data_seed=seed, dataloader_num_workers=0)
     peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                              target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")

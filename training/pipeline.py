@@ -84,6 +84,9 @@ class Run:
     def _base_dir(self) -> Path:
         local = self.preset.data.get("model", {}).get("path")
         if local:
+            if str(local).startswith("hf://"):
+                raise PresetError(f"preset {self.preset.name!r}: [model] path {local!r} names a Hub repo; resolve "
+                                  "it to its local cache snapshot first (analyses.models.resolve_model; the CLI does)")
             path = Path(local).expanduser()
             if not path.is_dir():
                 raise PresetError(f"preset {self.preset.name!r}: [model] path {str(path)!r} is not a local model "

@@ -50,6 +50,7 @@ class SFTConfig:
     eval_n: int = 100
     eval_max_new_tokens: int = 1024
     eval_batch_size: int = 32
+    bf16: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
@@ -157,7 +158,8 @@ def train_lora_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, 
         per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup,
         max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay, max_length=cfg.max_length,
-        completion_only_loss=True, use_cpu=True, bf16=False, report_to="none", gradient_checkpointing=False,
+        completion_only_loss=True, use_cpu=not torch.cuda.is_available(), bf16=cfg.bf16, report_to="none",
+        gradient_checkpointing=False,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1, logging_steps=10, seed=seed,
         data_seed=seed, dataloader_num_workers=0)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
@@ -209,10 +211,10 @@ def exit_probability(model, tokenizer, transcripts: Sequence[Transcript], *, aft
         chunk = rows[i:i + batch_size]
         width = max(len(r) for r, _ in chunk)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        ids = torch.tensor([r + [pad] * (width - len(r)) for r, _ in chunk])
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r, _ in chunk])
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r, _ in chunk], device=model.device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r, _ in chunk], device=model.device)
         logits = model(input_ids=ids, attention_mask=mask).logits
-        pos = torch.tensor([p for _, p in chunk])
-        last = logits[torch.arange(len(chunk)), pos].float().log_softmax(-1)
+        pos = torch.tensor([p for _, p in chunk], device=model.device)
+        last = logits[torch.arange(len(chunk), device=model.device), pos].float().log_softmax(-1)
         probs += last[:, cons].exp().tolist()
     return sum(probs) / len(probs)
