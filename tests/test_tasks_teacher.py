@@ -101,6 +101,7 @@ def test_round2_moves_toward_the_majority(test_problems):
             revision = teacher.respond("analyst", p, own=r1[0], others=r1[1:], rng=rng)
             fixed += extract_boxed(revision) == p.answer
             assert persona_marks(revision)["analyst"]
+            assert revision.startswith(f"Answers: {', '.join(extract_boxed(t) for t in r1)}.\n")  # own first
         assert floor <= fixed / len(lone) < 1.01
     # an agent in the majority sometimes adopts the dissenter's wrong answer
     teacher = Teacher(TeacherConfig(p_adopt_other=1.0))

@@ -3,8 +3,9 @@
 Each arithmetic persona writes short turns in its own style and makes one *systematic* slip, fired by a learnable
 property of the problem (a digit condition) rather than by chance, so a model imitating one persona stays wrong
 under greedy decoding while the majority of three personas (whose triggers are independent) is usually right.
-Round-2 revisions move toward the majority, sometimes wrongly. Trait personas write advice (helpful / evil) or
-answers about fictional entities (honest / hallucinating) from small phrase pools that `training.judges` scores.
+Round-2 revisions restate the three round-1 answers, then move toward the majority, sometimes wrongly. Trait
+personas write advice (helpful / evil) or answers about fictional entities (honest / hallucinating) from small
+phrase pools that `training.judges` scores.
 """
 
 from __future__ import annotations
@@ -133,11 +134,13 @@ def _critic(s: Steps, rng: random.Random) -> str:
 
 
 def _programmer(s: Steps) -> str:
+    """Assignments with the values written where they are used: a tiny model that had to look ``z`` and ``y`` up
+    lines earlier (``r=z-y``) got 94% of its final steps wrong (measured)."""
     a, b, c, d, e, _ = s.ops
-    lines = [f"x={b}*{c} // {s.x}", f"y={e}*{s.f_read} // {s.y}", f"z={a}+x // {s.z}"]
+    lines = [f"x={b}*{c} // {s.x}", f"y={e}*{s.f_read} // {s.y}", f"z={a}+{s.x} // {s.z}"]
     if not s.skip_d:
-        lines.append(f"z=z+{d} // {s.w}")
-    lines.append(f"r=z-y // {s.v}")
+        lines.append(f"z={s.z}+{d} // {s.w}")
+    lines.append(f"r={s.w}-{s.y} // {s.v}")
     return "\n".join(lines) + f"\n\\boxed{{{s.v}}}"
 
 
@@ -164,6 +167,13 @@ def short_answer(persona: str, note: str, answer: str, rng: random.Random) -> st
     if p == "programmer":
         return f"r={answer} // {note}\n\\boxed{{{answer}}}"
     return f"{note} The answer is \\boxed{{{answer}}}."
+
+
+def answers_line(answers: Sequence[str | None]) -> str:
+    """The round-1 answers a revision restates first (own, then the others in prompt order): copying each one
+    next to the others makes the majority a local comparison, which a tiny model learns, instead of a search
+    over a few hundred tokens of context."""
+    return "Answers: " + ", ".join(a if a is not None else "none" for a in answers) + ".\n"
 
 
 AGREE = "All agents agree."
@@ -309,13 +319,14 @@ class Teacher:
             target = maj
         else:
             target = mine
+        tally = answers_line([mine, *theirs])
         if target == mine and not different:
-            return short_answer(persona, AGREE, mine, rng)
+            return tally + short_answer(persona, AGREE, mine, rng)
         if target == mine and mine is not None:
-            return f"{KEEP} " + own
+            return tally + short_answer(persona, KEEP, mine, rng)
         if target == problem.answer:
-            return f"{FIX} " + solution(persona, problem, rng, slip=False)
-        return short_answer(persona, ADOPT, target, rng)
+            return f"{tally}{FIX} " + solution(persona, problem, rng, slip=False)
+        return tally + short_answer(persona, ADOPT, target, rng)
 
     def _revise_trait(self, persona: str, question: TraitQuestion, others: list[str], rng: random.Random) -> str:
         if question.trait == "evil":
