@@ -12,7 +12,9 @@ from training.prompts import ARITHMETIC, round2_messages
 from training.tasks import arithmetic_split
 from training.teacher import Teacher
 from training.tokenizer import IM_END
-from training.toy_base import Example, build_base, sections, teacher_examples, tokenize_examples, train_base
+from training.presets import PresetError
+from training.toy_base import (Example, build_base, pretraining_rows, sections, teacher_examples, tokenize_examples,
+                                train_base)
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +31,7 @@ def test_base_loads_offline_with_tags_and_chat_stop(smoke_base_dir, tok):
     assert prov["kind"] == "base" and prov["preset"] == "smoke" and prov["spec"]["d_model"] == 64
     assert [p["phase"] for p in prov["phases"]] == [0, 1]  # the smoke preset has one warm restart
     assert all(sum(p["train_examples_by_kind"].values()) == 600 for p in prov["phases"])
+    assert [p["drills"] for p in prov["phases"]] == [100, 300]  # phase_mix overrides the second phase's drills
     assert prov["train_tokens"] == sum(p["train_tokens"] for p in prov["phases"]) > 0
 
 
@@ -68,6 +71,29 @@ def test_training_data_never_shows_a_test_problem():
     shown = " ".join(m["content"] for e in examples for m in e.messages if m["role"] == "user")
     assert {e.kind for e in examples} == {"round1", "round2", "trait"}
     assert not any(q in shown for q in test_questions)
+
+
+def test_pretraining_rows_pack_solutions_and_correct_drills(tok):
+    task = sections(load_preset("smoke"))[0]
+    rows = pretraining_rows(tok, task, 30, 128, seed=0, n_drills=200)
+    assert all(len(r["input_ids"]) <= 128 and r["labels"] == r["input_ids"] for r in rows)
+    pieces = tok.decode([i for r in rows for i in r["input_ids"]]).split(tok.eos_token)
+    drills = [p for p in pieces if "=" in p and "Problem" not in p]
+    assert len(drills) == 200 and sum("Problem: " in p for p in pieces) == 30
+    for d in drills:
+        left, v = d.split("=")
+        w, y = left.split("-", 1)
+        assert int(w) - int(y) == int(v), d
+
+
+def test_phase_mix_is_validated(tmp_path):
+    text = load_preset("smoke").path.read_text()
+    for mix, message in [("[{}, { n_apples = 3 }]", r"unknown key\(s\) \['n_apples'\]"),
+                         ("[{}, {}, {}]", "3 entries but there are only 2 phases")]:
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text.replace("phase_mix = [{}, { n_drills = 300 }]", f"phase_mix = {mix}"))
+        with pytest.raises(PresetError, match=message):
+            sections(load_preset(bad))
 
 
 def test_second_build_is_skipped(smoke_run_dir, smoke_base_dir, capsys):

@@ -29,8 +29,8 @@ from training.prompts import ADVICE, ARITHMETIC, round1_messages, round2_message
 from training.stages import run_stage
 from training.tasks import (TRAITS, ArithmeticProblem, TaskConfig, TraitQuestion, arithmetic_split,
                             trait_split)
-from training.teacher import (ARITHMETIC_PERSONAS, TRAIT_PERSONAS, Teacher, TeacherConfig, persona_answer,
-                              persona_marks, round1_accuracy, solution)
+from training.teacher import (ARITHMETIC_PERSONAS, TRAIT_PERSONAS, Teacher, TeacherConfig, compute_steps,
+                              persona_answer, persona_marks, round1_accuracy, solution)
 from training.tiny_models import TinyModelSpec, make_tiny_model
 from training.tokenizer import IM_END, save_tokenizer, train_tokenizer
 
@@ -59,15 +59,33 @@ class BaseConfig:
     n_trait: int = 3000          # trait round-1 answers (helpful/evil, honest/hallucinating)
     n_trait_round2: int = 600    # trait round-2 revisions
     n_pretrain: int = 0          # clean solutions as plain text, packed into full rows (cheap arithmetic practice)
+    n_drills: int = 0            # final-step subtractions w-y=v as plain text, packed (the step tiny models miss)
     batch_size: int = 32
     lr: float = 1e-3
     restart_lrs: tuple[float, ...] = ()  # further phases, each on fresh data with its own cosine (warm restarts)
+    phase_mix: tuple[dict, ...] = ()     # per phase, overrides of the n_* counts above ({} keeps them)
     warmup_steps: int = 30
     weight_decay: float = 0.01
     eval_problems: int = 200
     eval_trait_questions: int = 50
     eval_batch: int = 100
     max_new_tokens: int = 80
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "restart_lrs", tuple(self.restart_lrs))
+        object.__setattr__(self, "phase_mix", tuple(dict(m) for m in self.phase_mix))
+        counts = {f.name for f in dataclasses.fields(self) if f.name.startswith("n_") and f.name != "n_ctx"}
+        for mix in self.phase_mix:
+            if set(mix) - counts:
+                raise ValueError(f"phase_mix entry {mix} has unknown key(s) {sorted(set(mix) - counts)}; "
+                                 f"valid: {sorted(counts)}")
+        if len(self.phase_mix) > 1 + len(self.restart_lrs):
+            raise ValueError(f"phase_mix has {len(self.phase_mix)} entries but there are only "
+                             f"{1 + len(self.restart_lrs)} phases (lr and restart_lrs)")
+
+    def for_phase(self, i: int) -> "BaseConfig":
+        """This config with phase ``i``'s data mix (``phase_mix[i]``) applied."""
+        return dataclasses.replace(self, **self.phase_mix[i]) if i < len(self.phase_mix) else self
 
     def spec(self) -> TinyModelSpec:
         return TinyModelSpec(arch="llama", d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
@@ -134,20 +152,28 @@ def tokenize_examples(tok: PreTrainedTokenizerBase, examples: Sequence[Example])
     return [{"input_ids": p + c, "labels": [-100] * len(p) + c} for p, c in zip(p_ids, c_ids)]
 
 
-def pretraining_rows(tok: PreTrainedTokenizerBase, task: TaskConfig, n: int, n_ctx: int, seed: int) -> list[dict]:
-    """``n`` slip-free solutions (``Problem: q`` then a random persona's working), packed into rows of ``n_ctx``.
+def pretraining_rows(tok: PreTrainedTokenizerBase, task: TaskConfig, n: int, n_ctx: int, seed: int,
+                     n_drills: int = 0) -> list[dict]:
+    """``n`` slip-free solutions (``Problem: q`` then a random persona's working) and ``n_drills`` subtraction
+    drills, packed into rows of ``n_ctx``.
 
     A base model is pretrained before it is instruction-tuned; here that stage is where arithmetic is learned,
     with no chat prompt around each solution, so each token of compute carries several times more arithmetic.
+    The drills are the last step ``w-y=v`` of train problems: a measured base without them got every product
+    and addition right but a third of these subtractions (two digits, often negative) wrong.
     """
-    if n == 0:
-        return []
     rng = random.Random(f"pretrain-{seed}")
     problems = arithmetic_split(task, "train", seed)
     texts = []
     for _ in range(n):
         p = rng.choice(problems)
         texts.append(prompt_text(p.question) + solution(rng.choice(ARITHMETIC_PERSONAS), p, rng, slip=False))
+    for _ in range(n_drills):
+        s = compute_steps("neutral", rng.choice(problems), slip=False)
+        texts.append(f"{s.w}-{s.y}={s.v}")
+    if not texts:
+        return []
+    rng.shuffle(texts)
     rows, row = [], []
     for ids in tok(texts, add_special_tokens=False)["input_ids"]:
         ids = ids + [tok.eos_token_id]
@@ -220,9 +246,10 @@ def train_base(preset: Preset, out_dir: Path, *, callbacks: list | None = None) 
             model = AutoModelForCausalLM.from_pretrained(str(phase_dir))
             phases.append(json.loads((phase_dir / "phase.json").read_text()))
             continue
-        seed = preset.seed + 100 * i
-        examples = teacher_examples(task, teacher, cfg, seed)
-        rows = tokenize_examples(tok, examples) + pretraining_rows(tok, task, cfg.n_pretrain, cfg.n_ctx, seed)
+        seed, mix = preset.seed + 100 * i, cfg.for_phase(i)
+        examples = teacher_examples(task, teacher, mix, seed)
+        rows = tokenize_examples(tok, examples) + pretraining_rows(tok, task, mix.n_pretrain, cfg.n_ctx, seed,
+                                                                       mix.n_drills)
         rows = _length_grouped(rows, cfg.batch_size, random.Random(seed))
         too_long = max(len(r["input_ids"]) for r in rows)
         if too_long > cfg.n_ctx:
@@ -240,7 +267,7 @@ def train_base(preset: Preset, out_dir: Path, *, callbacks: list | None = None) 
         model = trainer.model.eval()
         kinds = {k: sum(e.kind == k for e in examples) for k in ("round1", "round2", "trait")}
         phase = {"phase": i, "lr": lr, "data_seed": seed, "train_examples_by_kind": kinds,
-                 "pretrain_solutions": cfg.n_pretrain, "steps": result.global_step,
+                 "pretrain_solutions": mix.n_pretrain, "drills": mix.n_drills, "steps": result.global_step,
                  "train_tokens": sum(len(r["input_ids"]) for r in rows),
                  "train_seconds": round(time.time() - phase_start, 1), "final_train_loss": round(result.training_loss, 4)}
         model.save_pretrained(phase_dir)
