@@ -38,6 +38,7 @@ class SubspaceConfig:
 
     experiment: str = "main"
     layer: int | None = None            # None: the middle layer (paper: 15 for 32-layer LLaMA/Qwen, 20 for Mistral)
+    normalize: bool = True              # unit vectors, α in residual units (paper); False: α × raw mean difference
     alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0)
     n_train_transcripts: int | None = None  # SFT training debates used for the vectors (None: all, as the paper)
     n_heldout: int = 20                 # held-out debates; each turn of an agent in them is one prompt
@@ -57,6 +58,11 @@ class SubspaceConfig:
             raise ValueError(f"[subspaces] alphas needs at least two values for an AUC, got {list(self.alphas)}")
         if not self.capability_alphas:
             raise ValueError("[subspaces] capability_alphas is empty; give at least α = 0")
+
+
+def alpha_unit(normalize: bool) -> str:
+    """What α = 1 adds, for axis titles and the report."""
+    return "α (unit vector)" if normalize else "α (× raw mean difference)"
 
 
 def heldout_transcripts(run_dir: str | Path, experiment: str = "main", n: int | None = None) -> list[Transcript]:
@@ -122,6 +128,8 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     train, _ = resolve_transcripts(sft, None)
     subs = {a: lens.find_agent_subspace(sft, a, transcripts=train[:cfg.n_train_transcripts], layers=[layer])
             for a in agents}
+    if not cfg.normalize:
+        subs = {a: sub.raw() for a, sub in subs.items()}
     for a, sub in subs.items():
         sub.save(out_dir / "vectors" / f"agent{a}")
     probes = {"sft": lens.probe_layers(sft, heldout).to_dict()}
@@ -145,9 +153,10 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
                           for m in ROUGE_METRICS} for a in agents}
     results = {"config": asdict(cfg), "layer": layer, "hook_name": subs[agents[0]].hook_name,
                "alphas": list(cfg.alphas), "capability_alphas": list(cfg.capability_alphas), "personas": personas,
+               "alpha_unit": alpha_unit(cfg.normalize),
                "n_prompts": {str(a): len(turn_prompts(heldout, a, cfg.rounds)[0]) for a in agents},
                "vectors": {str(a): {"layer": s.layer, "hook_name": s.hook_name, "position": s.position,
-                                    "stats": s.stats, "scores": {str(k): v for k, v in s.scores.items()}}
+                                    "stats": s.stats, "normalization": s.normalization, "scores": {str(k): v for k, v in s.scores.items()}}
                            for a, s in subs.items()},
                "rouge": rouge, "auc": auc_block, "capability": capability, "probe": probes, "pca": pca}
     results = json_safe(results)

@@ -24,7 +24,7 @@ def rouge_curves(results: dict) -> go.Figure:
                 fig.add_trace(go.Scatter(x=results["alphas"], y=results["rouge"][model][a][m], mode="lines+markers",
                                          name=model, legendgroup=model, showlegend=i == j == 1,
                                          line={"color": color}), row=i, col=j)
-    fig.update_xaxes(title_text="α", row=len(agents))
+    fig.update_xaxes(title_text=results["alpha_unit"], row=len(agents))
     fig.update_layout(title="ROUGE of steered output vs the agent's own response", height=260 * len(agents))
     return fig
 
@@ -50,7 +50,8 @@ def capability_under_steering(results: dict) -> go.Figure:
         for k, (agent, curve) in enumerate(results["capability"][model].items()):
             fig.add_trace(go.Scatter(x=results["capability_alphas"], y=[100 * c for c in curve], mode="lines+markers",
                                      name=f"{model} agent {agent}", line={"color": color, "dash": dashes[k % 4]}))
-    fig.update_layout(title="Arithmetic accuracy under agent steering", xaxis_title="α", yaxis_title="accuracy (%)")
+    fig.update_layout(title="Arithmetic accuracy under agent steering", xaxis_title=results["alpha_unit"],
+                      yaxis_title="accuracy (%)")
     return fig
 
 
@@ -69,7 +70,7 @@ def malicious_panels(results: dict) -> go.Figure:
                     x=block["alphas"], y=ys, mode="lines+markers", name=model, legendgroup=model,
                     showlegend=i == j == 1, line={"color": color},
                     error_y={"type": "data", "array": err, "visible": True} if err else None), row=i, col=j)
-    fig.update_xaxes(title_text="α")
+    fig.update_xaxes(title_text=results["alpha_unit"])
     fig.update_yaxes(type="log", col=3)
     fig.update_layout(title="Steering against the malicious agent: base vs IMAD", height=330 * len(traits),
                       width=1000)

@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 
 import lens
 from analyses import figures as study_figures
+from analyses.agent_subspaces import alpha_unit
 from analyses.generation import generate, native_prompt, stop_ids
 from analyses.metrics import json_safe
 from lens.debate_format import extract_boxed
@@ -43,6 +44,7 @@ class MaliciousConfig:
     traits: tuple[str, ...] = ("evil", "hallucination")
     agent: int = 2
     layer: int | None = None            # None: the middle layer
+    normalize: bool = True              # unit vectors, α in residual units (paper); False: α × raw mean difference
     alphas: tuple[float, ...] = (-5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0)
     n_prompts: int = 50                 # held-out trait questions per condition (paper: 100)
     n_train_transcripts: int | None = None  # SFT training debates used for IMAD's vector (None: all)
@@ -102,7 +104,7 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     problems = arithmetic_split(task, "test", preset.seed)[:cfg.n_capability]
     base = lens.load_model(Run(preset, run_dir).base_dir())
     layer = base.cfg.n_layers // 2 if cfg.layer is None else cfg.layer
-    results: dict = {"config": asdict(cfg), "layer": layer, "traits": {}}
+    results: dict = {"config": asdict(cfg), "layer": layer, "alpha_unit": alpha_unit(cfg.normalize), "traits": {}}
     for trait in cfg.traits:
         test = trait_split(task, trait, "test", preset.seed)[:cfg.n_prompts]
         train = trait_split(task, trait, "train", preset.seed)[:cfg.n_contrast]
@@ -112,6 +114,8 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
         vectors = {"imad": lens.find_agent_subspace(sft, cfg.agent, transcripts=debates, layers=[layer]),
                    "base": base_vector(base, [q.question for q in train], trait, layer)}
         del sft
+        if not cfg.normalize:
+            vectors = {kind: v.raw() for kind, v in vectors.items()}
         block: dict = {}
         for kind in ("base", "imad"):
             model = base if kind == "base" else lens.load_model(run_dir / "imad" / trait)
@@ -127,6 +131,7 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
             atomic_write_json(out_dir / f"{trait}_{kind}_report.json", report.to_dict())
             block[kind] = {**curves(report), "vector": {"hook_name": vectors[kind].hook_name,
                                                          "method": vectors[kind].method,
+                                                         "normalization": vectors[kind].normalization,
                                                          "stats": vectors[kind].stats}}
             del model  # frees IMAD before the next trait's models load (base stays referenced)
         results["traits"][trait] = block

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -56,6 +57,17 @@ class AgentSubspace:
     def direction(self) -> Float[Tensor, "d_model"]:
         """The leading direction (what `lens.steer` adds)."""
         return self.basis[0]
+
+    def raw(self) -> "AgentSubspace":
+        """This direction scaled to the norm of the raw mean difference it was fitted from, so that α = 1 shifts a
+        reading by one full mean difference (the paper's code with ``--no_normalize``). Unit α is in absolute
+        residual units, which means little on a model whose residual norm is far from a large model's."""
+        fitted_by_diff = self.method in ("diff_means", "contrastive_diff_means") and "raw_diff_norm" in self.stats
+        if self.k != 1 or not fitted_by_diff:
+            raise LensInputError(f"raw() needs a single direction fitted by diff of means (this one: k={self.k}, "
+                                 f"method {self.method!r})")
+        return dataclasses.replace(self, basis=self.basis * self.stats["raw_diff_norm"],
+                                   normalization="raw mean difference")
 
     def _meta(self) -> dict:
         return {"layer": self.layer, "hook_name": self.hook_name, "position": self.position, "method": self.method,

@@ -41,7 +41,7 @@ def _subspace_results(imad_gain=0.1):
                      for m in ("rouge1", "rouge2", "rougeL")} for a in ("1", "2", "3")}
     auc_block["3"]["rouge2"] = {"base": 0.0, "imad": 0.0, "pct": None}  # no bigram ever matched: no % change
     curve = {a: {m: [0.3, 0.2, 0.1] for m in ("rouge1", "rouge2", "rougeL")} for a in ("1", "2", "3")}
-    return {"alphas": ALPHAS, "capability_alphas": ALPHAS,
+    return {"alphas": ALPHAS, "capability_alphas": ALPHAS, "alpha_unit": "α (× raw mean difference)",
             "personas": {"1": "analyst", "2": "critic", "3": "programmer"},
             "auc": auc_block, "rouge": {"base": curve, "imad": curve},
             "capability": {"base": {a: [0.5, 0.4, 0.1] for a in "123"}, "imad": {a: [0.9, 0.8, 0.7] for a in "123"}}}
@@ -52,7 +52,7 @@ def _malicious_results(imad_evil=(0.0, 0.0, 0.0, 10.0, 40.0), base_evil=(2.0, 3.
     def block(trait, cap):
         return {"alphas": alphas, "trait": list(trait), "trait_se": [1.0] * 5, "capability": list(cap),
                 "perplexity": [2.0, 2.1, 2.0, 1.9, 3.0]}
-    return {"traits": {
+    return {"alpha_unit": "α (unit vector)", "traits": {
         "evil": {"imad": block(imad_evil, [0.9] * 5), "base": block(base_evil, [0.1, 0.5, 0.6, 0.6, 0.2])},
         "hallucination": {"imad": block([20, 30, 50, 65, 80], [0.9] * 5),
                           "base": block([30, 40, 55, 65, 70], [0.6] * 5)},
@@ -78,6 +78,11 @@ def test_claims_from_result_dicts():
     assert mal["capability_stable"].reproduced
     mal = {c.id: c for c in malicious_claims(_malicious_results(imad_evil=(5.0, 1.0, 0.0, 10.0, 40.0)))}
     assert mal["evil_suppressed"].reproduced is False
+
+
+def test_alpha_axes_say_what_alpha_one_adds():
+    assert figures.capability_under_steering(_subspace_results()).layout.xaxis.title.text == "α (× raw mean difference)"
+    assert figures.malicious_panels(_malicious_results()).layout.xaxis.title.text == "α (unit vector)"
 
 
 def test_report_embeds_plotly_once_with_figures_tables_claims(tmp_path):

@@ -76,6 +76,9 @@ def test_diff_means_equals_hand_computation(model, transcripts, sub):
     assert math.isclose(sub.stats["raw_diff_norm"], hand.norm().item(), rel_tol=1e-4)
     by_name = lens.find_agent_subspace(model, "critic", transcripts=transcripts, layers=[sub.layer])
     assert torch.allclose(by_name.basis, sub.basis, atol=1e-6)
+    raw = sub.raw()  # α = 1 then adds the whole mean difference, as the paper's code with --no_normalize
+    assert torch.allclose(raw.basis[0], hand, atol=1e-4) and raw.normalization == "raw mean difference"
+    assert raw.layer == sub.layer and torch.equal(sub.basis[0], by_name.basis[0])  # the original is untouched
 
 
 def test_methods_shapes_orthonormal_and_save_load(model, transcripts, tmp_path):
@@ -87,6 +90,8 @@ def test_methods_shapes_orthonormal_and_save_load(model, transcripts, tmp_path):
         back = lens.AgentSubspace.load(path)
         assert torch.equal(back.basis, s.basis) and back.scores == s.scores and back.provenance == s.provenance
         assert json.loads(path.with_suffix(".json").read_text())["hook_name"] == "blocks.1.hook_resid_post"
+        with pytest.raises(lens.LensInputError, match=r"raw\(\) needs a single direction fitted by diff of means"):
+            s.raw()
 
 
 def test_planted_direction_is_recovered(tiny_model_dirs, transcripts):
@@ -123,6 +128,7 @@ def test_contrastive_direction_token_minus_two(model):
     acts = lens.collect_activations(model, pos + neg, layers=[1], position=-2).at(1)
     hand = acts[:2].mean(0) - acts[2:].mean(0)
     assert d.position == -2 and d.layer == 1 and torch.allclose(d.basis[0], hand / hand.norm(), atol=1e-5)
+    assert torch.allclose(d.raw().basis[0], hand, atol=1e-4)
     assert "<|im_start|>system" in lens.chat_prompts(model, "be evil", ["q?"])[0]
 
 
