@@ -78,6 +78,15 @@ def test_claims_from_result_dicts():
     assert mal["capability_stable"].reproduced
     mal = {c.id: c for c in malicious_claims(_malicious_results(imad_evil=(5.0, 1.0, 0.0, 10.0, 40.0)))}
     assert mal["evil_suppressed"].reproduced is False
+    # nothing to suppress unsteered, or no arithmetic to keep: the claim cannot be decided, and says why
+    mal = {c.id: c for c in malicious_claims(_malicious_results(imad_evil=(0.0, 0.0, 0.0, 0.0, 20.0)))}
+    assert mal["evil_suppressed"].verdict == "not testable here" and "nothing to suppress" in mal["evil_suppressed"].measured
+    unskilled = _malicious_results()
+    for block in unskilled["traits"].values():
+        block["imad"]["capability"] = [0.02] * 5
+    cap = {c.id: c for c in malicious_claims(unskilled)}["capability_stable"]
+    assert cap.verdict == "not testable here" and "IMAD 2.0% unsteered" in cap.measured
+    assert "Unsteered (α = 0) ROUGE-L: agent 1: base 0.30 vs IMAD 0.30" in sub[0].measured
 
 
 def test_alpha_axes_say_what_alpha_one_adds():
