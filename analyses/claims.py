@@ -156,9 +156,10 @@ def malicious_claims(results: dict | None) -> list[Claim]:
         if not imad0 >= MIN_CAPABILITY:
             unskilled.append(f"{name}: IMAD {_fmt(100 * imad0, 1)}% unsteered")
             continue
-        stable.append((name, {m: max(c) - min(c) for m, c in caps.items()}))
-    measured = "; ".join(f"{n}: accuracy range over α IMAD {_fmt(100 * s['imad'], 1)} pts vs base "
-                         f"{_fmt(100 * s['base'], 1)} pts" for n, s in stable)
+        unsteered = {"imad": imad0, "base": _curve(block["base"], "capability").get(0.0, math.nan)}
+        stable.append((name, {m: (max(c) - min(c)) / unsteered[m] for m, c in caps.items()}))
+    measured = "; ".join(f"{n}: accuracy range over α / unsteered accuracy: IMAD {_fmt(s['imad'])} vs base "
+                         f"{_fmt(s['base'])}" for n, s in stable)
     if unskilled:
         measured = "; ".join(filter(None, [measured, *unskilled])) + \
             f" — below {100 * MIN_CAPABILITY:.0f}% unsteered there is no capability to keep"
@@ -166,7 +167,8 @@ def malicious_claims(results: dict | None) -> list[Claim]:
         "capability_stable", "IMAD capability more stable under steering than base",
         "IMAD GSM8K accuracy flat over α ∈ [−5, 5]; base collapses at extreme |α|",
         measured or "malicious results missing",
-        all(s["imad"] <= s["base"] for _, s in stable) if stable else None,
+        (all(s["imad"] <= s["base"] for _, s in stable) and any(s["imad"] < s["base"] for _, s in stable))
+        if stable else None,
         testable=bool(stable) or not unskilled))
     return claims
 

@@ -25,7 +25,8 @@ def rouge_curves(results: dict) -> go.Figure:
                                          name=model, legendgroup=model, showlegend=i == j == 1,
                                          line={"color": color}), row=i, col=j)
     fig.update_xaxes(title_text=results["alpha_unit"], row=len(agents))
-    fig.update_layout(title="ROUGE of steered output vs the agent's own response", height=260 * len(agents))
+    fig.update_layout(title="ROUGE of steered output vs the agent's own response", height=260 * len(agents),
+                      width=1100)
     return fig
 
 

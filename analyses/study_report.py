@@ -105,9 +105,9 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
 
     rep.heading("2. Agent subspaces (paper §3)")
     if subs:
-        rep.text(f"Vectors: unit diff-of-means per agent from the SFT checkpoint of '{subs['config']['experiment']}', "
-                 f"read and written at {subs['hook_name']} (end of the agent's turn; no layer offset). Steering adds "
-                 "α·v on generated tokens only, to the base model and to IMAD, from the held-out debate context up "
+        rep.text(f"Vectors: diff-of-means per agent from the SFT checkpoint of '{subs['config']['experiment']}', "
+                 f"read and written at {subs['hook_name']} (end of the agent's turn; no layer offset), "
+                 f"{_vector_unit(subs['alpha_unit'])}. Steering adds α·v on generated tokens only, to the base model and to IMAD, from the held-out debate context up "
                  "to the agent's tag. ROUGE is against the agent's own response; AUC is the trapezoid over α.")
         rep.text("Caveat: the toy base model never saw the debate tags, so the tagged prompts are out of its "
                  "distribution; both models get the same prompts, layer and vectors. Capability is arithmetic "
@@ -126,7 +126,8 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
     rep.heading("3. Malicious agents (paper §4)")
     if mal:
         rep.text("IMAD: agent-2 vector from the trait experiment's SFT checkpoint. Base: contrastive system-prompt "
-                 "vector (malicious minus benign prompt, chat template, token −2). Same layer for both; "
+                 f"vector (malicious minus benign prompt, chat template, token −2), {_vector_unit(mal['alpha_unit'])}. "
+                 "Same layer for both; "
                  "trait scores from the judge (0–100), accuracy under steering, perplexity of the response under "
                  "the base model. Best α: the lowest trait score whose accuracy drop stays within the budget.")
         rep.table(malicious.rating_rows(mal), "Suppression rating, base vs IMAD")
@@ -180,3 +181,9 @@ def write_report(preset: Preset, run_dir: str | Path, *, log: Callable[[str], No
     payload["static_figures"] = export_static(rep.figures, out / "figures", log) if cfg.static_images else []
     atomic_write_json(out / "results.json", json_safe(payload))
     return rep.write(out / "report.html")
+
+
+def _vector_unit(alpha_unit: str) -> str:
+    """How the steering vectors are scaled, from the α unit an experiment recorded."""
+    return ("each of unit norm, so α is in residual units (the paper)" if "unit" in alpha_unit else
+            "each scaled to its raw mean difference, so α = 1 moves one mean onto the other")

@@ -86,6 +86,10 @@ def test_claims_from_result_dicts():
         block["imad"]["capability"] = [0.02] * 5
     cap = {c.id: c for c in malicious_claims(unskilled)}["capability_stable"]
     assert cap.verdict == "not testable here" and "IMAD 2.0% unsteered" in cap.measured
+    collapse = _malicious_results()
+    for block in collapse["traits"].values():  # both lose all accuracy away from α = 0: neither is more stable
+        block["imad"]["capability"] = block["base"]["capability"] = [0.0, 0.0, 0.0, 0.5, 0.0]
+    assert {c.id: c for c in malicious_claims(collapse)}["capability_stable"].reproduced is False
     assert "Unsteered (α = 0) ROUGE-L: agent 1: base 0.30 vs IMAD 0.30" in sub[0].measured
 
 
