@@ -156,7 +156,8 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
                "alpha_unit": alpha_unit(cfg.normalize),
                "n_prompts": {str(a): len(turn_prompts(heldout, a, cfg.rounds)[0]) for a in agents},
                "vectors": {str(a): {"layer": s.layer, "hook_name": s.hook_name, "position": s.position,
-                                    "stats": s.stats, "normalization": s.normalization, "scores": {str(k): v for k, v in s.scores.items()}}
+                                    "stats": s.stats, "normalization": s.normalization,
+                                    "scores": {str(k): v for k, v in s.scores.items()}}
                            for a, s in subs.items()},
                "rouge": rouge, "auc": auc_block, "capability": capability, "probe": probes, "pca": pca}
     results = json_safe(results)

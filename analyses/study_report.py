@@ -107,7 +107,8 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
     if subs:
         rep.text(f"Vectors: diff-of-means per agent from the SFT checkpoint of '{subs['config']['experiment']}', "
                  f"read and written at {subs['hook_name']} (end of the agent's turn; no layer offset), "
-                 f"{_vector_unit(subs['alpha_unit'])}. Steering adds α·v on generated tokens only, to the base model and to IMAD, from the held-out debate context up "
+                 f"{_vector_unit(subs['alpha_unit'])}. Steering adds α·v on generated tokens only, to the base "
+                 "model and to IMAD, from the held-out debate context up "
                  "to the agent's tag. ROUGE is against the agent's own response; AUC is the trapezoid over α.")
         rep.text("Caveat: the toy base model never saw the debate tags, so the tagged prompts are out of its "
                  "distribution; both models get the same prompts, layer and vectors. Capability is arithmetic "
@@ -126,7 +127,8 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
     rep.heading("3. Malicious agents (paper §4)")
     if mal:
         rep.text("IMAD: agent-2 vector from the trait experiment's SFT checkpoint. Base: contrastive system-prompt "
-                 f"vector (malicious minus benign prompt, chat template, token −2), {_vector_unit(mal['alpha_unit'])}. "
+                 "vector (malicious minus benign prompt, chat template, token −2), "
+                 f"{_vector_unit(mal['alpha_unit'])}. "
                  "Same layer for both; "
                  "trait scores from the judge (0–100), accuracy under steering, perplexity of the response under "
                  "the base model. Best α: the lowest trait score whose accuracy drop stays within the budget.")

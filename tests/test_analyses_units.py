@@ -80,7 +80,8 @@ def test_claims_from_result_dicts():
     assert mal["evil_suppressed"].reproduced is False
     # nothing to suppress unsteered, or no arithmetic to keep: the claim cannot be decided, and says why
     mal = {c.id: c for c in malicious_claims(_malicious_results(imad_evil=(0.0, 0.0, 0.0, 0.0, 20.0)))}
-    assert mal["evil_suppressed"].verdict == "not testable here" and "nothing to suppress" in mal["evil_suppressed"].measured
+    evil = mal["evil_suppressed"]
+    assert evil.verdict == "not testable here" and "nothing to suppress" in evil.measured
     unskilled = _malicious_results()
     for block in unskilled["traits"].values():
         block["imad"]["capability"] = [0.02] * 5

@@ -46,7 +46,8 @@ def test_report_has_every_figure_table_and_claim(smoke_study):
     assert {r["method"] for r in results["table1"]} == {"Single", "Debate", "DebateGPT", "SFT", "IMAD"}
     assert {c["id"] for c in results["claims"]} >= {"tokens_vs_debate", "accuracy_vs_debate", "rouge_auc",
                                                     "evil_suppressed", "capability_stable"}
-    assert all(c["verdict"] in ("reproduced", "not reproduced", "not run") for c in results["claims"])
+    verdicts = ("reproduced", "not reproduced", "not testable here", "not run")
+    assert all(c["verdict"] in verdicts for c in results["claims"])
     assert any(s["stage"] == "analyses/malicious" and s["wall seconds"] is not None for s in results["stages"])
     subs = results["agent_subspaces"]
     assert subs["hook_name"] == f"blocks.{subs['layer']}.hook_resid_post"
