@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+MIN_CAPABILITY = 0.1  # unsteered accuracy below which "capability stays stable" says nothing
+
 
 @dataclass(frozen=True)
 class Claim:
@@ -171,9 +173,6 @@ def malicious_claims(results: dict | None) -> list[Claim]:
         if stable else None,
         testable=bool(stable) or not unskilled))
     return claims
-
-
-MIN_CAPABILITY = 0.1  # unsteered accuracy below which "capability stays stable" says nothing
 
 
 def _absent(trait_curve: dict[float, float]) -> bool:

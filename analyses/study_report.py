@@ -107,8 +107,8 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
     if subs:
         rep.text(f"Vectors: diff-of-means per agent from the SFT checkpoint of '{subs['config']['experiment']}', "
                  f"read and written at {subs['hook_name']} (end of the agent's turn; no layer offset), "
-                 f"{_vector_unit(subs['alpha_unit'])}. Steering adds α·v on generated tokens only, to the base "
-                 "model and to IMAD, from the held-out debate context up "
+                 f"{_vector_scaling(subs['config']['normalize'])}. Steering adds α·v on generated tokens only, "
+                 "to the base model and to IMAD, from the held-out debate context up "
                  "to the agent's tag. ROUGE is against the agent's own response; AUC is the trapezoid over α.")
         rep.text("Caveat: the toy base model never saw the debate tags, so the tagged prompts are out of its "
                  "distribution; both models get the same prompts, layer and vectors. Capability is arithmetic "
@@ -128,7 +128,7 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
     if mal:
         rep.text("IMAD: agent-2 vector from the trait experiment's SFT checkpoint. Base: contrastive system-prompt "
                  "vector (malicious minus benign prompt, chat template, token −2), "
-                 f"{_vector_unit(mal['alpha_unit'])}. "
+                 f"{_vector_scaling(mal['config']['normalize'])}. "
                  "Same layer for both; "
                  "trait scores from the judge (0–100), accuracy under steering, perplexity of the response under "
                  "the base model. Best α: the lowest trait score whose accuracy drop stays within the budget.")
@@ -185,7 +185,7 @@ def write_report(preset: Preset, run_dir: str | Path, *, log: Callable[[str], No
     return rep.write(out / "report.html")
 
 
-def _vector_unit(alpha_unit: str) -> str:
-    """How the steering vectors are scaled, from the α unit an experiment recorded."""
-    return ("each of unit norm, so α is in residual units (the paper)" if "unit" in alpha_unit else
+def _vector_scaling(normalize: bool) -> str:
+    """How an experiment's steering vectors were scaled (its ``normalize`` setting), in words."""
+    return ("each of unit norm, so α is in residual units (the paper)" if normalize else
             "each scaled to its raw mean difference, so α = 1 moves one mean onto the other")
