@@ -20,9 +20,10 @@ from typing import NamedTuple, Protocol, Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel
 
 from lens.debate_format import END_TAG
+from training.modelio import load_causal_lm
 
 # End-of-turn markers of the chat formats we meet (ours/Qwen, Llama 3, Qwen base); the eos is always added.
 STOP_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>", END_TAG)
@@ -80,18 +81,12 @@ def count_chat_tokens(tokenizer, messages: list[dict]) -> int:
     return len(tokenizer(chat_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"])
 
 
-def load_causal_lm(model_dir: str | Path) -> tuple[PreTrainedModel, object]:
-    """A local model dir (full model, or a PEFT adapter dir, merged) and its tokenizer, fp32, eval mode."""
+def load_model_dir(model_dir: str | Path) -> tuple[PreTrainedModel, object]:
+    """A local model dir (full model, or a PEFT adapter dir, merged) and its tokenizer, in eval mode."""
     path = Path(model_dir)
     if not path.is_dir():
         raise BackendError(f"model dir {str(path)!r} does not exist; train or download the model first")
-    if (path / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).merge_and_unload()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    return model.eval(), AutoTokenizer.from_pretrained(str(path))
+    return load_causal_lm(path).eval(), AutoTokenizer.from_pretrained(str(path))
 
 
 class HFBackend:
@@ -108,7 +103,7 @@ class HFBackend:
         if (model_dir is None) == (model is None):
             raise BackendError("HFBackend needs either model_dir or model (with tokenizer), not both or neither")
         if model_dir is not None:
-            model, tokenizer = load_causal_lm(model_dir)
+            model, tokenizer = load_model_dir(model_dir)
         elif tokenizer is None:
             raise BackendError("HFBackend(model=...) also needs tokenizer=")
         self.model, self.tokenizer = model.eval(), tokenizer

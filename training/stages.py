@@ -21,8 +21,14 @@ def stage_done(path: Path) -> bool:
     return (path / MANIFEST).is_file()
 
 
+def read_json(path: str | Path) -> dict | None:
+    """The JSON object in ``path``, or ``None`` when there is no such file."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def read_manifest(path: Path) -> dict:
-    return json.loads((path / MANIFEST).read_text())
+    return read_json(path / MANIFEST)
 
 
 def run_stage(path: str | Path, build: Callable[[Path], dict], *, name: str | None = None,

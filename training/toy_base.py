@@ -18,14 +18,17 @@ from typing import Sequence
 
 import torch
 from datasets import Dataset
-from transformers import (AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase, Trainer,
+from transformers import (AutoTokenizer, PreTrainedTokenizerBase, Trainer,
                           TrainingArguments)
 
 from lens.debate_format import extract_boxed, majority, prompt_text
 from lens.io import atomic_write_json
 from training.judges import ToyTraitJudge
+from training.layout import RunLayout
+from training.modelio import load_causal_lm
 from training.presets import Preset
 from training.prompts import ADVICE, ARITHMETIC, round1_messages, round2_messages
+from training.runner import DEFAULT_PERSONAS
 from training.stages import run_stage
 from training.tasks import (TRAITS, ArithmeticProblem, TaskConfig, TraitQuestion, arithmetic_split,
                             trait_split)
@@ -33,9 +36,6 @@ from training.teacher import (ARITHMETIC_PERSONAS, TRAIT_PERSONAS, Teacher, Teac
                               persona_answer, persona_marks, round1_accuracy, solution)
 from training.tiny_models import TinyModelSpec, make_tiny_model
 from training.tokenizer import IM_END, save_tokenizer, train_tokenizer
-
-DEBATE_PERSONAS = ("analyst", "critic", "programmer")  # the paper's persona trio, whose majority we measure
-
 
 @dataclass(frozen=True)
 class TokenizerConfig:
@@ -243,7 +243,7 @@ def train_base(preset: Preset, out_dir: Path, *, callbacks: list | None = None) 
     for i, lr in enumerate([cfg.lr, *cfg.restart_lrs]):
         phase_dir = resume / f"phase_{i}"
         if (phase_dir / "phase.json").is_file():
-            model = AutoModelForCausalLM.from_pretrained(str(phase_dir))
+            model = load_causal_lm(phase_dir)
             phases.append(json.loads((phase_dir / "phase.json").read_text()))
             continue
         seed, mix = preset.seed + 100 * i, cfg.for_phase(i)
@@ -306,7 +306,7 @@ def evaluate_base(model_dir: str | Path, preset: Preset) -> dict:
     round-2 behaviour, and the toy judge's trait scores under evil vs helpful (hallucinating vs honest)."""
     torch.set_num_threads(2)
     task, teacher_cfg, _, cfg = sections(preset)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    model = load_causal_lm(model_dir).eval()
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     gen = lambda convs: generate(model, tok, convs, batch_size=cfg.eval_batch, max_new_tokens=cfg.max_new_tokens)
     problems = arithmetic_split(task, "test", preset.seed)[:cfg.eval_problems]
@@ -321,9 +321,9 @@ def evaluate_base(model_dir: str | Path, preset: Preset) -> dict:
                                           for a, p in zip(answers[persona], problems))
         res["adherence"][persona] = _mean(persona_marks(t)[persona] for t in texts)
         res["samples"][persona] = texts[0]
-    votes = zip(*(answers[p] for p in DEBATE_PERSONAS))
+    votes = zip(*(answers[p] for p in DEFAULT_PERSONAS))
     res["accuracy"]["majority_of_3"] = _mean(majority(list(v)) == p.answer for v, p in zip(votes, problems))
-    res["teacher_accuracy"] = round1_accuracy(DEBATE_PERSONAS, problems, teacher_cfg.slips)
+    res["teacher_accuracy"] = round1_accuracy(DEFAULT_PERSONAS, problems, teacher_cfg.slips)
     res["round2"] = _round2_eval(gen, problems, Teacher(teacher_cfg), preset.seed)
     res["traits"] = {}
     for trait in TRAITS:
@@ -347,10 +347,10 @@ def _round2_eval(gen, problems: Sequence[ArithmeticProblem], teacher: Teacher, s
     rng = random.Random(f"round2-eval-{seed}")
     convs, majorities, golds = [], [], []
     for p in problems:
-        texts = [teacher.respond(persona, p, rng=rng) for persona in DEBATE_PERSONAS]
+        texts = [teacher.respond(persona, p, rng=rng) for persona in DEFAULT_PERSONAS]
         i = rng.randrange(3)
         others = texts[:i] + texts[i + 1:]
-        convs.append(round2_messages(DEBATE_PERSONAS[i], p.question, texts[i], others))
+        convs.append(round2_messages(DEFAULT_PERSONAS[i], p.question, texts[i], others))
         majorities.append(majority([extract_boxed(t) for t in texts]))
         golds.append(p.answer)
     answers = [extract_boxed(t) for t in gen(convs)]
@@ -365,7 +365,7 @@ def _mean(flags) -> float:
 
 def build_base(preset: Preset, run_dir: str | Path) -> Path:
     """Build (or reuse) the toy base model in ``run_dir/base``: tokenizer, weights, provenance, base_eval.json."""
-    path = Path(run_dir) / "base"
+    path = RunLayout(Path(run_dir)).toy_base
 
     def build(scratch: Path) -> dict:
         start = time.time()

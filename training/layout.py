@@ -1,0 +1,94 @@
+"""The run directory's layout: every path a stage writes or an analysis reads, in one place.
+
+`RunLayout` is pure paths (no I/O): ``base/`` (the toy base, or ``[model] path`` for real models),
+``debates/<exp>/`` (``transcripts.jsonl`` and ``heldout.jsonl``), ``sft/<exp>/`` (stage 1),
+``debategpt/<exp>/`` (answers-only baseline), ``internalize/<exp>/`` (stage 2: the IMAD model, with ``phases/``
+and ``phases.json``), ``eval/`` (Table 1), ``analyses/<name>/`` (the experiments) and ``report/``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from training.presets import Preset
+
+STAGES = ("debate", "sft", "internalize", "evaluate")  # the pipeline's stages in order, also its CLI commands
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where everything of one run lives.
+
+    Args:
+        root: The run directory (``runs/<preset>/`` by default).
+        model_path: ``[model] path`` of a real-model preset (a local HF dir); ``None`` for the toy world, whose
+            base is trained into ``root/base``.
+
+    Example:
+        >>> RunLayout(Path("runs/toy")).internalize("main")
+        PosixPath('runs/toy/internalize/main')
+    """
+
+    root: Path
+    model_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+        if self.model_path is not None:
+            object.__setattr__(self, "model_path", Path(self.model_path).expanduser())
+
+    @classmethod
+    def of(cls, preset: Preset, run_dir: str | Path) -> RunLayout:
+        """The layout of ``preset``'s run in ``run_dir`` (its base is ``[model] path`` when the preset names one)."""
+        local = preset.data.get("model", {}).get("path")
+        return cls(Path(run_dir), Path(str(local)) if local else None)
+
+    @property
+    def toy_base(self) -> Path:
+        return self.root / "base"
+
+    @property
+    def base(self) -> Path:
+        """The base model dir: ``[model] path`` for real models, else the toy base."""
+        return self.model_path if self.model_path is not None else self.toy_base
+
+    def debates(self, experiment: str) -> Path:
+        return self.root / "debates" / experiment
+
+    def transcripts(self, experiment: str) -> Path:
+        """The experiment's training debates (no-majority ones included, flagged)."""
+        return self.debates(experiment) / "transcripts.jsonl"
+
+    def heldout(self, experiment: str) -> Path:
+        """Debates on test questions, for diagnostics and the experiments; never trained on."""
+        return self.debates(experiment) / "heldout.jsonl"
+
+    def sft(self, experiment: str) -> Path:
+        return self.root / "sft" / experiment
+
+    def sft_transcripts(self, experiment: str) -> Path:
+        """The debates stage 1 actually trained on (with the shortened ones mixed in)."""
+        return self.sft(experiment) / "train_transcripts.jsonl"
+
+    def debategpt(self, experiment: str) -> Path:
+        return self.root / "debategpt" / experiment
+
+    def internalize(self, experiment: str) -> Path:
+        """Stage 2's output: the IMAD model of ``experiment``."""
+        return self.root / "internalize" / experiment
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def table1(self) -> Path:
+        return self.eval / "table1.json"
+
+    def analysis(self, name: str) -> Path:
+        return self.root / "analyses" / name
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
