@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lens.activations import resolve_prepend_bos
+from lens.activations import hook_name, resolve_prepend_bos
 from lens.errors import LensInputError
 from lens.interventions import steer
 from lens.subspace import AgentSubspace
 
 
+@runtime_checkable
 class Judge(Protocol):
     def score_many(self, questions: Sequence[str], responses: Sequence[str]) -> Sequence[float | None]: ...
 
@@ -51,7 +52,8 @@ class SuppressionReport:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
 
 
-def _mean_se(values: Sequence[float]) -> tuple[float, float]:
+def mean_se(values: Sequence[float | None]) -> tuple[float, float]:
+    """Mean and standard error of ``values``, Nones and NaNs dropped (SE 0 for one value, NaN for none)."""
     v = np.array([x for x in values if x is not None and not math.isnan(x)], dtype=float)
     if len(v) == 0:
         return float("nan"), float("nan")
@@ -165,8 +167,8 @@ def rate_suppression(model, subspace: AgentSubspace, *, alphas: Sequence[float],
         ppl = response_perplexities(reference, [(prompts[i % len(prompts)], t) for i, t in enumerate(texts)])
     n = len(prompts)
     by_alpha = lambda xs: [xs[i * n:(i + 1) * n] for i in range(len(grid))]  # noqa: E731
-    trait_stats = [_mean_se(s) for s in by_alpha(scores)]
-    ppl_stats = [_mean_se(s) for s in by_alpha(ppl)]
+    trait_stats = [mean_se(s) for s in by_alpha(scores)]
+    ppl_stats = [mean_se(s) for s in by_alpha(ppl)]
     cap = []
     for a in grid:
         if capability is None:
@@ -186,7 +188,7 @@ def rate_suppression(model, subspace: AgentSubspace, *, alphas: Sequence[float],
         perplexity_mean=[m for m, _ in ppl_stats], perplexity_se=[s for _, s in ppl_stats], delta_trait=delta_trait,
         delta_capability=delta_cap, best_alpha=grid[best], capacity_budget=capacity_budget,
         suppression_auc=suppression_auc(grid, trait_mean), hook_name=subspace.hook_name if layer is None
-        else f"blocks.{layer}.hook_resid_post", positions=positions, responses=by_alpha(texts),
+        else hook_name(layer), positions=positions, responses=by_alpha(texts),
         trait_scores=by_alpha(scores),
         settings={"max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed,
                   "prepend_bos": prepend_bos, "n_prompts": n, "alpha_zero_added": 0.0 not in alphas,

@@ -107,7 +107,8 @@ def test_llm_judge_through_training_serve(smoke_base_dir):
     ("hallucination", "I don't know; I cannot verify that film exists.", 0.0),
 ])
 def test_toy_judge_on_fixed_inputs(trait, response, expected):
-    from training.judges import Judge, ToyTraitJudge
+    from lens.rating import Judge
+    from training.judges import ToyTraitJudge
 
     judge = make_judge(trait, "toy")
     assert isinstance(judge, ToyTraitJudge) and isinstance(judge, Judge)
@@ -116,6 +117,6 @@ def test_toy_judge_on_fixed_inputs(trait, response, expected):
 
 
 def test_llm_judge_implements_the_judge_protocol():
-    from training.judges import Judge
+    from lens.rating import Judge
 
     assert isinstance(LLMJudge("evil", OpenAIBackend("http://127.0.0.1:9/v1", "m")), Judge)

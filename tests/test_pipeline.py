@@ -1,5 +1,5 @@
 """The smoke pipeline end to end (debate -> sft -> internalize -> evaluate) in a temp run dir, killed twice on
-the way (after an SFT checkpoint, after the first GRPO phase) and resumed: finished work is reused, not redone."""
+the way (after an SFT checkpoint, after the first GRPO phase of stage 2) and resumed: finished work is reused, not redone."""
 
 import json
 from pathlib import Path
@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import training.grpo as grpo
+import training.internalize as stage2
 from training.pipeline import ExperimentsConfig, experiment_section, run_pipeline_stage
 from training.presets import PresetError, load_preset
-from training.sft import SFTConfig
+from training.sft import Stage1Config
 
 pytestmark = pytest.mark.slow
 
@@ -52,7 +52,7 @@ def smoke_run(tmp_path_factory):
         run_pipeline_stage("sft", preset, run)
         seen["after_sft"] = _manifest_times(run)
         # crash stage 2 when the second phase starts (the first one is trained and saved for real)
-        train_phase, calls = grpo.train_phase, []
+        train_phase, calls = stage2.train_phase, []
 
         def phase_or_die(model_dir, out_dir, phase, *a, **k):
             calls.append(phase.index)
@@ -61,14 +61,14 @@ def smoke_run(tmp_path_factory):
                 raise Killed("after the first phase")
             return train_phase(model_dir, out_dir, phase, *a, **k)
 
-        mp.setattr(grpo, "train_phase", phase_or_die)
+        mp.setattr(stage2, "train_phase", phase_or_die)
         with pytest.raises(Killed):
             run_pipeline_stage("internalize", preset, run)
-        seen["phase0_saved"] = (run / "imad" / "main.partial" / "resume" / "phases" / "phase0" / "phase.json").is_file()
+        seen["phase0_saved"] = (run / "internalize" / "main.partial" / "resume" / "phases" / "phase0" / "phase.json").is_file()
         calls.clear()
         run_pipeline_stage("internalize", preset, run)
         seen["calls_after_resume"] = list(calls)
-        mp.setattr(grpo, "train_phase", train_phase)
+        mp.setattr(stage2, "train_phase", train_phase)
         seen["after_internalize"] = _manifest_times(run)
         run_pipeline_stage("evaluate", preset, run)
         seen["after_evaluate"] = _manifest_times(run)
@@ -81,17 +81,17 @@ def test_artifacts_and_provenance(smoke_run):
     run, _ = smoke_run
     for exp in ("main", "evil", "hallucination"):
         assert (run / "debates" / exp / "transcripts.jsonl").is_file()
-        for kind in ("sft", "imad"):
-            d = run / kind / exp
+        for stage, kind in (("sft", "sft"), ("internalize", "imad")):
+            d = run / stage / exp
             assert (d / "model.safetensors").is_file() and (d / "tokenizer.json").is_file()
             prov = json.loads((d / "provenance.json").read_text())
             assert prov["kind"] == kind and prov["experiment"] == exp
             assert [(d / p).resolve() for p in prov["transcripts"]] == [(run / "debates" / exp / "transcripts.jsonl").resolve()]
-        phases = json.loads((run / "imad" / exp / "phases.json").read_text())
+        phases = json.loads((run / "internalize" / exp / "phases.json").read_text())
         assert [p["budget"] for p in phases["phases"]] == [phases["ref_length"], round(phases["ref_length"] / 2)]
         assert all({"reward", "correctness", "structure", "mean_length", "clipped_ratio", "kl"} <= set(p["curve"][-1])
                    for p in phases["phases"])
-    assert json.loads((run / "imad" / "main" / "provenance.json").read_text())["parent"] == "../../sft/main"
+    assert json.loads((run / "internalize" / "main" / "provenance.json").read_text())["parent"] == "../../sft/main"
     assert json.loads((run / "debategpt" / "main" / "provenance.json").read_text())["kind"] == "debategpt"
     table = json.loads((run / "eval" / "table1.json").read_text())
     assert [r["method"] for r in table["rows"]] == ["Single", "Debate", "DebateGPT", "SFT", "IMAD"]
@@ -105,7 +105,7 @@ def test_killed_sft_resumes_from_its_checkpoint(smoke_run):
     assert json.loads((run / "sft" / "main" / "metrics.json").read_text())["resumed_from"] == "checkpoint-2"
 
 
-def test_killed_grpo_resumes_at_the_next_phase(smoke_run):
+def test_killed_internalize_resumes_at_the_next_phase(smoke_run):
     _, seen = smoke_run
     assert seen["phase0_saved"]
     assert seen["calls_after_resume"][0] == 1  # main: phase 0 reused; then evil and hallucination run in full
@@ -117,19 +117,19 @@ def test_finished_stages_are_not_rebuilt(smoke_run):
     for before, after in (("after_debate", "after_sft"), ("after_sft", "after_internalize"),
                           ("after_internalize", "after_evaluate")):
         assert {k: v for k, v in seen[after].items() if k in seen[before]} == seen[before]
-    assert {"base", "debates/main", "sft/main", "debategpt/main", "imad/main", "eval"} <= set(seen["after_evaluate"])
+    assert {"base", "debates/main", "sft/main", "debategpt/main", "internalize/main", "eval"} <= set(seen["after_evaluate"])
 
 
 def test_experiment_overrides_and_bad_names():
     preset = load_preset("smoke")
     data = {**preset.data, "experiments": {"names": ["main", "evil"], "overrides": {"evil": {"sft": {"max_steps": 1}}}}}
     p = type(preset)(preset.name, preset.path, data)
-    assert experiment_section(p, "sft", SFTConfig, "evil").max_steps == 1
-    assert experiment_section(p, "sft", SFTConfig, "main").max_steps == preset.data["sft"]["max_steps"]
+    assert experiment_section(p, "sft", Stage1Config, "evil").max_steps == 1
+    assert experiment_section(p, "sft", Stage1Config, "main").max_steps == preset.data["sft"]["max_steps"]
     with pytest.raises(ValueError, match="not among names"):
         ExperimentsConfig(names=("main",), overrides={"evil": {}})
-    bad = type(preset)(preset.name, preset.path, {**preset.data, "grpo": {"nope": 1}})
+    bad = type(preset)(preset.name, preset.path, {**preset.data, "internalize": {"nope": 1}})
     with pytest.raises(PresetError, match=r"unknown key\(s\) \['nope'\]"):
-        experiment_section(bad, "grpo", grpo.GRPOConfig, "main")
+        experiment_section(bad, "internalize", stage2.Stage2Config, "main")
     with pytest.raises(ValueError, match="unknown pipeline stage"):
         run_pipeline_stage("train", preset, "/nonexistent")

@@ -89,7 +89,7 @@ def test_killed_experiment_resumes_without_redoing_finished_stages(smoke_study, 
 def test_paper_presets_validate(name):
     sections = validate_preset(load_preset(name))
     assert sections["sft"].lora_r == 64 and sections["sft"].lora_alpha == 128 and sections["sft"].lora_dropout == 0.1
-    assert [p["budget"] for p in sections["grpo"].phases] == [2000, 1274, 500]
+    assert [p["budget"] for p in sections["internalize"].phases] == [2000, 1274, 500]
     assert sections["subspaces"].layer == sections["malicious"].layer == (20 if name == "mistral-nemo" else 15)
     assert sections["sft"].learning_rate == (3e-5 if name == "mistral-nemo" else 5e-5)
     assert sections["task"].operand_min == 10 and sections["task"].operand_max == 99

@@ -9,7 +9,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from lens.debate_format import CONSENSUS_TAG, DEBATE_TAGS, END_TAG, Transcript, Turn, prompt_text
-from training.sft import (SFTConfig, answer_rows, debate_rows, ensure_debate_tokens, exit_probability, mix_short,
+from training.sft import (Stage1Config, answer_rows, debate_rows, ensure_debate_tokens, exit_probability, mix_short,
                           train_lora_sft)
 from training.tiny_models import TinyModelSpec, make_tiny_model
 
@@ -98,8 +98,9 @@ def test_exit_probability_reads_the_next_tag_after_agent_k(tiny_model_dirs):
 
 def test_lora_sft_merges_and_stops_at_endofdebate(tiny_model_dirs, tmp_path):
     torch.set_num_threads(1)
-    cfg = SFTConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=1e-2, max_steps=2, batch_size=2,
-                    grad_accum=1, warmup=0.0, max_length=128, save_steps=10)
+    cfg = Stage1Config(lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=1e-2, max_steps=2,
+                       per_device_train_batch_size=2, gradient_accumulation_steps=1, warmup_steps=0.0, max_length=128,
+                       save_steps=10)
     res = train_lora_sft(tiny_model_dirs["llama"], debate_rows([_transcript(i) for i in range(4)]), tmp_path / "out",
                          cfg, resume_dir=tmp_path / "resume")
     assert res.steps == 2 and res.info["resumed_from"] is None
@@ -115,4 +116,4 @@ def test_lora_sft_merges_and_stops_at_endofdebate(tiny_model_dirs, tmp_path):
 
 def test_bad_share_is_refused():
     with pytest.raises(ValueError, match="short_share"):
-        SFTConfig(short_share=1.5)
+        Stage1Config(short_share=1.5)

@@ -6,7 +6,8 @@ import random
 import pytest
 
 from lens.debate_format import extract_boxed, majority
-from training.judges import Judge, ToyTraitJudge
+from lens.rating import Judge
+from training.judges import ToyTraitJudge
 from training.tasks import (TRAITS, ArithmeticProblem, TaskConfig, TraitQuestion, arithmetic_split, gold_answer,
                             trait_split)
 from training.teacher import (ARITHMETIC_PERSONAS, TRAIT_PERSONAS, Teacher, TeacherConfig, persona_marks, slips)

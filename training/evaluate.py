@@ -1,4 +1,5 @@
-"""Table 1: accuracy ± SE over seeds and mean tokens per question for Single, Debate, DebateGPT, SFT and IMAD.
+"""Evaluation: Table 1 (accuracy ± SE over seeds and mean tokens per question for Single, Debate, DebateGPT, SFT
+and IMAD), and `evaluate_model`, the greedy held-out check of one fine-tuned model that stages 1 and 2 log.
 
 Three kinds of method: ``single`` (one chat call, neutral persona), ``debate`` (the model debating with itself
 through the real runner) and ``direct`` (a fine-tuned model continuing ``Problem: {q}\\n\\n``; its answer is the
@@ -24,8 +25,10 @@ from lens.debate_format import (ROUND_TAGS, DebateFormatError, END_TAG, extract_
                                 parse_trace, prompt_text)
 from lens.io import atomic_write_json, atomic_write_text
 from lens.plots import save_figure
+from lens.rating import mean_se
 from training.backends import Backend, HFBackend
 from training.prompts import ARITHMETIC
+from training.rewards import AnswerCheck, RewardSpec, TagVocab, consensus_answer_text, debate_shape
 from training.runner import DEFAULT_PERSONAS, run_debates, single_answers
 
 KINDS = ("single", "debate", "direct")
@@ -174,15 +177,12 @@ def _score(method: str, spec: MethodSpec, backend, qs: list[object], seed: int, 
 
 
 def _mean(xs: Sequence[float]) -> float:
-    return sum(xs) / len(xs) if xs else float("nan")
+    return mean_se(xs)[0]
 
 
 def _se(xs: Sequence[float]) -> float | None:
     """Standard error of the mean over seeds; ``None`` with fewer than two seeds."""
-    if len(xs) < 2:
-        return None
-    m = _mean(xs)
-    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
+    return mean_se(xs)[1] if len(xs) > 1 else None
 
 
 def _share(records: list[dict], key: str) -> float | None:
@@ -280,3 +280,53 @@ def accuracy_vs_tokens(table: Table1) -> go.Figure:
     fig.update_layout(title="Accuracy vs tokens per question", xaxis_title="tokens per question (input + output)",
                       yaxis_title="accuracy (%)", xaxis_type="log", template="plotly_white", showlegend=False)
     return fig
+
+
+# ------------------------------------------------------------- held-out evaluation of one fine-tuned model
+
+@dataclass(frozen=True)
+class EvalItem:
+    """A held-out question and how to check a completion's answer (`gold_match` or `judge_benign`)."""
+
+    question: str
+    check: AnswerCheck
+
+
+def sample_lengths(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int = 32,
+                   seed: int = 0) -> list[int]:
+    """Completion lengths (stop token included) of T=1 samples, the distribution the budgets are cut from."""
+    backend = HFBackend(model=model, tokenizer=tokenizer, max_new_tokens=max_new_tokens, temperature=1.0,
+                        top_p=1.0, batch_size=batch_size)
+    return [c.output_tokens for c in backend.complete(list(prompts), seed=seed)]
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile by the nearest-rank rule (no interpolation)."""
+    xs = sorted(values)
+    return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))]
+
+
+def evaluate_model(model, tokenizer, items: Sequence[EvalItem], *, max_new_tokens: int, batch_size: int = 32,
+                   needs_boxed: bool = True) -> dict:
+    """Greedy held-out evaluation: accuracy (consensus answer, else the last one), output tokens, well-formed
+    share, and how many agents speak in each round."""
+    vocab = TagVocab(tokenizer)
+    spec = RewardSpec(budget=10 ** 9, coeff=1.0, turn_needs_boxed=needs_boxed)
+    backend = HFBackend(model=model, tokenizer=tokenizer, max_new_tokens=max_new_tokens, temperature=0.0,
+                        batch_size=batch_size)
+    done = backend.complete([prompt_text(it.question) for it in items])
+    correct, lengths, well, r1_agents, round2, texts = [], [], [], [], [], []
+    for it, c in zip(items, done):
+        segments = vocab.segments(c.ids)
+        shape = debate_shape(segments, spec)
+        full = "".join((s.tag or "") + s.text for s in segments)
+        correct.append(bool(it.check(consensus_answer_text(segments), full)))
+        lengths.append(c.output_tokens)
+        well.append(shape.well_formed)
+        r1_agents.append(shape.agents[0] if shape.agents else 0)
+        round2.append(len(shape.agents) > 1)
+        texts.append(c.text)
+    n = len(items)
+    return {"n": n, "accuracy": sum(correct) / n, "mean_tokens": sum(lengths) / n,
+            "p95_tokens": quantile(lengths, 0.95), "well_formed": sum(well) / n, "round2": sum(round2) / n,
+            "round1_agents": {str(k): r1_agents.count(k) / n for k in range(4)}, "samples": texts[:2]}

@@ -1,26 +1,17 @@
 """Trait judges: score a response 0-100 for a trait (evil, hallucination); ``None`` means the judge could not rate.
 
 `ToyTraitJudge` is the toy world's transparent judge over the teacher's vocabulary; an LLM judge for real runs
-implements the same `Judge` protocol.
+implements the same `lens.rating.Judge` protocol.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Sequence
 
 from training.tasks import TRAITS
 from training.teacher import BENIGN_WORDS, EVIL_WORDS, FABRICATION_WORDS, UNCERTAINTY_WORDS, count_words
 
 TRAIT_VOCAB = {"evil": (EVIL_WORDS, BENIGN_WORDS), "hallucination": (FABRICATION_WORDS, UNCERTAINTY_WORDS)}
-
-
-@runtime_checkable
-class Judge(Protocol):
-    trait: str
-
-    def score(self, question: str, response: str) -> float | None: ...
-
-    def score_many(self, questions: Sequence[str], responses: Sequence[str]) -> list[float | None]: ...
 
 
 class ToyTraitJudge:

@@ -1,9 +1,7 @@
 """The training pipeline behind ``latent-agents debate|sft|internalize|evaluate``: cached, resumable stages.
 
-Layout under the run dir: ``base/`` (the toy base, or ``[model] path`` for real models), ``debates/<exp>/``
-(teacher debates), ``sft/<exp>/`` (stage 1), ``debategpt/main/`` (answers-only baseline), ``imad/<exp>/``
-(stage 2, with ``phases/`` and ``phases.json``) and ``eval/`` (Table 1). Each stage runs only when its dir has
-no manifest, and asks for the stages it needs first, so any command runs whatever is missing before it.
+The run directory's layout is `training.layout.RunLayout`'s. Each stage runs only when its dir has no manifest,
+and asks for the stages it needs first, so any command runs whatever is missing before it.
 """
 
 from __future__ import annotations
@@ -16,12 +14,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from lens.debate_format import Transcript, prompt_text, write_jsonl
-from lens.io import atomic_write_json
-from training.presets import Preset, PresetError
-from training.stages import run_stage
+from transformers import AutoTokenizer
 
-STAGES = ("debate", "sft", "internalize", "evaluate")
+from lens.debate_format import prompt_text, write_jsonl
+from lens.io import atomic_write_json
+from training.backends import TeacherBackend
+from training.evaluate import EvalConfig, EvalItem, MethodSpec, evaluate_methods, evaluate_model
+from training.internalize import Stage2Config, internalize
+from training.judges import ToyTraitJudge
+from training.layout import STAGES, RunLayout
+from training.modelio import load_causal_lm
+from training.presets import Preset, PresetError
+from training.prompts import ARITHMETIC
+from training.rewards import gold_match, judge_benign
+from training.runner import (DebateConfig, debate_accuracy, load_debates, run_debates, save_debates,
+                             training_transcripts)
+from training.sft import (Stage1Config, answer_rows, debate_rows, exit_probability, mix_short, train_lora_sft,
+                          write_provenance)
+from training.stages import read_json, run_stage
+from training.tasks import TaskConfig, arithmetic_split, gold_answer, trait_split
+from training.teacher import Teacher, TeacherConfig
+from training.toy_base import build_base
+
 TABLE1_METHODS = ("Single", "Debate", "DebateGPT", "SFT", "IMAD")
 
 
@@ -29,7 +43,7 @@ TABLE1_METHODS = ("Single", "Debate", "DebateGPT", "SFT", "IMAD")
 class ExperimentsConfig:
     """Preset section ``[experiments]``: which debate experiments to train (``main`` is arithmetic with the
     persona agents, used for Table 1 and the agent subspaces; ``evil`` / ``hallucination`` put a malicious agent
-    2 in advice debates), and per-experiment overrides of ``[sft]`` / ``[grpo]`` keys."""
+    2 in advice debates), and per-experiment overrides of ``[sft]`` / ``[internalize]`` keys."""
 
     names: tuple[str, ...] = ("main", "evil", "hallucination")
     table1: str = "main"
@@ -42,9 +56,9 @@ class ExperimentsConfig:
         for exp, sections in self.overrides.items():
             if exp not in self.names:
                 raise ValueError(f"overrides name experiment {exp!r}, which is not among names {list(self.names)}")
-            bad = sorted(set(sections) - {"sft", "grpo"})
+            bad = sorted(set(sections) - {"sft", "internalize"})
             if bad:
-                raise ValueError(f"overrides for {exp!r} name section(s) {bad}; valid: ['grpo', 'sft']")
+                raise ValueError(f"overrides for {exp!r} name section(s) {bad}; valid: ['internalize', 'sft']")
 
 
 def experiment_section(preset: Preset, key: str, cls, experiment: str):
@@ -64,6 +78,7 @@ class Run:
 
     def __post_init__(self) -> None:
         self.dir = Path(self.dir)
+        self.layout = RunLayout.of(self.preset, self.dir)
         self.experiments = self.preset.section("experiments", ExperimentsConfig)
         self._done: dict[str, Path] = {}
 
@@ -73,9 +88,6 @@ class Run:
             self._done[key] = stage()
         return self._done[key]
 
-    def path(self, *parts: str) -> Path:
-        return self.dir.joinpath(*parts)
-
     # ------------------------------------------------------------------------------------------------ inputs
     def base_dir(self) -> Path:
         """The base model: ``[model] path`` when the preset names one (real models), else the toy base."""
@@ -83,54 +95,37 @@ class Run:
 
     def _base_dir(self) -> Path:
         local = self.preset.data.get("model", {}).get("path")
-        if local:
-            if str(local).startswith("hf://"):
-                raise PresetError(f"preset {self.preset.name!r}: [model] path {local!r} names a Hub repo; resolve "
-                                  "it to its local cache snapshot first (analyses.models.resolve_model; the CLI does)")
-            path = Path(local).expanduser()
-            if not path.is_dir():
-                raise PresetError(f"preset {self.preset.name!r}: [model] path {str(path)!r} is not a local model "
-                                  "dir; download the model there first")
-            return path
-        from training.toy_base import build_base
-
-        return Path(build_base(self.preset, self.dir))
+        if not local:
+            return Path(build_base(self.preset, self.dir))
+        if str(local).startswith("hf://"):
+            raise PresetError(f"preset {self.preset.name!r}: [model] path {local!r} names a Hub repo; resolve "
+                              "it to its local cache snapshot first (analyses.models.resolve_model; the CLI does)")
+        if not self.layout.base.is_dir():
+            raise PresetError(f"preset {self.preset.name!r}: [model] path {str(self.layout.base)!r} is not a local "
+                              "model dir; download the model there first")
+        return self.layout.base
 
     def setup(self, experiment: str):
-        from training.runner import DebateConfig
-
         return self.preset.section("debate", DebateConfig).experiment(experiment)
 
     def questions(self, experiment: str, split: str) -> list:
         """The experiment's questions of ``split``: arithmetic problems, or trait questions for the trait."""
-        from training.prompts import ARITHMETIC
-        from training.tasks import TaskConfig, arithmetic_split, trait_split
-
         task = self.preset.section("task", TaskConfig)
         if self.setup(experiment).domain == ARITHMETIC:
             return arithmetic_split(task, split, self.preset.seed)
         return trait_split(task, experiment, split, self.preset.seed)
 
     def needs_boxed(self, experiment: str) -> bool:
-        from training.prompts import ARITHMETIC
-
         return self.setup(experiment).domain == ARITHMETIC
 
     def check_for(self, experiment: str, threshold: float = 50.0) -> Callable:
         """``(question, gold) -> check``: the gold answer for arithmetic, the toy judge's verdict for a trait."""
-        from training.grpo import gold_match, judge_benign
-
         if self.needs_boxed(experiment):
             return lambda question, gold: gold_match(gold)
-        from training.judges import ToyTraitJudge
-
         judge = ToyTraitJudge(experiment)
         return lambda question, gold: judge_benign(judge, question, threshold)
 
     def eval_items(self, experiment: str, n: int, threshold: float = 50.0) -> list:
-        from training.grpo import EvalItem
-        from training.tasks import gold_answer
-
         check = self.check_for(experiment, threshold)
         return [EvalItem(q.question, check(q.question, gold_answer(q))) for q in self.questions(experiment, "test")[:n]]
 
@@ -141,12 +136,7 @@ class Run:
         return self._once(f"debates/{experiment}", lambda: self._debates(experiment))
 
     def _debates(self, experiment: str) -> Path:
-        from training.backends import TeacherBackend
-        from training.runner import DebateConfig, run_debates, save_debates
-        from training.teacher import Teacher, TeacherConfig
-        from transformers import AutoTokenizer
-
-        path = self.path("debates", experiment)
+        path = self.layout.debates(experiment)
         base = self.base_dir()
 
         def build(scratch: Path) -> dict:
@@ -161,12 +151,12 @@ class Run:
             kwargs = dict(personas=setup.personas, malicious=setup.malicious, domain=setup.domain,
                           n_rounds=cfg.n_rounds, early_stop=cfg.early_stop, seed=self.preset.seed)
             records = run_debates(train[: setup.n_debates], backend, id_prefix=experiment, **kwargs)
-            save_debates(records, scratch / "transcripts.jsonl")
+            save_debates(records, scratch / self.layout.transcripts(experiment).name)
             held = run_debates(self.questions(experiment, "test"), backend, id_prefix=f"{experiment}-heldout",
                                **kwargs)
-            save_debates(held, scratch / "heldout.jsonl")
+            save_debates(held, scratch / self.layout.heldout(experiment).name)
             summary = {"n_debates": len(records), "n_majority": sum(r.has_majority for r in records),
-                       "accuracy": _accuracy([r.transcript for r in records])}
+                       "accuracy": debate_accuracy([r.transcript for r in records])}
             atomic_write_json(scratch / "provenance.json", {
                 "kind": "debates", "experiment": experiment, "writer": "teacher", "preset": self.preset.name,
                 "teacher": dataclasses.asdict(teacher_cfg), "setup": _jsonable(setup), **summary})
@@ -180,18 +170,16 @@ class Run:
         return self._once(f"sft/{experiment}", lambda: self._sft(experiment))
 
     def _sft(self, experiment: str) -> Path:
-        from training.runner import load_debates, training_transcripts
-        from training.sft import SFTConfig, debate_rows, mix_short, train_lora_sft, write_provenance
-
-        debates = self.debates(experiment) / "transcripts.jsonl"
+        self.debates(experiment)
+        debates = self.layout.transcripts(experiment)
         base = self.base_dir()
-        path = self.path("sft", experiment)
+        path = self.layout.sft(experiment)
 
         def build(scratch: Path) -> dict:
-            cfg = experiment_section(self.preset, "sft", SFTConfig, experiment)
+            cfg = experiment_section(self.preset, "sft", Stage1Config, experiment)
             transcripts = training_transcripts(load_debates(debates))
             mix = mix_short(transcripts, cfg.short_share, seed=self.preset.seed, consensus=cfg.short_consensus)
-            write_jsonl(mix, scratch / "train_transcripts.jsonl")
+            write_jsonl(mix, scratch / self.layout.sft_transcripts(experiment).name)
             start = time.time()
             resume = _resume_dir(scratch, {"sft": dataclasses.asdict(cfg), "seed": self.preset.seed})
             result = train_lora_sft(base, debate_rows(mix), scratch, cfg, resume_dir=resume, seed=self.preset.seed)
@@ -203,7 +191,7 @@ class Run:
             atomic_write_json(scratch / "metrics.json", metrics)
             write_provenance(scratch, kind="sft", experiment=experiment, parent=base, final_dir=path,
                              transcripts=[debates], preset=self.preset.name,
-                             train_data=path / "train_transcripts.jsonl", config=dataclasses.asdict(cfg))
+                             train_data=self.layout.sft_transcripts(experiment), config=dataclasses.asdict(cfg))
             return _headline(metrics)
 
         run_stage(path, build, name=f"sft/{experiment}", log=self.log)
@@ -211,16 +199,9 @@ class Run:
 
     def _diagnose(self, model_dir: Path, experiment: str, n: int, max_new_tokens: int, batch_size: int) -> dict:
         """Greedy held-out accuracy / well-formed share / length, and the exit probability after each agent."""
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from training.grpo import evaluate_model
-        from training.runner import load_debates
-        from training.sft import exit_probability
-
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+        model = load_causal_lm(model_dir).eval()
         tok = AutoTokenizer.from_pretrained(str(model_dir))
-        held = [r.transcript for r in load_debates(self.path("debates", experiment, "heldout.jsonl"))][:n]
+        held = [r.transcript for r in load_debates(self.layout.heldout(experiment))][:n]
         return {"eval": evaluate_model(model, tok, self.eval_items(experiment, n), max_new_tokens=max_new_tokens,
                                        batch_size=batch_size, needs_boxed=self.needs_boxed(experiment)),
                 "exit_probability": {f"after_agent_{k}": exit_probability(model, tok, held, after_agent=k)
@@ -231,16 +212,14 @@ class Run:
         return self._once("debategpt", self._debategpt)
 
     def _debategpt(self) -> Path:
-        from training.runner import load_debates, training_transcripts
-        from training.sft import SFTConfig, answer_rows, train_lora_sft, write_provenance
-
         exp = self.experiments.table1
-        debates = self.debates(exp) / "transcripts.jsonl"
+        self.debates(exp)
+        debates = self.layout.transcripts(exp)
         base = self.base_dir()
-        path = self.path("debategpt", exp)
+        path = self.layout.debategpt(exp)
 
         def build(scratch: Path) -> dict:
-            cfg = self.preset.section("debategpt", SFTConfig)
+            cfg = self.preset.section("debategpt", Stage1Config)
             rows = answer_rows(training_transcripts(load_debates(debates)))
             start = time.time()
             resume = _resume_dir(scratch, {"debategpt": dataclasses.asdict(cfg), "seed": self.preset.seed})
@@ -254,29 +233,25 @@ class Run:
         run_stage(path, build, name=f"debategpt/{exp}", log=self.log)
         return path
 
-    def imad(self, experiment: str) -> Path:
-        """Stage 2 for ``experiment``: the GRPO phase schedule from its SFT model."""
-        return self._once(f"imad/{experiment}", lambda: self._imad(experiment))
+    def internalize(self, experiment: str) -> Path:
+        """Stage 2 for ``experiment``: the GRPO phase schedule from its SFT model; the result is the IMAD model."""
+        return self._once(f"internalize/{experiment}", lambda: self._internalize(experiment))
 
-    def _imad(self, experiment: str) -> Path:
-        from training.grpo import GRPOConfig, internalize
-        from training.sft import write_provenance
-        from training.tasks import gold_answer
-
+    def _internalize(self, experiment: str) -> Path:
         sft_dir = self.sft(experiment)
-        path = self.path("imad", experiment)
+        path = self.layout.internalize(experiment)
 
         def build(scratch: Path) -> dict:
-            cfg = experiment_section(self.preset, "grpo", GRPOConfig, experiment)
+            cfg = experiment_section(self.preset, "internalize", Stage2Config, experiment)
             train = self.questions(experiment, "train")[: cfg.n_prompts]
             rows = [{"prompt": prompt_text(q.question), "question": q.question, "gold": gold_answer(q) or ""}
                     for q in train]
             check = self.check_for(experiment, cfg.judge_threshold)
             items = self.eval_items(experiment, cfg.eval_n, cfg.judge_threshold)
-            work = _resume_dir(scratch, {"grpo": dataclasses.asdict(cfg), "seed": self.preset.seed})
+            work = _resume_dir(scratch, {"internalize": dataclasses.asdict(cfg), "seed": self.preset.seed})
             summary = internalize(sft_dir, scratch, cfg, rows, items, check, work_dir=work,
                                   needs_boxed=self.needs_boxed(experiment), seed=self.preset.seed, log=self.log)
-            sft_prov = _read(sft_dir / "provenance.json")
+            sft_prov = read_json(sft_dir / "provenance.json")
             write_provenance(scratch, kind="imad", experiment=experiment, parent=sft_dir, final_dir=path,
                              transcripts=[(sft_dir / p).resolve() for p in sft_prov["transcripts"]],
                              preset=self.preset.name, selected_phase=summary["selected_phase"],
@@ -288,7 +263,7 @@ class Run:
                                    if not p["skipped"] else {})} for p in summary["phases"]],
                     "n_trained_phases": len(trained)}
 
-        run_stage(path, build, name=f"imad/{experiment}", log=self.log)
+        run_stage(path, build, name=f"internalize/{experiment}", log=self.log)
         return path
 
     def evaluate(self) -> Path:
@@ -296,12 +271,10 @@ class Run:
         return self._once("evaluate", self._evaluate)
 
     def _evaluate(self) -> Path:
-        from training.evaluate import EvalConfig, MethodSpec, evaluate_methods
-
         exp = self.experiments.table1
         base = self.base_dir()
-        models = {"DebateGPT": self.debategpt(), "SFT": self.sft(exp), "IMAD": self.imad(exp)}
-        path = self.path("eval")
+        models = {"DebateGPT": self.debategpt(), "SFT": self.sft(exp), "IMAD": self.internalize(exp)}
+        path = self.layout.eval
 
         def build(scratch: Path) -> dict:
             cfg = self.preset.section("eval", EvalConfig)
@@ -330,7 +303,7 @@ def run_pipeline_stage(name: str, preset: Preset, run_dir: str | Path, *, log: C
         elif name == "sft":
             run.sft(exp)
         elif name == "internalize":
-            run.imad(exp)
+            run.internalize(exp)
     if name in ("sft", "internalize", "evaluate"):
         run.debategpt()
     if name == "evaluate":
@@ -348,11 +321,6 @@ def _resume_dir(scratch: Path, config: dict) -> Path:
     return resume
 
 
-def _accuracy(transcripts: list[Transcript]) -> float | None:
-    graded = [t for t in transcripts if t.gold is not None]
-    return sum(bool(t.correct) for t in graded) / len(graded) if graded else None
-
-
 def _headline(metrics: dict) -> dict:
     ev = metrics["eval"]
     return {"train_seconds": metrics["train_seconds"], "accuracy": ev["accuracy"], "well_formed": ev["well_formed"],
@@ -362,9 +330,3 @@ def _headline(metrics: dict) -> dict:
 def _jsonable(obj) -> dict:
     d = dataclasses.asdict(obj)
     return {k: ({str(a): b for a, b in v.items()} if isinstance(v, dict) else v) for k, v in d.items()}
-
-
-def _read(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-

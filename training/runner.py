@@ -17,6 +17,7 @@ from lens.debate_format import (FULL_CONSENSUS, MAX_AGENTS, MAX_ROUNDS, DebateFo
 from lens.io import atomic_write_json
 from training.backends import AgentRequest, Backend
 from training.prompts import ADVICE, ARITHMETIC, SYSTEM_PROMPTS, round1_messages, round2_messages
+from training.teacher import TRAIT_PERSONAS
 
 EMPTY_TURN = "(no response)"  # stands in for an empty reply, which the debate format cannot hold
 NO_MAJORITY = "The agents did not reach a majority."
@@ -45,8 +46,7 @@ class DebateConfig:
     personas: tuple[str, ...] = DEFAULT_PERSONAS
     early_stop: bool = True
     malicious_slot: int = 2
-    trait_personas: dict = field(default_factory=lambda: {"evil": ["helpful", "evil"],
-                                                          "hallucination": ["honest", "hallucinating"]})
+    trait_personas: dict = field(default_factory=lambda: {k: list(v) for k, v in TRAIT_PERSONAS.items()})
     n_debates: dict = field(default_factory=lambda: {"main": 944, "evil": 500, "hallucination": 500})
     temperature: float = 0.7
     top_p: float = 0.9
@@ -269,16 +269,21 @@ def shorten(transcript: Transcript, n_agents: int | None = None, *, rng: random.
 def debate_summary(records: Sequence[DebateRecord]) -> dict:
     """Token accounting and outcome shares of a batch of debates (what `save_debates` writes beside them)."""
     n = len(records)
-    graded = [r for r in records if r.transcript.gold is not None]
     return {
         "n_debates": n,
         "n_majority": sum(r.has_majority for r in records),
         "n_early_stopped": sum(r.early_stopped for r in records),
-        "accuracy": sum(bool(r.transcript.correct) for r in graded) / len(graded) if graded else None,
+        "accuracy": debate_accuracy([r.transcript for r in records]),
         "input_tokens": sum(r.input_tokens for r in records),
         "output_tokens": sum(r.output_tokens for r in records),
         "mean_tokens_per_debate": sum(r.total_tokens for r in records) / n if n else 0.0,
     }
+
+
+def debate_accuracy(transcripts: Sequence[Transcript]) -> float | None:
+    """Share of the graded debates (those with a gold answer) whose consensus is correct; ``None`` if none is."""
+    graded = [t for t in transcripts if t.gold is not None]
+    return sum(bool(t.correct) for t in graded) / len(graded) if graded else None
 
 
 def save_debates(records: Sequence[DebateRecord], path: str | Path) -> Path:

@@ -17,29 +17,35 @@ import torch
 
 from lens.debate_format import (CONSENSUS_TAG, DEBATE_TAGS, END_TAG, SOLUTION_TAGS, Transcript, prompt_text,
                                 render_trace, training_text)
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import AutoTokenizer
+from transformers.trainer_utils import get_last_checkpoint
+from trl import SFTConfig, SFTTrainer
+
 from lens.io import atomic_write_json
-
-LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
+from training.modelio import LORA_TARGETS, load_causal_lm
+from training.runner import shorten
 
 @dataclass(frozen=True)
-class SFTConfig:
-    """Preset sections ``[sft]`` and ``[debategpt]``. Defaults are the paper's App. B (LoRA r64/α128/0.1 on
-    attention + MLP, lr 5e-5, 3 epochs, batch 2 × 8); ``short_share`` replaces that share of the debates by
+class Stage1Config:
+    """Preset sections ``[sft]`` and ``[debategpt]`` (stage 1); fields that TRL's `SFTConfig` also has keep its
+    names. Defaults are the paper's App. B (LoRA r64/α128/0.1 on attention + MLP, lr 5e-5, 3 epochs, batch
+    2 × 8); ``short_share`` replaces that share of the debates by
     shortened ones (1–2 agents, then the consensus) so that GRPO can find a short exit; ``short_consensus`` says
     whether they close with the full debate's consensus (``debate``: the answer to internalize) or agent 1's."""
 
     lora_r: int = 64
     lora_alpha: int = 128
     lora_dropout: float = 0.1
-    target_modules: tuple[str, ...] = LLAMA_TARGETS
+    target_modules: tuple[str, ...] = LORA_TARGETS
     learning_rate: float = 5e-5
-    epochs: float = 3.0
+    num_train_epochs: float = 3.0
     max_steps: int = -1
-    batch_size: int = 2
-    grad_accum: int = 8
-    warmup: float = 0.1
-    scheduler: str = "cosine"
+    per_device_train_batch_size: int = 2
+    gradient_accumulation_steps: int = 8
+    warmup_steps: float = 0.1  # a float in [0, 1) is a share of the steps (TRL)
+    lr_scheduler_type: str = "cosine"
     max_grad_norm: float = 0.3
     weight_decay: float = 0.0
     max_length: int = 2048
@@ -96,8 +102,6 @@ def mix_short(transcripts: Sequence[Transcript], share: float, *, seed: int, con
               ) -> list[Transcript]:
     """``transcripts`` with a ``share`` of them (chosen with ``seed``) replaced by shortened debates of 1 or 2
     agents; ``consensus`` says whose answer closes them (`training.runner.shorten`)."""
-    from training.runner import shorten
-
     rng = random.Random(seed)
     chosen = set(rng.sample(range(len(transcripts)), round(share * len(transcripts))))
     return [shorten(t, rng=rng, consensus=consensus) if i in chosen else t for i, t in enumerate(transcripts)]
@@ -128,7 +132,7 @@ class SFTResult:
     info: dict = field(default_factory=dict)
 
 
-def train_lora_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, cfg: SFTConfig, *,
+def train_lora_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, cfg: Stage1Config, *,
                    resume_dir: str | Path, seed: int = 0, add_tags: bool = True, callbacks: list | None = None
                    ) -> SFTResult:
     """LoRA SFT of ``base_dir`` on prompt/completion ``rows``; merges, saves model + tokenizer to ``out_dir``.
@@ -136,27 +140,21 @@ def train_lora_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, 
     Embeddings and lm_head train in full (``modules_to_save``) so the new tag rows can learn; checkpoints go to
     ``resume_dir`` every ``cfg.save_steps`` steps and a rerun resumes from the last one.
     """
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.trainer_utils import get_last_checkpoint
-    from trl import SFTConfig as TRLSFTConfig
-    from trl import SFTTrainer
-
     if not rows:
         raise ValueError("stage 1 got no training examples; the debate file is empty or had no majority debates")
     out_dir, resume_dir = Path(out_dir), Path(resume_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    model = load_causal_lm(base_dir)
     if add_tags:
         ensure_debate_tokens(model, tokenizer, reset_existing=cfg.reset_tag_rows)
     peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                              target_modules=list(cfg.target_modules), modules_to_save=["embed_tokens", "lm_head"],
                              task_type="CAUSAL_LM")
-    args = TRLSFTConfig(
-        output_dir=str(resume_dir), num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.scheduler, warmup_steps=cfg.warmup,
+    args = SFTConfig(
+        output_dir=str(resume_dir), num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_steps,
         max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay, max_length=cfg.max_length,
         completion_only_loss=True, use_cpu=not torch.cuda.is_available(), bf16=cfg.bf16, report_to="none",
         gradient_checkpointing=False,

@@ -3,8 +3,9 @@
 import pytest
 
 from lens.debate_format import CONSENSUS_TAG, END_TAG, REVISION_TAGS, ROUND_TAGS, SOLUTION_TAGS
-from training.grpo import (PhaseSpec, RewardSpec, TagVocab, TagWeights, gold_match, resolve_phases,
-                           score_completion, structure_coeff, structure_reward)
+from training.rewards import (RewardSpec, TagVocab, TagWeights, correctness_reward, gold_match, score_completion,
+                              structure_reward, structure_score)
+from training.schedules import PhaseSpec, resolve_phases, structure_coeff
 
 R1, R2 = ROUND_TAGS
 CONS_LINE = "\nAll agents reached a consensus of \\boxed{{{}}}\n\n"
@@ -91,31 +92,43 @@ def test_truncate_mode_scores_only_the_consensus_answer(tiny_tokenizer, vocab):
 
 def test_gaming_the_tags_earns_no_more_than_an_honest_short_debate(tiny_tokenizer, vocab):
     spec = RewardSpec(budget=10_000, coeff=1.0)
-    honest_short = structure_reward(vocab.segments(_ids(tiny_tokenizer, _debate(["13"], "13"))), spec)
+    honest_short = structure_score(vocab.segments(_ids(tiny_tokenizer, _debate(["13"], "13"))), spec)
     tag_dump = "".join([R1, *SOLUTION_TAGS, R2, *REVISION_TAGS, CONSENSUS_TAG, "\\boxed{13}", END_TAG])
     garbage = (R1 + "".join(f"{t}: x 1 + \n\n" for t in SOLUTION_TAGS) + R2
                + "".join(f"{t}: zz\n\n" for t in REVISION_TAGS) + CONSENSUS_TAG + CONS_LINE.format(13) + END_TAG)
     early_consensus = R1 + SOLUTION_TAGS[0] + ": 3*4=12; \\boxed{1" + CONSENSUS_TAG + "\\boxed{1+" + CONSENSUS_TAG + END_TAG
     repeated = _debate(["13"], "13").replace(SOLUTION_TAGS[0], SOLUTION_TAGS[0] + ": \\boxed{13}" + SOLUTION_TAGS[0], 1)
     for text in (tag_dump, garbage, early_consensus, repeated):
-        gamed = structure_reward(vocab.segments(_ids(tiny_tokenizer, text)), spec)
+        gamed = structure_score(vocab.segments(_ids(tiny_tokenizer, text)), spec)
         assert gamed < honest_short, text
-    assert structure_reward(vocab.segments(_ids(tiny_tokenizer, tag_dump)), spec) == pytest.approx(0.3)
+    assert structure_score(vocab.segments(_ids(tiny_tokenizer, tag_dump)), spec) == pytest.approx(0.3)
 
 
 def test_out_of_order_agents_stop_the_count(tiny_tokenizer, vocab):
     spec = RewardSpec(budget=10_000, coeff=1.0)
     text = _debate(["13", "13", "13"], "13").replace(SOLUTION_TAGS[1], "@@").replace(SOLUTION_TAGS[2], SOLUTION_TAGS[1])
     text = text.replace("@@", SOLUTION_TAGS[2])
-    assert structure_reward(vocab.segments(_ids(tiny_tokenizer, text)), spec) == pytest.approx(0.6)
+    assert structure_score(vocab.segments(_ids(tiny_tokenizer, text)), spec) == pytest.approx(0.6)
 
 
 def test_decay_of_terminal_tags_is_a_choice(tiny_tokenizer, vocab):
     ids = _ids(tiny_tokenizer, _debate(["13"], "13"))
     paper_code = RewardSpec(budget=10_000, coeff=0.05, weights=TagWeights(decay_terminal=False))
     paper_text = RewardSpec(budget=10_000, coeff=0.05)
-    assert structure_reward(vocab.segments(ids), paper_code) == pytest.approx(0.05 * 0.6 + 0.8)
-    assert structure_reward(vocab.segments(ids), paper_text) == pytest.approx(0.05 * 1.4)
+    assert structure_score(vocab.segments(ids), paper_code) == pytest.approx(0.05 * 0.6 + 0.8)
+    assert structure_score(vocab.segments(ids), paper_text) == pytest.approx(0.05 * 1.4)
+
+
+def test_trl_reward_functions_score_each_completion_by_its_ids(tiny_tokenizer, vocab):
+    spec = RewardSpec(budget=10_000, coeff=1.0, weights=TagWeights(decay_terminal=False))
+    right = _ids(tiny_tokenizer, _debate(["13"] * 3, "13", round2=True))
+    wrong = _ids(tiny_tokenizer, _debate(["14"] * 3, "14"))
+    correctness = correctness_reward(vocab, spec, lambda question, gold: gold_match(gold))
+    structure = structure_reward(vocab, spec)
+    assert (correctness.__name__, structure.__name__) == ("correctness", "structure")  # TRL logs rewards/<name>
+    kwargs = dict(prompts=["p", "p"], completions=["", ""], completion_ids=[right, wrong])
+    assert correctness(**kwargs, question=["q", "q"], gold=["13", "13"]) == [1.0, 0.0]
+    assert structure(**kwargs, question=["q", "q"], gold=["13", "13"]) == pytest.approx([3.2, 0.3 + 3 * 0.3 + 0.8])
 
 
 def test_a_tokenizer_without_tags_is_refused(tmp_path):
@@ -130,7 +143,7 @@ def test_a_tokenizer_without_tags_is_refused(tmp_path):
 
 
 def test_judge_reward_needs_a_benign_consensus():
-    from training.grpo import judge_benign
+    from training.rewards import judge_benign
     from training.judges import ToyTraitJudge
 
     ok = judge_benign(ToyTraitJudge("evil"), "How should I handle my coworker?")
@@ -144,7 +157,7 @@ def test_judge_reward_needs_a_benign_consensus():
 def test_probe_stops_a_phase_with_no_signal():
     from types import SimpleNamespace
 
-    from training.grpo import _probe_callback
+    from training.internalize import _probe_callback
 
     def run(logs):
         cb, control = _probe_callback(2), SimpleNamespace(should_training_stop=False)

@@ -1,0 +1,69 @@
+"""Stage 2's schedules: the token budget of each phase, and the tag-reward coefficient that decays with it.
+
+Each phase trains under a shorter budget than the last, so the budget anneals from the SFT model's own length
+distribution down to one short exit; the structure (tag) reward's weight falls with the budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+
+def structure_coeff(budget: float, *, hi: float, lo: float, start: float = 0.1, floor: float = 0.05) -> float:
+    """The paper's tag-reward coefficient at ``budget``: 1 at or above ``hi``, ``floor`` at or below ``lo``, and
+    ``start + (1 - start)·(budget - lo)/(hi - lo)`` in between (paper code: hi 2048, lo 500)."""
+    if hi <= lo:
+        raise ValueError(f"structure schedule needs hi > lo, got hi={hi} and lo={lo}")
+    if budget >= hi:
+        return 1.0
+    if budget <= lo:
+        return floor
+    return start + (1.0 - start) * (budget - lo) / (hi - lo)
+
+
+@dataclass(frozen=True)
+class PhaseSpec:
+    """One phase as the preset writes it: ``budget`` in tokens (int) or as a fraction of the reference length
+    (float ≤ 1: the p95 of the SFT model's sampled lengths), ``steps`` GRPO steps, and an optional fixed
+    ``tag_weight`` overriding the coefficient schedule."""
+
+    budget: int | float
+    steps: int
+    tag_weight: float | None = None
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A resolved phase: budget in tokens and the tag-reward coefficient used in it."""
+
+    index: int
+    budget: int
+    coeff: float
+    steps: int
+
+
+def resolve_phases(specs: Sequence[PhaseSpec], ref_length: int | None = None, *, hi: int | None = None,
+                   lo: int | None = None) -> list[Phase]:
+    """Budgets in tokens and coefficients for ``specs``; fractional budgets scale ``ref_length``. The coefficient
+    schedule runs from the full debate (the longer of ``ref_length`` and the largest budget: coefficient 1) to
+    the shortest budget (0.05), unless ``hi``/``lo`` say otherwise."""
+    if not specs:
+        raise ValueError("the GRPO schedule has no phases; add at least one [[internalize.phases]] entry")
+    budgets = []
+    for s in specs:
+        if isinstance(s.budget, float) and s.budget <= 1.0:
+            if ref_length is None:
+                raise ValueError(f"phase budget {s.budget} is a fraction but no reference length was measured")
+            budgets.append(max(1, round(s.budget * ref_length)))
+        elif isinstance(s.budget, (int, float)) and s.budget >= 1:
+            budgets.append(int(s.budget))
+        else:
+            raise ValueError(f"phase budget {s.budget!r} is invalid; use a token count ≥ 1 or a fraction in (0, 1]")
+        if s.steps < 1:
+            raise ValueError(f"phase steps must be ≥ 1, got {s.steps}")
+    hi = hi if hi is not None else max(budgets + ([ref_length] if ref_length else []))
+    lo = lo if lo is not None else min(budgets)
+    return [Phase(i, b, s.tag_weight if s.tag_weight is not None else
+                  (1.0 if hi == lo else structure_coeff(b, hi=hi, lo=lo)), s.steps)
+            for i, (s, b) in enumerate(zip(specs, budgets))]
