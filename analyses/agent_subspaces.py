@@ -9,7 +9,6 @@ debate tags, so its prompts are out of distribution; both models get the same pr
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,16 +19,17 @@ from analyses import figures as study_figures
 from analyses.generation import fits_context, generate, native_prompt
 from analyses.metrics import ROUGE_METRICS, auc, json_safe, mean_rouge, pct_change
 from lens.debate_format import Transcript, extract_boxed, training_text, turn_spans
-from lens.activations import resolve_transcripts
+from lens.activations import middle_layer, resolve_transcripts
 from lens.io import atomic_write_json
 from lens.probes import PCAProjection, ProbeResult
-from training.pipeline import Run
+from analyses.results import RESULTS
+from training.layout import RunLayout
 from training.presets import Preset
 from training.runner import load_debates
 from training.tasks import TaskConfig, arithmetic_split
 
+NAME = "agent_subspaces"
 MODELS = ("base", "imad")
-RESULTS = "results.json"
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def alpha_unit(normalize: bool) -> str:
 def heldout_transcripts(run_dir: str | Path, experiment: str = "main", n: int | None = None) -> list[Transcript]:
     """Held-out debates of ``experiment`` (teacher debates on test questions, never trained on; the debate
     stage writes them beside the training transcripts)."""
-    return [r.transcript for r in load_debates(Path(run_dir) / "debates" / experiment / "heldout.jsonl")][:n]
+    return [r.transcript for r in load_debates(RunLayout(Path(run_dir)).heldout(experiment))][:n]
 
 
 def turn_prompts(transcripts: list[Transcript], agent: int, rounds: tuple[int, ...]) -> tuple[list[str], list[str]]:
@@ -119,10 +119,10 @@ def capability_sweep(model, kind: str, sub, cfg: SubspaceConfig, problems) -> li
 def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     """The whole experiment; the agent vectors (safetensors + JSON) and ``results.json`` go to ``out_dir``."""
     cfg = preset.section("subspaces", SubspaceConfig)
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    heldout = heldout_transcripts(run_dir, cfg.experiment, cfg.n_heldout)
-    sft = lens.load_model(run_dir / "sft" / cfg.experiment)
-    layer = sft.cfg.n_layers // 2 if cfg.layer is None else cfg.layer
+    layout, out_dir = RunLayout.of(preset, run_dir), Path(out_dir)
+    heldout = heldout_transcripts(layout.root, cfg.experiment, cfg.n_heldout)
+    sft = lens.load_model(layout.sft(cfg.experiment))
+    layer = middle_layer(sft) if cfg.layer is None else cfg.layer
     agents = sorted({turn.agent for t in heldout for turn in t.turns})
     personas = {str(a): heldout[0].persona_of(a) for a in agents}
     train, _ = resolve_transcripts(sft, None)
@@ -138,7 +138,7 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     problems = arithmetic_split(preset.section("task", TaskConfig), "test", preset.seed)[:cfg.n_capability]
     rouge: dict = {}
     capability: dict = {}
-    dirs = {"base": Run(preset, run_dir).base_dir(), "imad": run_dir / "imad" / cfg.experiment}
+    dirs = {"base": layout.base, "imad": layout.internalize(cfg.experiment)}
     for kind in MODELS:
         model = lens.load_model(dirs[kind])
         if kind == "imad":
@@ -179,14 +179,6 @@ def _pca(d: dict) -> PCAProjection:
     import torch
 
     return PCAProjection(**{**d, "coords": torch.tensor(d["coords"])})
-
-
-def load_results(run_dir: str | Path) -> dict:
-    """The saved results of a finished run (``run_dir/analyses/agent_subspaces/results.json``)."""
-    path = Path(run_dir) / "analyses" / "agent_subspaces" / RESULTS
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run `latent-agents reproduce` for this run first")
-    return json.loads(path.read_text())
 
 
 def auc_rows(results: dict) -> list[dict]:

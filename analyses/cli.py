@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-PIPELINE_STAGES = ("debate", "sft", "internalize", "evaluate")
+from training.layout import STAGES  # noqa: E402  (after the environment, which must be set before HF imports)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     toy = sub.add_parser("toy", help="the toy world")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True)
     _common(toy_sub.add_parser("base", help="train the toy base model from scratch"))
-    for stage in PIPELINE_STAGES:
+    for stage in STAGES:
         _common(sub.add_parser(stage, help=f"run the {stage} stage (cached; skipped when done)"))
     _common(sub.add_parser("reproduce", help="run every missing stage, then the three experiments and the report"))
     return parser
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         from training.toy_base import build_base
 
         build_base(preset, run_dir)
-    elif args.command in PIPELINE_STAGES:
+    elif args.command in STAGES:
         from training.pipeline import run_pipeline_stage
 
         run_pipeline_stage(args.command, preset, run_dir)

@@ -11,17 +11,16 @@ from typing import Sequence
 import torch
 
 import lens
-from lens.debate_format import DEBATE_TAGS, END_TAG, prompt_text
+from lens.debate_format import DEBATE_TAGS, prompt_text
+from training.backends import STOP_TOKENS
 from training.prompts import ARITHMETIC, round1_messages
-
-STOP_TEXTS = ("<|im_end|>", "<|eot_id|>", "<|endoftext|>")
 
 
 def stop_ids(model, *, at_tags: bool) -> list[int]:
     """Token ids that end a continuation: eos first (TransformerLens pads finished rows with the first), then
     end-of-turn markers and ``<|endofdebate|>``, plus every debate tag if ``at_tags``."""
     vocab = model.tokenizer.get_vocab()
-    texts = [*STOP_TEXTS, *(DEBATE_TAGS if at_tags else (END_TAG,))]
+    texts = [*STOP_TOKENS, *(DEBATE_TAGS if at_tags else ())]
     eos = model.tokenizer.eos_token_id
     return [eos, *sorted({vocab[t] for t in texts if t in vocab} - {eos})]
 

@@ -23,18 +23,19 @@ from analyses.agent_subspaces import alpha_unit
 from analyses.generation import generate, native_prompt, stop_ids
 from analyses.metrics import json_safe
 from lens.debate_format import extract_boxed
-from lens.activations import resolve_transcripts
+from lens.activations import middle_layer, resolve_transcripts
 from lens.io import atomic_write_json
 from lens.rating import SuppressionReport
 from lens.subspace import chat_prompts
 from training.llm_judge import make_judge
-from training.pipeline import Run
+from analyses.results import RESULTS
+from training.layout import RunLayout
 from training.presets import Preset
 from training.prompts import ADVICE, ROUND1, SYSTEM_PROMPTS
 from training.tasks import TaskConfig, arithmetic_split, trait_split
 from training.teacher import TRAIT_PERSONAS
 
-RESULTS = "results.json"
+NAME = "malicious"
 
 
 @dataclass(frozen=True)
@@ -100,16 +101,16 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     """Both traits, base and IMAD; vectors and full suppression reports go to ``out_dir``."""
     cfg = preset.section("malicious", MaliciousConfig)
     task = preset.section("task", TaskConfig)
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    layout, out_dir = RunLayout.of(preset, run_dir), Path(out_dir)
     problems = arithmetic_split(task, "test", preset.seed)[:cfg.n_capability]
-    base = lens.load_model(Run(preset, run_dir).base_dir())
-    layer = base.cfg.n_layers // 2 if cfg.layer is None else cfg.layer
+    base = lens.load_model(layout.base)
+    layer = middle_layer(base) if cfg.layer is None else cfg.layer
     results: dict = {"config": asdict(cfg), "layer": layer, "alpha_unit": alpha_unit(cfg.normalize), "traits": {}}
     for trait in cfg.traits:
         test = trait_split(task, trait, "test", preset.seed)[:cfg.n_prompts]
         train = trait_split(task, trait, "train", preset.seed)[:cfg.n_contrast]
         judge = make_judge(trait, cfg.judge, cfg.judge_model, cfg.judge_base_url)
-        sft = lens.load_model(run_dir / "sft" / trait)
+        sft = lens.load_model(layout.sft(trait))
         debates = resolve_transcripts(sft, None)[0][:cfg.n_train_transcripts]
         vectors = {"imad": lens.find_agent_subspace(sft, cfg.agent, transcripts=debates, layers=[layer]),
                    "base": base_vector(base, [q.question for q in train], trait, layer)}
@@ -118,7 +119,7 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
             vectors = {kind: v.raw() for kind, v in vectors.items()}
         block: dict = {}
         for kind in ("base", "imad"):
-            model = base if kind == "base" else lens.load_model(run_dir / "imad" / trait)
+            model = base if kind == "base" else lens.load_model(layout.internalize(trait))
             vectors[kind].save(out_dir / "vectors" / f"{trait}_{kind}")
             report = lens.rate_suppression(
                 model, vectors[kind], alphas=cfg.alphas, trait=judge, reference=base,
@@ -140,17 +141,9 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     return results
 
 
-def load_results(run_dir: str | Path) -> dict:
-    """The saved results of a finished run (``run_dir/analyses/malicious/results.json``)."""
-    path = Path(run_dir) / "analyses" / "malicious" / RESULTS
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run `latent-agents reproduce` for this run first")
-    return json.loads(path.read_text())
-
-
 def load_report(run_dir: str | Path, trait: str, kind: str) -> SuppressionReport:
     """One saved `SuppressionReport` (``kind`` base or imad)."""
-    path = Path(run_dir) / "analyses" / "malicious" / f"{trait}_{kind}_report.json"
+    path = RunLayout(Path(run_dir)).analysis(NAME) / f"{trait}_{kind}_report.json"
     d = json.loads(path.read_text())
     return SuppressionReport(**{k: (float("nan") if v is None and k in ("best_alpha", "suppression_auc") else v)
                                 for k, v in d.items()})

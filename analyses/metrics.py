@@ -1,4 +1,4 @@
-"""Small numeric helpers the experiments share: mean ± SE, ROUGE against a reference, area under a curve.
+"""Small numeric helpers the experiments share: ROUGE against a reference, area under a curve, strict JSON.
 
 ROUGE uses Google's `rouge_score` package (what HF `evaluate` wraps) so that no metric script is fetched.
 """
@@ -12,18 +12,6 @@ from rouge_score import rouge_scorer
 
 ROUGE_METRICS = ("rouge1", "rouge2", "rougeL")
 _SCORER = rouge_scorer.RougeScorer(list(ROUGE_METRICS), use_stemmer=True)
-
-
-def mean_se(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and standard error of ``values`` (SE 0 for fewer than two values; NaNs dropped)."""
-    xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
-    if not xs:
-        return math.nan, math.nan
-    m = sum(xs) / len(xs)
-    if len(xs) < 2:
-        return m, 0.0
-    var = sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
-    return m, math.sqrt(var / len(xs))
 
 
 def rouge(prediction: str, reference: str) -> dict[str, float]:

@@ -17,13 +17,15 @@ from analyses import agent_subspaces, malicious
 from analyses.models import resolve_model
 from analyses.study_report import write_report
 from analyses.validate import validate_preset
+from training.layout import STAGES, RunLayout
+from training.pipeline import run_pipeline_stage
 from training.presets import Preset
 from training.stages import run_stage
+from training.toy_base import build_base
 
-PIPELINE_STAGES = ("debate", "sft", "internalize", "evaluate")
 EXPERIMENTS: dict[str, Callable[[Preset, Path, Path], dict]] = {
-    "agent_subspaces": agent_subspaces.run,
-    "malicious": malicious.run,
+    agent_subspaces.NAME: agent_subspaces.run,
+    malicious.NAME: malicious.run,
 }
 
 
@@ -42,22 +44,18 @@ def run_experiment(name: str, preset: Preset, run_dir: Path, log: Callable[[str]
         results = fn(preset, run_dir, out)
         return {"kind": "analysis", "experiment": name, "results": "results.json", "keys": sorted(results)}
 
-    return run_stage(run_dir / "analyses" / name, build, name=f"analyses/{name}", log=log)
+    return run_stage(RunLayout(run_dir).analysis(name), build, name=f"analyses/{name}", log=log)
 
 
 def reproduce(preset: Preset, run_dir: str | Path, *, log: Callable[[str], None] = print) -> Path:
     """Run whatever is missing for ``preset`` in ``run_dir`` and write ``run_dir/report/report.html``."""
-    from training.pipeline import run_pipeline_stage
-
     preset = resolve_model(preset)
     validate_preset(preset)
     run_dir = Path(run_dir)
     start = time.time()
     if is_toy(preset):
-        from training.toy_base import build_base
-
         build_base(preset, run_dir)
-    for stage in PIPELINE_STAGES:
+    for stage in STAGES:
         run_pipeline_stage(stage, preset, run_dir, log=log)
     for name in EXPERIMENTS:
         run_experiment(name, preset, run_dir, log)

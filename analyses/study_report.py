@@ -21,9 +21,12 @@ from analyses import agent_subspaces, malicious
 from analyses.metrics import json_safe
 from analyses.claims import malicious_claims, subspace_claims, token_efficiency_claims
 from analyses.report import Report
+from analyses.results import load_results
 from lens.io import atomic_write_json
 from training.evaluate import EvalConfig, Table1, accuracy_vs_tokens
+from training.layout import RunLayout
 from training.presets import Preset
+
 
 @dataclass(frozen=True)
 class ReportConfig:
@@ -57,15 +60,15 @@ def stage_times(run_dir: Path) -> list[dict]:
     return rows
 
 
-def _load(fn, run_dir: Path) -> dict | None:
+def _load(run_dir: Path, experiment: str) -> dict | None:
     try:
-        return fn(run_dir)
+        return load_results(run_dir, experiment)
     except FileNotFoundError:
         return None
 
 
 def _table1(run_dir: Path) -> Table1 | None:
-    path = run_dir / "eval" / "table1.json"
+    path = RunLayout(run_dir).table1
     return Table1.load(path) if path.is_file() else None
 
 
@@ -82,8 +85,8 @@ def table1_rows(table: Table1) -> list[dict]:
 def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
     """The report and the ``results.json`` payload for ``run_dir``."""
     table = _table1(run_dir)
-    subs = _load(agent_subspaces.load_results, run_dir)
-    mal = _load(malicious.load_results, run_dir)
+    subs = _load(run_dir, agent_subspaces.NAME)
+    mal = _load(run_dir, malicious.NAME)
     methods = {r["method"]: r for r in table.rows} if table else None
     claims = [*token_efficiency_claims(methods), *subspace_claims(subs), *malicious_claims(mal)]
     stages = stage_times(run_dir)
@@ -177,7 +180,7 @@ def export_static(figures: dict, out_dir: Path, log: Callable[[str], None]) -> l
 def write_report(preset: Preset, run_dir: str | Path, *, log: Callable[[str], None] = print) -> Path:
     """``report.html`` + ``results.json`` + figures under ``run_dir/report/``; returns the report path."""
     run_dir = Path(run_dir)
-    out = run_dir / "report"
+    out = RunLayout(run_dir).report
     rep, payload = build(preset, run_dir)
     cfg = preset.section("report", ReportConfig)
     payload["static_figures"] = export_static(rep.figures, out / "figures", log) if cfg.static_images else []

@@ -7,18 +7,19 @@ from analyses.agent_subspaces import SubspaceConfig
 from analyses.malicious import MaliciousConfig
 from analyses.study_report import ReportConfig
 from training.evaluate import EvalConfig
-from training.grpo import GRPOConfig
+from training.internalize import Stage2Config
 from training.pipeline import ExperimentsConfig
 from training.presets import Preset, PresetError
 from training.runner import DebateConfig
-from training.sft import SFTConfig
+from training.sft import Stage1Config
 from training.tasks import TaskConfig
 from training.teacher import TeacherConfig
 from training.toy_base import BaseConfig, TokenizerConfig
 
 SECTIONS = {
     "task": TaskConfig, "teacher": TeacherConfig, "tokenizer": TokenizerConfig, "base": BaseConfig,
-    "debate": DebateConfig, "eval": EvalConfig, "sft": SFTConfig, "debategpt": SFTConfig, "grpo": GRPOConfig,
+    "debate": DebateConfig, "eval": EvalConfig, "sft": Stage1Config, "debategpt": Stage1Config,
+    "internalize": Stage2Config,
     "experiments": ExperimentsConfig, "subspaces": SubspaceConfig, "malicious": MaliciousConfig,
     "report": ReportConfig,
 }

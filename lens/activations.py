@@ -30,6 +30,11 @@ def hook_name(layer: int) -> str:
     return f"blocks.{layer}.hook_resid_post"
 
 
+def middle_layer(model) -> int:
+    """The default layer where one is not given: the middle block (the paper's 15 of 32, 20 of 40)."""
+    return model.cfg.n_layers // 2
+
+
 def check_layer(model, layer: int) -> int:
     n = model.cfg.n_layers
     if not isinstance(layer, int) or not 0 <= layer < n:

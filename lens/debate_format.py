@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from lens.io import atomic_write_text
+
 ROUND_TAGS = ("<|Round 1 - Initial Solutions|>", "<|Round 2 - Revision|>")
 SOLUTION_TAGS = ("<|Agent 1 Solution|>", "<|Agent 2 Solution|>", "<|Agent 3 Solution|>")
 REVISION_TAGS = ("<|Agent 1 Revision|>", "<|Agent 2 Revision|>", "<|Agent 3 Revision|>")
@@ -300,14 +302,7 @@ def read_paper_json(path: str | Path) -> list[Transcript]:
 
 def write_jsonl(transcripts: Iterable[Transcript], path: str | Path) -> Path:
     """Write transcripts as JSONL atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w") as f:
-        for t in transcripts:
-            f.write(json.dumps(t.to_dict()) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, "".join(json.dumps(t.to_dict()) + "\n" for t in transcripts))
 
 
 def read_jsonl(path: str | Path) -> list[Transcript]:

@@ -10,7 +10,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lens.activations import Position, hook_name, resolve_layers, resolve_transcripts, turn_activations
+from lens.activations import (Position, hook_name, middle_layer, resolve_layers, resolve_transcripts,
+                              turn_activations)
 from lens.errors import LensInputError
 from lens.subspace import group_folds, small_fits
 
@@ -109,7 +110,7 @@ def pca_projection(model, transcripts=None, *, layer: int | None = None, positio
     if center not in ("global", "slot"):
         raise LensInputError(f"center {center!r} is unknown; valid: 'global', 'slot'")
     transcripts, _ = resolve_transcripts(model, transcripts)
-    layer = resolve_layers(model, model.cfg.n_layers // 2 if layer is None else layer)[0]
+    layer = resolve_layers(model, middle_layer(model) if layer is None else layer)[0]
     acts = turn_activations(model, transcripts, layers=[layer], position=position, batch_size=batch_size,
                             prepend_bos=prepend_bos)
     x = acts.at(layer).double()

@@ -30,8 +30,9 @@ NOTEBOOKS = {
                           "well each layer separates the three agents."),
         new_code_cell(SETUP),
         new_code_cell('import lens\n'
-                      'from analyses.agent_subspaces import heldout_transcripts\n\n'
-                      'model = lens.load_model(RUN_DIR / "imad" / "main")\n'
+                      'from analyses.agent_subspaces import heldout_transcripts\n'
+                      'from training.layout import RunLayout\n\n'
+                      'model = lens.load_model(RunLayout(RUN_DIR).internalize("main"))  # the IMAD model\n'
                       '# transcripts default to the debates the model was trained on; 50 held-out ones are quicker\n'
                       'held = heldout_transcripts(RUN_DIR, "main", 50)\n'
                       'sub = lens.find_agent_subspace(model, agent=3, transcripts=held)\n'
@@ -50,9 +51,10 @@ NOTEBOOKS = {
                           "the steered output against the agent's own response, its area over α, and accuracy under "
                           "steering. The numbers come from the run's `analyses/agent_subspaces/results.json`."),
         new_code_cell(SETUP),
-        new_code_cell("from analyses import agent_subspaces\n\n"
+        new_code_cell("from analyses import agent_subspaces\n"
+                      "from analyses.results import load_results\n\n"
                       "import pandas as pd\n\n"
-                      "results = agent_subspaces.load_results(RUN_DIR)\n"
+                      "results = load_results(RUN_DIR, agent_subspaces.NAME)\n"
                       "pd.DataFrame(agent_subspaces.auc_rows(results))"),
         new_code_cell("figs = agent_subspaces.figures(results)\nfor fig in figs.values():\n    fig.show()"),
     ],
@@ -61,9 +63,10 @@ NOTEBOOKS = {
                           "IMAD's agent-2 vector (from its SFT checkpoint) against the base model's system-prompt "
                           "vector: trait score, accuracy and perplexity over α, and the suppression rating."),
         new_code_cell(SETUP),
-        new_code_cell("from analyses import malicious\n\n"
+        new_code_cell("from analyses import malicious\n"
+                      "from analyses.results import load_results\n\n"
                       "import pandas as pd\n\n"
-                      "results = malicious.load_results(RUN_DIR)\n"
+                      "results = load_results(RUN_DIR, malicious.NAME)\n"
                       "pd.DataFrame(malicious.rating_rows(results))"),
         new_code_cell("figs = malicious.figures(results, RUN_DIR)\nfor fig in figs.values():\n    fig.show()"),
     ],

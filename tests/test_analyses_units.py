@@ -9,8 +9,9 @@ import pytest
 
 from analyses import figures
 from analyses.claims import malicious_claims, subspace_claims, token_efficiency_claims
-from analyses.metrics import auc, mean_rouge, mean_se, pct_change, rouge
+from analyses.metrics import auc, mean_rouge, pct_change, rouge
 from analyses.report import Report
+from lens.rating import mean_se
 
 ALPHAS = [0.0, 2.5, 5.0]
 
