@@ -33,7 +33,8 @@ from training.stages import read_json
 class Stage2Config:
     """Preset section ``[internalize]`` (stage 2); fields that TRL's `GRPOConfig` also has keep its names. Defaults
     follow the paper's code (lr 5e-6, β 0.02, 4 generations, ε 0.1, μ 3, bnpo, T 0.7, LoRA r32/α64/0.1,
-    budgets 2048 → 1274 → 500, each 2 epochs of 944 prompts at 1 prompt/step). ``phases`` is the schedule as data: a list of ``{budget, steps, tag_weight?}`` tables."""
+    budgets 2048 → 1274 → 500, each 2 epochs of 944 prompts at 1 prompt/step). ``phases`` is the schedule as
+    data: a list of ``{budget, steps, tag_weight?}`` tables."""
 
     phases: tuple = ({"budget": 2048, "steps": 1888}, {"budget": 1274, "steps": 1888}, {"budget": 500, "steps": 1888})
     clipping: str = "truncate"
@@ -87,7 +88,8 @@ class Stage2Config:
         try:
             return [PhaseSpec(**p) for p in self.phases]
         except TypeError as e:
-            raise ValueError(f"a [[internalize.phases]] entry is invalid ({e}); keys: budget, steps, tag_weight") from None
+            raise ValueError(f"a [[internalize.phases]] entry is invalid ({e}); keys: budget, steps, "
+                             "tag_weight") from None
 
     @property
     def weights(self) -> TagWeights:
@@ -118,7 +120,8 @@ CURVE_KEYS = {"reward": "reward", "reward_std": "reward_std", "rewards/correctne
 
 
 def train_phase(model_dir: Path, out_dir: Path, phase: Phase, cfg: Stage2Config, rows: list[dict],
-                check_for: Callable[[str, str], AnswerCheck], *, needs_boxed: bool, seed: int, trl_dir: Path) -> dict:
+                check_for: Callable[[str, str], AnswerCheck], *, needs_boxed: bool, seed: int, trl_dir: Path
+                ) -> dict:
     """One GRPO phase: a fresh LoRA on ``model_dir`` (the previous phase's merged model), trained at
     ``phase.budget``, merged and saved to ``out_dir`` unless the probe skipped it. Returns the phase log."""
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), padding_side="left")
@@ -158,9 +161,9 @@ def train_phase(model_dir: Path, out_dir: Path, phase: Phase, cfg: Stage2Config,
     return log
 
 
-def internalize(sft_dir: str | Path, out_dir: str | Path, cfg: Stage2Config, rows: list[dict], eval_items: list[EvalItem],
-                check_for: Callable[[str, str], AnswerCheck], *, work_dir: str | Path, needs_boxed: bool, seed: int = 0,
-                log: Callable[[str], None] = print) -> dict:
+def internalize(sft_dir: str | Path, out_dir: str | Path, cfg: Stage2Config, rows: list[dict],
+                eval_items: list[EvalItem], check_for: Callable[[str, str], AnswerCheck], *, work_dir: str | Path,
+                needs_boxed: bool, seed: int = 0, log: Callable[[str], None] = print) -> dict:
     """Stage 2: the phase schedule from the SFT model at ``sft_dir``, each phase chained from the previous
     phase's merged model. Phases finished in ``work_dir`` (a killed run) are reused, not retrained. The final
     model (the last trained phase, or the held-out best with ``select="best"``) is copied to ``out_dir`` with
