@@ -12,6 +12,7 @@ OLMo 2) lens builds the config from the HF config. The weights always go through
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from contextlib import contextmanager
@@ -67,26 +68,28 @@ def unsupported(arch: str, why: str = "") -> LensLoadError:
                          f"load it with backend=\"bridge\" (TransformerLens' TransformerBridge) instead")
 
 
-def architecture_of(hf_config) -> str:
+def architecture_of(hf_config, model=None) -> str:
     """The HF architecture name of a config.
 
     Args:
         hf_config: A ``transformers`` config.
+        model: The model the config belongs to, if any (its class names the architecture when the config does not,
+            as for a model built in memory and not yet saved).
 
     Returns:
-        ``architectures[0]``, or ``"<model_type ...>"`` when the config names no architecture.
+        ``architectures[0]``, else the model's class name, else ``"<model_type ...>"``.
 
     Example:
         >>> from transformers import GPT2Config
         >>> architecture_of(GPT2Config(architectures=["GPT2LMHeadModel"])), architecture_of(GPT2Config())
         ('GPT2LMHeadModel', '<model_type gpt2>')
     """
-    archs = getattr(hf_config, "architectures", None) or []
+    archs = getattr(hf_config, "architectures", None) or ([type(model).__name__] if model is not None else [])
     return archs[0] if archs else f"<model_type {getattr(hf_config, 'model_type', '?')}>"
 
 
 def hooked_config(hf_config, *, dtype: torch.dtype, device: str, n_ctx: int | None = None,
-                  default_prepend_bos: bool = True):
+                  default_prepend_bos: bool = True, arch: str | None = None):
     """The `HookedTransformerConfig` for a local HF decoder config.
 
     Args:
@@ -96,6 +99,8 @@ def hooked_config(hf_config, *, dtype: torch.dtype, device: str, n_ctx: int | No
         n_ctx: Context length; ``None`` takes the HF config's own maximum.
         default_prepend_bos: Whether lens prepends BOS when it tokenizes text for this model (see
             `prepends_bos`).
+        arch: The HF architecture name; default: the config's own (a config built in memory names none until the
+            model is saved: pass ``type(model).__name__``).
 
     Returns:
         A ``HookedTransformerConfig`` whose ``original_architecture`` is the HF architecture name.
@@ -114,10 +119,10 @@ def hooked_config(hf_config, *, dtype: torch.dtype, device: str, n_ctx: int | No
     """
     from transformer_lens import HookedTransformerConfig
 
-    arch = architecture_of(hf_config)
+    arch = arch or architecture_of(hf_config)
     if arch not in CONVERTERS:
         raise unsupported(arch)
-    fields = _tl_mapping(hf_config) if arch in TL_MAPPED else _BUILDERS[arch](hf_config)
+    fields = _tl_mapping(hf_config, arch) if arch in TL_MAPPED else _BUILDERS[arch](hf_config)
     _check_rope(hf_config, arch)
     fields.update(_corrections(hf_config, arch, fields))
     fields.pop("tokenizer_name", None)
@@ -191,7 +196,7 @@ def processing_flags(cfg) -> dict[str, bool]:
                 fold_value_biases=True)
 
 
-def _tl_mapping(hf_config) -> dict[str, Any]:
+def _tl_mapping(hf_config, arch: str) -> dict[str, Any]:
     """TransformerLens' own HF-config mapping, run on a copy of the config in a directory with a neutral name."""
     from transformer_lens.loading_from_pretrained import convert_hf_model_config
 
@@ -199,7 +204,8 @@ def _tl_mapping(hf_config) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="lens_cfg_") as d:
             if any(t in d.lower() for t in _NAME_TRIGGERS):
                 continue
-            hf_config.to_json_file(str(Path(d) / "config.json"))
+            config = {**json.loads(hf_config.to_json_string()), "architectures": [arch]}
+            (Path(d) / "config.json").write_text(json.dumps(config))
             with quiet_logging():
                 return dict(convert_hf_model_config(d, local_files_only=True))
     raise LensLoadError(f"the temporary directory {tempfile.gettempdir()} has a model-family name in its path, "

@@ -179,16 +179,17 @@ def load_model(path_or_model: str | Path | PreTrainedModel, *, tokenizer: PreTra
                                   allow_other_base=allow_other_base, dtype=dtype, device=device)
     _check_vocab(hf, tok, source["name"])
     tok = _disk_backed(tok)
-    arch = architecture_of(hf.config)
+    arch = architecture_of(hf.config, hf)
     if backend == "hooked" and arch not in SUPPORTED:
         raise unsupported(arch)
     prepend_bos = tok.bos_token_id is not None and prepends_bos(arch)
     reference = None
     if check_parity:
         _check_finite_weights(hf, source["name"])
-        reference = _reference(hf, tok, device, source["name"])
+        reference = _reference(hf, tok, str(hf.device), source["name"])
     if backend == "hooked":
-        model = _hooked_from_hf(hf, tok, dtype=dtype, device=device, n_ctx=n_ctx, default_prepend_bos=prepend_bos)
+        model = _hooked_from_hf(hf, tok, arch=arch, dtype=dtype, device=device, n_ctx=n_ctx,
+                                default_prepend_bos=prepend_bos)
     else:
         model = _bridge_from_hf(hf if source["owned"] else copy.deepcopy(hf), tok, source, dtype=dtype, device=device,
                                 n_ctx=n_ctx, default_prepend_bos=prepend_bos)
@@ -395,10 +396,11 @@ def _weight_hashes(directory: Path, prefix: str) -> dict[str, str]:
     return out
 
 
-def _hooked_from_hf(hf, tok, *, dtype, device, n_ctx, default_prepend_bos):
+def _hooked_from_hf(hf, tok, *, arch, dtype, device, n_ctx, default_prepend_bos):
     from transformer_lens import HookedTransformer
 
-    cfg = hooked_config(hf.config, dtype=dtype, device=device, n_ctx=n_ctx, default_prepend_bos=default_prepend_bos)
+    cfg = hooked_config(hf.config, dtype=dtype, device=device, n_ctx=n_ctx, default_prepend_bos=default_prepend_bos,
+                        arch=arch)
     cfg.d_vocab = cfg.d_vocab_out = hf.get_input_embeddings().weight.shape[0]
     with warnings.catch_warnings(), quiet_logging():
         warnings.simplefilter("ignore")
@@ -420,7 +422,7 @@ def _bridge_from_hf(hf, tok, source: dict, *, dtype, device, n_ctx, default_prep
             bridge = TransformerBridge.boot_transformers(source["path"] or "in-memory", hf_model=hf, device=device,
                                                          dtype=dtype, tokenizer=tok, n_ctx=n_ctx)
         except (ValueError, NotImplementedError, KeyError) as e:
-            arch = architecture_of(hf.config)
+            arch = architecture_of(hf.config, hf)
             raise LensLoadError(f"TransformerLens' bridge cannot load architecture {arch} "
                                 f"({str(e).strip().splitlines()[0][:200]})") from e
         bridge.enable_compatibility_mode(disable_warnings=True)

@@ -306,3 +306,18 @@ def test_docstring_examples_run(module):
 
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_in_memory_model_built_from_a_config_loads_and_parity_failure_is_one_sentence(tiny_tokenizer):
+    from transformers import Qwen2Config
+
+    tok = tiny_tokenizer
+    hf = AutoModelForCausalLM.from_config(Qwen2Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128)).eval()
+    assert not hf.config.architectures  # named only when saved
+    model = lens.load_model(hf, tokenizer=tok)
+    assert model.lens_provenance.architecture == "Qwen2ForCausalLM"
+    with pytest.raises(lens.LensLoadError, match=r"^parity check failed for the model: max \|Δ log-prob\| "
+                                                 r"TransformerLens vs HF = .* > tolerance 0 for float32"):
+        lens.load_model(hf, tokenizer=tok, parity_tol=0.0)
