@@ -1,6 +1,6 @@
 """lens.load_model on a tiny model of every decoder family it converts: log-prob parity with HF through both
 backends, and the hooked and bridge backends agreeing on activations, difference-of-means vectors, steering and
-ablation. Weights are perturbed (queries and keys scaled up) so conversion bugs show as log-prob differences;
+ablation, steered generation. Weights are perturbed (queries and keys scaled up) so conversion bugs show as log-prob differences;
 sliding windows are shorter than the parity prompts so local attention is exercised."""
 
 from __future__ import annotations
@@ -128,3 +128,10 @@ def test_hooked_and_bridge_agree_on_activations_vectors_steering_and_ablation(zo
     assert (steered_h - steered_b).abs().max() <= 1e-4
     assert (ablated_h - ablated_b).abs().max() <= 1e-4
     assert (after - plain).abs().max() <= 1e-4  # the bridge is restored on exit
+
+    generated = []  # steered greedy generation with the KV cache, steering only the generated positions
+    for model in (hooked, bridge):
+        with lens.steer(model, sub, 30.0, positions="generated"):
+            out = model.generate(x, max_new_tokens=5, do_sample=False, verbose=False, return_type="tokens")
+        generated.append(out[0, x.shape[1]:].tolist())
+    assert generated[0] == generated[1]
