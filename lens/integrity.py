@@ -86,7 +86,8 @@ def check_weight_files(model_dir: str | Path) -> None:
         >>> import tempfile
         >>> from transformers import GPT2Config, AutoModelForCausalLM
         >>> d = tempfile.mkdtemp()
-        >>> AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=10)).save_pretrained(d)
+        >>> tiny = GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=10)
+        >>> AutoModelForCausalLM.from_config(tiny).save_pretrained(d)
         >>> check_weight_files(d)   # opens cleanly
     """
     from safetensors import safe_open
@@ -126,7 +127,8 @@ def fingerprint_model(model_dir: str | Path) -> ModelFingerprint:
         >>> import tempfile
         >>> from transformers import GPT2Config, AutoModelForCausalLM
         >>> d = tempfile.mkdtemp()
-        >>> AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=10)).save_pretrained(d)
+        >>> tiny = GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=10)
+        >>> AutoModelForCausalLM.from_config(tiny).save_pretrained(d)
         >>> fp = fingerprint_model(d)
         >>> fp.architecture, fp.difference(fingerprint_model(d))
         ('GPT2LMHeadModel', None)
@@ -162,7 +164,8 @@ def write_base_record(model_dir: str | Path, base_dir: str | Path) -> Path:
         >>> import tempfile
         >>> from transformers import GPT2Config, AutoModelForCausalLM
         >>> base, adapter = tempfile.mkdtemp(), tempfile.mkdtemp()
-        >>> AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=10)).save_pretrained(base)
+        >>> tiny = GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=10)
+        >>> AutoModelForCausalLM.from_config(tiny).save_pretrained(base)
         >>> write_base_record(adapter, base).name
         'base_model.json'
     """

@@ -1,7 +1,7 @@
 """lens.load_model on a tiny model of every decoder family it converts: log-prob parity with HF through both
-backends, and the hooked and bridge backends agreeing on activations, difference-of-means vectors, steering and
-ablation, steered generation. Weights are perturbed (queries and keys scaled up) so conversion bugs show as log-prob differences;
-sliding windows are shorter than the parity prompts so local attention is exercised."""
+backends, and the hooked and bridge backends agreeing on activations, difference-of-means vectors, steering,
+ablation and steered generation. Weights are perturbed (queries and keys scaled up) so conversion bugs show as
+log-prob differences; sliding windows are shorter than the parity prompts so local attention is exercised."""
 
 from __future__ import annotations
 
