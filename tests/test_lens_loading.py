@@ -321,3 +321,13 @@ def test_in_memory_model_built_from_a_config_loads_and_parity_failure_is_one_sen
     with pytest.raises(lens.LensLoadError, match=r"^parity check failed for the model: max \|Δ log-prob\| "
                                                  r"TransformerLens vs HF = .* > tolerance 0 for float32"):
         lens.load_model(hf, tokenizer=tok, parity_tol=0.0)
+
+
+def test_training_provenance_records_the_base_fingerprint(tiny_model_dirs, tmp_path):
+    from training.sft import write_provenance
+
+    write_provenance(tmp_path, kind="sft", experiment="x", parent=Path(tiny_model_dirs["llama"]), final_dir=tmp_path,
+                     transcripts=[], preset="smoke")
+    recorded = lens.read_base_record(tmp_path)
+    assert recorded.path == str(Path(tiny_model_dirs["llama"]).resolve())
+    assert recorded.difference(lens.fingerprint_model(tiny_model_dirs["llama"])) is None

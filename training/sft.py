@@ -17,6 +17,7 @@ import torch
 
 from lens.debate_format import (CONSENSUS_TAG, DEBATE_TAGS, END_TAG, SOLUTION_TAGS, Transcript, prompt_text,
                                 render_trace, training_text)
+from lens.integrity import write_base_record
 from lens.io import atomic_write_json
 
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -177,10 +178,13 @@ def train_lora_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, 
 
 def write_provenance(out_dir: Path, *, kind: str, experiment: str, parent: str | Path, final_dir: str | Path,
                      transcripts: Sequence[str | Path], preset: str, **extra) -> Path:
-    """``provenance.json``: what a model dir is, what it was trained from and on (lens reads ``transcripts``).
+    """``provenance.json``: what a model dir is, what it was trained from and on (lens reads ``transcripts``), and
+    ``base_model.json``: the fingerprint of ``parent`` (lens refuses an adapter on another base).
     Paths are written relative to ``final_dir`` (where the dir will live), so a run dir can move."""
     rel = lambda p: os.path.relpath(Path(p).resolve(), Path(final_dir).resolve())
     extra = {k: rel(v) if isinstance(v, Path) else v for k, v in extra.items()}
+    if (Path(parent) / "config.json").is_file():  # lens refuses this model's adapters on another base
+        write_base_record(out_dir, parent)
     return atomic_write_json(Path(out_dir) / "provenance.json", {
         "kind": kind, "experiment": experiment, "parent": rel(parent), "transcripts": [rel(p) for p in transcripts],
         "preset": preset, **extra})
