@@ -4,7 +4,8 @@ from lens.activations import ActivationSet, collect_activations, hook_name, turn
 from lens.debate_format import DEBATE_TAGS, DebateFormatError, Transcript, Turn
 from lens.errors import LensError, LensInputError, LensLoadError
 from lens.interventions import ablate, steer
-from lens.loading import ModelProvenance, load_model
+from lens.integrity import ModelFingerprint, fingerprint_model, read_base_record, write_base_record
+from lens.loading import PARITY_TOL, ModelProvenance, load_model, resolve_device, resolve_dtype
 from lens.probes import PCAProjection, ProbeResult, pca_projection, probe_layers
 from lens.rating import SuppressionReport, rate_suppression, response_perplexities, suppression_auc
 from lens.subspace import AgentSubspace, chat_prompts, contrastive_direction, find_agent_subspace
@@ -12,6 +13,8 @@ from lens.subspace import AgentSubspace, chat_prompts, contrastive_direction, fi
 __all__ = [
     "DEBATE_TAGS", "DebateFormatError", "Transcript", "Turn",
     "load_model", "ModelProvenance", "LensError", "LensInputError", "LensLoadError",
+    "PARITY_TOL", "resolve_device", "resolve_dtype",
+    "fingerprint_model", "write_base_record", "read_base_record", "ModelFingerprint",
     "collect_activations", "turn_activations", "ActivationSet", "hook_name",
     "find_agent_subspace", "AgentSubspace", "contrastive_direction", "chat_prompts",
     "probe_layers", "ProbeResult", "pca_projection", "PCAProjection",

@@ -174,7 +174,6 @@ def collect_activations(model, texts: Sequence[str], *, layers: int | Sequence[i
     acts = torch.empty(len(layers), n_read, model.cfg.d_model, dtype=torch.float32)
     order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    names = {hook_name(l): k for k, l in enumerate(layers)}
     for b in tqdm(range(0, len(order), batch_size), disable=not progress, desc="activations"):
         rows = order[b:b + batch_size]
         width = max(len(ids[i]) for i in rows)
@@ -186,10 +185,13 @@ def collect_activations(model, texts: Sequence[str], *, layers: int | Sequence[i
         spans = [(r, s, e) for r, i in enumerate(rows) for s, e in tok_spans[i]]
         dest = torch.tensor([first[i] + j for i in rows for j in range(len(tok_spans[i]))])
 
-        def save(resid, hook):
-            acts[names[hook.name], dest] = _read(resid, spans, position).float().cpu()
+        def saver(k: int):
+            # keyed on the hook point asked for: the bridge reports its own names (blocks.L.hook_out)
+            def save(resid, hook):
+                acts[k, dest] = _read(resid, spans, position).float().cpu()
+            return save
 
-        with model.hooks(fwd_hooks=[(name, save) for name in names]):
+        with model.hooks(fwd_hooks=[(hook_name(l), saver(k)) for k, l in enumerate(layers)]):
             model(tokens.to(model.cfg.device), attention_mask=mask.to(model.cfg.device),
                   stop_at_layer=max(layers) + 1)
     result = ActivationSet(acts=acts, layers=layers, position=position, labels=list(labels or [{}] * n_read),

@@ -1,14 +1,23 @@
-"""Load a saved HF model, a PEFT adapter (merged) or an in-memory model into TransformerLens, fully offline.
+"""Load a saved HF model, a PEFT adapter (merged) or an in-memory model into TransformerLens, offline.
 
-`HookedTransformer.from_pretrained` refuses local paths, so the config is built by hand from the HF config and the
-weights go through TransformerLens' own converters; every load is checked against the HF model's log-probs.
+Two backends. ``"hooked"`` builds a `HookedTransformer` from the model's own ``config.json`` (see
+`lens.architectures`) and TransformerLens' weight converters, for the 18 decoder families listed in
+`lens.architectures.SUPPORTED`. ``"bridge"`` boots TransformerLens' `TransformerBridge` around the HF model in
+compatibility mode (HookedTransformer numerics, the same hook names), for any architecture the bridge knows.
+
+Every load is checked: the weights must be finite, and the model's log-probs on three fixed prompts must match
+the HF model's within the tolerance for its dtype (`PARITY_TOL`). The HF reference is computed first and the HF
+copy is dropped as soon as the conversion has consumed it, so the two copies of a large model coexist only while
+the weights are converted. Only lens' own loads are offline (``local_files_only=True``); importing lens changes
+nothing in the process environment.
 """
 
 from __future__ import annotations
 
+import copy
+import gc
 import hashlib
 import json
-import os
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -16,20 +25,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase  # noqa: E402
-
-from lens.errors import LensLoadError  # noqa: E402
+from lens.architectures import (SUPPORTED, architecture_of, convert_weights, hooked_config, prepends_bos,
+                                processing_flags, quiet_logging, unsupported)
+from lens.errors import LensLoadError
+from lens.integrity import BASE_RECORD, check_weight_files, fingerprint_model, read_base_record
 
 PARITY_PROMPTS = (
     "Problem: 12+3*4-5\n\n<|Round 1 - Initial Solutions|>\n\n<|Agent 1 Solution|>: 3*4=12; 12+12-5=19",
     "The quick brown fox jumps over the lazy dog, and then it rests.",
     "You are a helpful assistant. Answer the question step by step.",
 )
+# Max |Δ log-prob| vs HF accepted per dtype. In float32 a correct conversion lands near 1e-6 (a wrong one, e.g.
+# LayerNorm folded into OLMo 2's post-norm blocks, at 7.6e-2). In reduced precision both models round every
+# activation: on the 18 tiny perturbed test models (CPU) float16 measured <= 2.2e-3 and bfloat16 <= 1.8e-2 for
+# dense models and 0.10 for Mixtral (bf16 rounding flips near-tied expert choices). The bf16 bound therefore only
+# catches gross conversion errors; check a new architecture once in float32.
+PARITY_TOL = {torch.float32: 1e-3, torch.float64: 1e-3, torch.float16: 2e-2, torch.bfloat16: 0.25}
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-SUPPORTED = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+BACKENDS = ("hooked", "bridge")
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,7 @@ class ModelProvenance:
     transcripts: tuple[str, ...] = ()
     backend: str = "hooked"
     dtype: str = "float32"
+    device: str = "cpu"
     architecture: str = ""
     default_prepend_bos: bool = True
     parity_max_abs_logprob_diff: float | None = None
@@ -56,44 +74,153 @@ class ModelProvenance:
         return hashlib.sha256(joined.encode()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable fields, with ``fingerprint``."""
         return {**asdict(self), "transcripts": list(self.transcripts), "fingerprint": self.fingerprint}
 
 
+def resolve_device(device: str | torch.device = "auto") -> str:
+    """The device lens loads onto: ``"auto"`` is CUDA when present, else CPU.
+
+    Args:
+        device: ``"auto"``, or any torch device string (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
+
+    Returns:
+        A torch device string.
+
+    Example:
+        >>> resolve_device("cpu")
+        'cpu'
+    """
+    if str(device) == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        return str(torch.device(device))
+    except (RuntimeError, TypeError) as e:
+        raise LensLoadError(f"device {device!r} is not a torch device; valid: 'auto', 'cpu', 'cuda', 'cuda:N'") from e
+
+
+def resolve_dtype(dtype: str | torch.dtype = "auto", device: str = "cpu") -> torch.dtype:
+    """The parameter dtype lens loads in: ``"auto"`` is bfloat16 on CUDA and float32 on CPU.
+
+    Args:
+        dtype: ``"auto"``, a torch dtype, or its name (``"float32"``, ``"bfloat16"``, ``"bf16"``, ``"float16"``).
+        device: The resolved device (see `resolve_device`).
+
+    Returns:
+        A torch dtype.
+
+    Example:
+        >>> resolve_dtype("auto", "cpu"), resolve_dtype("bf16")
+        (torch.float32, torch.bfloat16)
+    """
+    if isinstance(dtype, torch.dtype):
+        if dtype not in PARITY_TOL:
+            raise LensLoadError(f"dtype {dtype} is not supported; valid: {', '.join(map(str, PARITY_TOL))} or 'auto'")
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    if dtype not in _DTYPES:
+        raise LensLoadError(f"dtype {dtype!r} is unknown; valid: 'auto', {', '.join(map(repr, _DTYPES))}")
+    return _DTYPES[dtype]
+
+
 def load_model(path_or_model: str | Path | PreTrainedModel, *, tokenizer: PreTrainedTokenizerBase | None = None,
-               adapter: str | Path | None = None, base: str | Path | None = None, dtype: torch.dtype = torch.float32,
-               device: str = "cpu", n_ctx: int | None = None, backend: str = "hooked", check_parity: bool = True,
-               parity_tol: float | None = None):
-    """A TransformerLens model (``HookedTransformer``, or ``TransformerBridge`` in compatibility mode) with
-    ``model.lens_provenance`` attached; raises `LensLoadError` if its log-probs differ from HF past ``parity_tol``."""
-    if backend not in ("hooked", "bridge"):
-        raise LensLoadError(f"backend {backend!r} is unknown; valid: 'hooked', 'bridge'")
-    hf, tok, source = _resolve_hf(path_or_model, tokenizer=tokenizer, adapter=adapter, base=base, dtype=dtype)
+               adapter: str | Path | None = None, base: str | Path | None = None, allow_other_base: bool = False,
+               dtype: str | torch.dtype = "auto", device: str = "auto", n_ctx: int | None = None,
+               backend: str = "hooked", check_parity: bool = True, parity_tol: float | None = None):
+    """A TransformerLens model of a local HF causal LM, checked against HF, with ``model.lens_provenance``.
+
+    Nothing is downloaded: the model, tokenizer and any adapter base must be local directories.
+
+    Args:
+        path_or_model: A saved HF model dir, a PEFT adapter dir (merged into its base), or an in-memory
+            ``PreTrainedModel`` (then ``tokenizer`` is required; it is not modified: the bridge backend and an
+            adapter merge work on a copy).
+        tokenizer: The tokenizer; default: the one saved in the model dir (or the adapter dir, if it has one).
+        adapter: A PEFT adapter dir to merge into ``path_or_model``.
+        base: The base model dir of an adapter; default: the one named in its ``adapter_config.json``.
+        allow_other_base: Load an adapter onto a base whose fingerprint differs from the one recorded in its
+            ``base_model.json`` (or, with no record, onto a base other than the one its config names).
+        dtype: Parameter dtype; ``"auto"`` is bfloat16 on CUDA and float32 on CPU (see `resolve_dtype`).
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        n_ctx: Context length; default: the HF config's maximum.
+        backend: ``"hooked"`` (a ``HookedTransformer``; the architectures in `lens.architectures.SUPPORTED`) or
+            ``"bridge"`` (a ``TransformerBridge`` in compatibility mode; any architecture TransformerLens' bridge
+            supports). Both expose the same hook names (``blocks.{L}.hook_resid_post``, ...).
+        check_parity: Check finite weights and log-prob parity with HF (default True).
+        parity_tol: Max |Δ log-prob| accepted; default `PARITY_TOL` for the dtype.
+
+    Returns:
+        The TransformerLens model in eval mode, with ``lens_provenance`` (a `ModelProvenance`) attached.
+
+    Raises:
+        LensLoadError: one sentence naming the problem: missing dir, corrupt weights file, architecture not
+            convertible, adapter on another base, vocab mismatch, non-finite weights or logits, parity failure.
+
+    Example:
+        >>> import tempfile
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> from transformers import AutoModelForCausalLM, GPT2Config, PreTrainedTokenizerFast
+        >>> words = "<s> the quick brown fox jumps over lazy dog".split()
+        >>> tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<s>"))
+        >>> tk.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> d = tempfile.mkdtemp()
+        >>> _ = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>").save_pretrained(d)
+        >>> gpt2 = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=len(words), bos_token_id=0, eos_token_id=0)
+        >>> AutoModelForCausalLM.from_config(gpt2).save_pretrained(d)
+        >>> model = load_model(d, device="cpu")
+        >>> model.lens_provenance.architecture, model.lens_provenance.parity_max_abs_logprob_diff < 1e-3
+        ('GPT2LMHeadModel', True)
+    """
+    if backend not in BACKENDS:
+        raise LensLoadError(f"backend {backend!r} is unknown; valid: {', '.join(map(repr, BACKENDS))}")
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    hf, tok, source = _resolve_hf(path_or_model, tokenizer=tokenizer, adapter=adapter, base=base,
+                                  allow_other_base=allow_other_base, dtype=dtype, device=device, backend=backend)
     _check_vocab(hf, tok, source["name"])
     tok = _disk_backed(tok)
-    arch = _architecture(hf)
-    prepend_bos = tok.bos_token_id is not None and arch != "Qwen2ForCausalLM"
+    arch = architecture_of(hf.config, hf)
+    if backend == "hooked" and arch not in SUPPORTED:
+        raise unsupported(arch)
+    prepend_bos = tok.bos_token_id is not None and prepends_bos(arch)
+    reference = None
+    if check_parity:
+        _check_finite_weights(hf, source["name"])
+        reference = _reference(hf, tok, str(hf.device), source["name"])
     if backend == "hooked":
         model = _hooked_from_hf(hf, tok, arch=arch, dtype=dtype, device=device, n_ctx=n_ctx,
                                 default_prepend_bos=prepend_bos)
     else:
-        model = _bridge_from_hf(hf, tok, source, dtype=dtype, device=device, n_ctx=n_ctx)
-    parity = _parity(model, hf, tok, dtype, parity_tol, source["name"]) if check_parity else None
+        model = _bridge_from_hf(hf if source["owned"] else copy.deepcopy(hf), tok, source, dtype=dtype, device=device,
+                                n_ctx=n_ctx, default_prepend_bos=prepend_bos)
+    del hf  # the HF copy is no longer needed (the bridge keeps its own wrapped model)
+    _free_memory()
+    parity = _parity(model, tok, reference, parity_tol if parity_tol is not None else PARITY_TOL[dtype],
+                     source["name"], dtype) if check_parity else None
     model.lens_provenance = ModelProvenance(
         path=source["path"], adapter=source["adapter"], base=source["base"], weights_sha256=source["hashes"],
         transcripts=tuple(source["transcripts"]), backend=backend, dtype=str(dtype).removeprefix("torch."),
-        architecture=arch, default_prepend_bos=prepend_bos, parity_max_abs_logprob_diff=parity)
+        device=device, architecture=arch, default_prepend_bos=bool(model.cfg.default_prepend_bos),
+        parity_max_abs_logprob_diff=parity)
     return model
 
 
-def _resolve_hf(path_or_model, *, tokenizer, adapter, base, dtype) -> tuple[PreTrainedModel, Any, dict]:
+def _resolve_hf(path_or_model, *, tokenizer, adapter, base, allow_other_base, dtype, device, backend):
     """The HF model (adapter merged), its tokenizer and a description of where both came from."""
-    source = {"path": None, "adapter": None, "base": None, "hashes": {}, "transcripts": [], "name": "the model"}
+    source = {"path": None, "adapter": None, "base": None, "hashes": {}, "transcripts": [], "name": "the model",
+              "owned": False}
     if isinstance(path_or_model, PreTrainedModel):
         if tokenizer is None:
             raise LensLoadError("an in-memory model needs tokenizer=...; pass the tokenizer it was trained with")
         hf = path_or_model
         if adapter is not None:
-            return _merge_adapter(hf, Path(adapter), tokenizer, source, base_name="the in-memory model")
+            adapter = Path(adapter)
+            _check_adapter_dir(adapter)
+            warnings.warn(f"the base of adapter {adapter} is an in-memory model, which lens cannot fingerprint; "
+                          f"make sure it is the model the adapter was trained on", stacklevel=3)
+            source["owned"] = True  # the merge works on a copy; the caller's model stays as it was
+            return _merge_adapter(copy.deepcopy(hf), adapter, tokenizer, source, base_name="the in-memory model")
         return hf.eval(), tokenizer, source
     path = Path(path_or_model)
     if not path.is_dir():
@@ -103,40 +230,82 @@ def _resolve_hf(path_or_model, *, tokenizer, adapter, base, dtype) -> tuple[PreT
             raise LensLoadError(f"{path} is itself a PEFT adapter; pass it alone (base=... names its base model)")
         adapter, base_dir = path, _adapter_base(path, base)
     elif (path / "config.json").exists():
+        if base is not None and adapter is None:
+            raise LensLoadError(f"base={base} was given but {path} is a full model, not an adapter; drop base=")
         base_dir = path
     else:
         raise LensLoadError(f"{path}: neither config.json nor adapter_config.json found; not a model or adapter dir")
-    hf = _load_hf_dir(base_dir, dtype)
-    source.update(path=str(path.resolve()), hashes=_weight_hashes(base_dir, "model"),
+    if adapter is not None:
+        _check_adapter_dir(Path(adapter))
+        _check_base(Path(adapter), base_dir, allow_other_base)
+    named = (json.loads((base_dir / "config.json").read_text()).get("architectures") or [None])[0]
+    if backend == "hooked" and named is not None and named not in SUPPORTED:
+        raise unsupported(named)  # before loading gigabytes of weights
+    hf = _load_hf_dir(base_dir, dtype, device)
+    source.update(path=str(path.resolve()), hashes=_weight_hashes(base_dir, "model"), owned=True,
                   transcripts=_trained_on(Path(adapter) if adapter is not None else base_dir), name=str(path))
     if adapter is None:
         tok = tokenizer if tokenizer is not None else _load_tokenizer(base_dir)
         return hf, tok, source
     adapter = Path(adapter)
-    if not (adapter / "adapter_config.json").exists():
-        raise LensLoadError(f"{adapter}: no adapter_config.json; not a PEFT adapter dir")
     if tokenizer is None:
         tokenizer = _load_tokenizer(adapter if (adapter / "tokenizer_config.json").exists() else base_dir)
     source.update(base=str(base_dir.resolve()))
     return _merge_adapter(hf, adapter, tokenizer, source, base_name=str(base_dir))
 
 
+def _check_adapter_dir(adapter: Path) -> None:
+    if not (adapter / "adapter_config.json").exists():
+        raise LensLoadError(f"{adapter}: no adapter_config.json; not a PEFT adapter dir")
+    check_weight_files(adapter)
+
+
 def _adapter_base(adapter: Path, base: str | Path | None) -> Path:
-    """The adapter's base model dir: ``base=`` if given, else adapter_config's path (relative to the adapter)."""
+    """The adapter's base model dir: ``base=`` if given, else the local dir its adapter_config.json names."""
     if base is None:
-        base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if not base:
+        named, named_dir = _named_base(adapter)
+        if not named:
             raise LensLoadError(f"{adapter}: adapter_config.json names no base model; pass base=<model dir>")
-        candidates = [Path(base), adapter / base]
-        found = next((c for c in candidates if (c / "config.json").exists()), None)
-        if found is None:
-            raise LensLoadError(f"{adapter}: its base model {base!r} is not a local model dir (offline: nothing is "
-                                f"downloaded); pass base=<local dir of {base}>")
-        return found
+        if named_dir is None:
+            raise LensLoadError(f"{adapter}: its base model {named!r} is not a local model dir (offline: nothing is "
+                                f"downloaded); pass base=<local dir of {named}>")
+        return named_dir
     base = Path(base)
     if not (base / "config.json").exists():
         raise LensLoadError(f"base={base}: no config.json; not a saved HF model dir")
     return base
+
+
+def _named_base(adapter: Path) -> tuple[str | None, Path | None]:
+    """The base named in adapter_config.json, and its local dir (absolute, or relative to the adapter) if any."""
+    named = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    candidates = [Path(named), adapter / named] if named else []
+    return named, next((c for c in candidates if (c / "config.json").exists()), None)
+
+
+def _check_base(adapter: Path, base_dir: Path, allow_other_base: bool) -> None:
+    """Refuse an adapter on a base other than the one it was trained on (``allow_other_base``: warn instead).
+
+    With a ``base_model.json`` record the base's fingerprint must match it; without one the base must be the dir
+    named in adapter_config.json, and a warning says the base could not be verified.
+    """
+    recorded = read_base_record(adapter)
+    if recorded is None:
+        named, named_dir = _named_base(adapter)
+        if named_dir is not None and named_dir.resolve() == base_dir.resolve():
+            warnings.warn(f"adapter {adapter} has no {BASE_RECORD}, so its base cannot be verified; loading it on "
+                          f"{base_dir}, the base its adapter_config.json names", stacklevel=4)
+            return
+        msg = f"adapter {adapter} has no {BASE_RECORD} and its adapter_config.json names base {named!r}, not {base_dir}"
+    else:
+        why = recorded.difference(fingerprint_model(base_dir))
+        if why is None:
+            return
+        msg = (f"adapter {adapter} was trained on base {recorded.path}, but {base_dir} has {why} compared with that "
+               f"base's recorded fingerprint")
+    if not allow_other_base:
+        raise LensLoadError(f"{msg}; pass the base it was trained on, or allow_other_base=True to load it anyway")
+    warnings.warn(f"{msg}; loading it anyway (allow_other_base=True)", stacklevel=4)
 
 
 def _merge_adapter(hf: PreTrainedModel, adapter: Path, tok, source: dict, *, base_name: str):
@@ -166,18 +335,21 @@ def _merge_adapter(hf: PreTrainedModel, adapter: Path, tok, source: dict, *, bas
     except (RuntimeError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0][:300]
         raise LensLoadError(f"adapter {adapter} does not fit base {base_name} ({first}); "
-                            f"pass base=<the model it was trained on>") from None
+                            f"pass base=<the model it was trained on>") from e
     source.update(adapter=str(adapter.resolve()), hashes={**source["hashes"], **_weight_hashes(adapter, "adapter")},
                   transcripts=source["transcripts"] or _trained_on(adapter), name=str(adapter))
     return merged.eval(), tok, source
 
 
-def _load_hf_dir(path: Path, dtype: torch.dtype) -> PreTrainedModel:
+def _load_hf_dir(path: Path, dtype: torch.dtype, device: str) -> PreTrainedModel:
+    check_weight_files(path)
     try:
-        return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation="eager",
-                                                    local_files_only=True).eval()
-    except (OSError, ValueError) as e:
-        raise LensLoadError(f"{path}: not a loadable HF causal LM ({str(e).splitlines()[0][:200]})") from None
+        hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation="eager",
+                                                  local_files_only=True,
+                                                  device_map=device if device != "cpu" else None)
+    except (OSError, ValueError, KeyError) as e:
+        raise LensLoadError(f"{path}: not a loadable HF causal LM ({str(e).splitlines()[0][:200]})") from e
+    return hf.eval()
 
 
 def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
@@ -185,7 +357,7 @@ def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as e:
         raise LensLoadError(f"{path}: no tokenizer saved there ({str(e).splitlines()[0][:200]}); "
-                            f"pass tokenizer=...") from None
+                            f"pass tokenizer=...") from e
 
 
 def _disk_backed(tok: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -203,13 +375,6 @@ def _check_vocab(hf: PreTrainedModel, tok, name: str) -> None:
         raise LensLoadError(f"vocab mismatch for {name}: the tokenizer has {n_tok} tokens but the model's embedding "
                             f"has {n_model} rows; pass the tokenizer the model was trained with (or the adapter dir "
                             f"whose tokenizer added tokens)")
-
-
-def _architecture(hf: PreTrainedModel) -> str:
-    arch = (hf.config.architectures or [type(hf).__name__])[0]
-    if arch not in SUPPORTED:
-        raise LensLoadError(f"architecture {arch} is not supported; supported: {', '.join(SUPPORTED)}")
-    return arch
 
 
 def _trained_on(model_dir: Path) -> list[str]:
@@ -235,103 +400,114 @@ def _weight_hashes(directory: Path, prefix: str) -> dict[str, str]:
     return out
 
 
-def _rope_fields(c) -> dict[str, Any]:
-    """RoPE base and Llama-3 NTK-by-parts scaling from ``rope_parameters`` (transformers 5) or ``rope_scaling``."""
-    params = dict(getattr(c, "rope_parameters", None) or {})
-    params.update({k: v for k, v in (getattr(c, "rope_scaling", None) or {}).items() if k not in params})
-    theta = params.get("rope_theta", getattr(c, "rope_theta", 10000.0))
-    kind = params.get("rope_type", params.get("type", "default"))
-    out: dict[str, Any] = {"rotary_base": theta}
-    if kind == "llama3":
-        out.update(use_NTK_by_parts_rope=True, NTK_by_parts_factor=params["factor"],
-                   NTK_by_parts_low_freq_factor=params.get("low_freq_factor", 1.0),
-                   NTK_by_parts_high_freq_factor=params.get("high_freq_factor", 4.0),
-                   NTK_original_ctx_len=params.get("original_max_position_embeddings", c.max_position_embeddings))
-    elif kind != "default":
-        raise LensLoadError(f"rope type {kind!r} is not supported; supported: 'default', 'llama3'")
-    return out
-
-
-def tl_config(hf_config, *, arch: str, dtype: torch.dtype = torch.float32, device: str = "cpu",
-              n_ctx: int | None = None, default_prepend_bos: bool = True):
-    """A `HookedTransformerConfig` for a Llama / Qwen2 / Mistral HF config (GQA, head_dim, RoPE scaling)."""
-    from transformer_lens import HookedTransformerConfig
-
-    c = hf_config
-    n_h, n_kv = c.num_attention_heads, c.num_key_value_heads or c.num_attention_heads
-    d_head = getattr(c, "head_dim", None) or c.hidden_size // n_h
-    n_ctx = n_ctx or c.max_position_embeddings
-    fields: dict[str, Any] = dict(
-        d_model=c.hidden_size, d_head=d_head, n_heads=n_h, n_key_value_heads=n_kv if n_kv != n_h else None,
-        d_mlp=c.intermediate_size, n_layers=c.num_hidden_layers, n_ctx=n_ctx, eps=c.rms_norm_eps,
-        d_vocab=c.vocab_size, act_fn=c.hidden_act, normalization_type="RMSPre", positional_embedding_type="rotary",
-        rotary_adjacent_pairs=False, rotary_dim=d_head, final_rms=True, gated_mlp=True,
-        original_architecture=arch, device=device, dtype=dtype, default_prepend_bos=default_prepend_bos,
-        **_rope_fields(c))
-    window = getattr(c, "sliding_window", None)
-    uses_window = arch == "MistralForCausalLM" or getattr(c, "use_sliding_window", False)
-    if uses_window and window and window < n_ctx:
-        fields.update(use_local_attn=True, window_size=window, attn_types=["local"] * c.num_hidden_layers)
-    if arch in ("Qwen2ForCausalLM", "MistralForCausalLM") and n_kv == n_h:
-        fields["n_key_value_heads"] = n_kv  # their converters always split K/V per kv head
-    return HookedTransformerConfig(**fields)
-
-
 def _hooked_from_hf(hf, tok, *, arch, dtype, device, n_ctx, default_prepend_bos):
     from transformer_lens import HookedTransformer
-    from transformer_lens.pretrained.weight_conversions import (convert_llama_weights, convert_mistral_weights,
-                                                                convert_qwen2_weights)
 
-    convert = {"LlamaForCausalLM": convert_llama_weights, "Qwen2ForCausalLM": convert_qwen2_weights,
-               "MistralForCausalLM": convert_mistral_weights}[arch]
-    cfg = tl_config(hf.config, arch=arch, dtype=dtype, device=device, n_ctx=n_ctx,
-                    default_prepend_bos=default_prepend_bos)
+    cfg = hooked_config(hf.config, dtype=dtype, device=device, n_ctx=n_ctx, default_prepend_bos=default_prepend_bos,
+                        arch=arch)
     cfg.d_vocab = cfg.d_vocab_out = hf.get_input_embeddings().weight.shape[0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with warnings.catch_warnings(), quiet_logging():
+        warnings.simplefilter("ignore")
         model = HookedTransformer(cfg, tokenizer=tok, move_to_device=False)
-        model.load_and_process_state_dict({k: v.to(dtype) for k, v in convert(hf, cfg).items()})
-    model.cfg.default_prepend_bos = default_prepend_bos
-    return model.to(device).eval()
+        state = {k: v.to(dtype) for k, v in convert_weights(hf, cfg).items()}
+        model.load_and_process_state_dict(state, **processing_flags(cfg))
+    model.cfg.default_prepend_bos = cfg.default_prepend_bos
+    _cast_parameters(model, dtype)  # TL's MoE router is created in fp32 whatever cfg.dtype says
+    return model.to(device, print_details=False).eval()
 
 
-def _bridge_from_hf(hf, tok, source: dict, *, dtype, device, n_ctx):
-    """Boot a `TransformerBridge` from a saved dir (a temp copy when merged or in memory), never from ``hf``."""
+def _bridge_from_hf(hf, tok, source: dict, *, dtype, device, n_ctx, default_prepend_bos):
+    """Boot a `TransformerBridge` around ``hf`` (which it rewraps in place) in compatibility mode."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    def boot(directory: str):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            bridge = TransformerBridge.boot_transformers(directory, device=device, dtype=dtype, tokenizer=tok,
-                                                         n_ctx=n_ctx)
-            bridge.enable_compatibility_mode(disable_warnings=True)
-        return bridge.eval()
+    with warnings.catch_warnings(), quiet_logging():
+        warnings.simplefilter("ignore")
+        try:
+            bridge = TransformerBridge.boot_transformers(source["path"] or "in-memory", hf_model=hf, device=device,
+                                                         dtype=dtype, tokenizer=tok, n_ctx=n_ctx)
+        except (ValueError, NotImplementedError, KeyError) as e:
+            arch = architecture_of(hf.config, hf)
+            raise LensLoadError(f"TransformerLens' bridge cannot load architecture {arch} "
+                                f"({str(e).strip().splitlines()[0][:200]})") from e
+        bridge.enable_compatibility_mode(disable_warnings=True)
+    _cast_parameters(bridge, dtype)  # compatibility-mode folding leaves some fp32 parameters in a bf16 model
+    bridge.cfg.default_prepend_bos = default_prepend_bos
+    return bridge.eval()
 
-    if source["path"] is not None and source["adapter"] is None:
-        return boot(source["path"])
-    with tempfile.TemporaryDirectory(prefix="lens_bridge_") as d:
-        hf.save_pretrained(d)
-        tok.save_pretrained(d)
-        return boot(d)
+
+def _cast_parameters(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    for p in model.parameters():
+        if p.is_floating_point() and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def parity_tokens(tok) -> list[torch.Tensor]:
-    """Token ids of the fixed parity prompts (BOS first when the tokenizer has one)."""
+    """Token ids of the fixed parity prompts (BOS first when the tokenizer has one).
+
+    Args:
+        tok: The model's tokenizer.
+
+    Returns:
+        One ``[1, pos]`` LongTensor per prompt in `PARITY_PROMPTS`.
+
+    Example:
+        >>> from tokenizers import Tokenizer, models
+        >>> from transformers import PreTrainedTokenizerFast
+        >>> tk = Tokenizer(models.WordLevel({"<s>": 0, "x": 1}, unk_token="x"))
+        >>> [t.shape for t in parity_tokens(PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>"))]
+        [torch.Size([1, 2]), torch.Size([1, 2]), torch.Size([1, 2])]
+    """
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
     return [torch.tensor([bos + tok(p, add_special_tokens=False)["input_ids"]]) for p in PARITY_PROMPTS]
 
 
+def _check_finite_weights(hf: PreTrainedModel, name: str) -> None:
+    for pname, p in hf.named_parameters():
+        if not torch.isfinite(p).all():
+            bad = int((~torch.isfinite(p)).sum())
+            raise LensLoadError(f"{name} has non-finite weights: {bad} NaN/inf values in {pname}; the weights are "
+                                f"corrupt (or training diverged); load a finite checkpoint")
+
+
 @torch.no_grad()
-def _parity(model, hf, tok, dtype, tol, name) -> float:
-    """Max |Δ log-prob| between TL and HF over the parity prompts; raises past ``tol``."""
-    tol = tol if tol is not None else (1e-3 if dtype == torch.float32 else 5e-2)
-    worst = 0.0
-    device = next(hf.parameters()).device
+def _logprobs(model, tok, device: str) -> list[torch.Tensor]:
+    """Float32 CPU log-probs of ``model`` (HF or TransformerLens) on each parity prompt."""
+    out = []
     for ids in parity_tokens(tok):
-        ref = hf(ids.to(device)).logits.float().log_softmax(-1).cpu()
-        got = model(ids.to(model.cfg.device)).float().log_softmax(-1).cpu()
-        worst = max(worst, (ref - got).abs().max().item())
+        logits = model(ids.to(device))
+        logits = logits.logits if hasattr(logits, "logits") else logits
+        out.append(logits.float().log_softmax(-1).cpu())
+    return out
+
+
+def _reference(hf, tok, device: str, name: str) -> list[torch.Tensor]:
+    """The HF model's own log-probs on the parity prompts; an HF model that cannot run them is refused."""
+    try:
+        return _logprobs(hf, tok, device)
+    except (RuntimeError, ValueError, IndexError) as e:
+        raise LensLoadError(f"{name}: the HF model itself fails on the parity prompts "
+                            f"({type(e).__name__}: {str(e).strip().splitlines()[0][:160]}); its config is "
+                            f"inconsistent with its weights or with transformers' implementation") from e
+
+
+def _parity(model, tok, reference: list[torch.Tensor], tol: float, name: str, dtype: torch.dtype) -> float:
+    """Max |Δ log-prob| between the TransformerLens model and the HF reference; raises past ``tol``."""
+    if not all(torch.isfinite(r).all() for r in reference):
+        raise LensLoadError(f"parity check failed for {name}: the HF model itself gives non-finite log-probs on "
+                            f"the parity prompts; its weights or config are broken")
+    got = _logprobs(model, tok, model.cfg.device)
+    if not all(torch.isfinite(g).all() for g in got):
+        raise LensLoadError(f"parity check failed for {name}: TransformerLens gives non-finite log-probs where HF "
+                            f"gives finite ones; the conversion is wrong for this architecture/config")
+    worst = max(float((r - g).abs().max()) for r, g in zip(reference, got))
     if not worst <= tol:
         raise LensLoadError(f"parity check failed for {name}: max |Δ log-prob| TransformerLens vs HF = {worst:.3g} "
-                            f"> tolerance {tol:g}; the conversion is wrong for this architecture/config")
+                            f"> tolerance {tol:g} for {str(dtype).removeprefix('torch.')}; the conversion is wrong "
+                            f"for this architecture/config")
     return worst

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import lens
@@ -99,14 +104,65 @@ def test_lora_merged_with_added_token_matches_peft(lora_adapter, tiny_model_dirs
     assert any(k.startswith("adapter/") for k in prov.weights_sha256)
 
 
-def test_adapter_for_another_base_is_rejected(lora_adapter, tmp_path, tiny_tokenizer):
+def test_adapter_with_no_record_on_a_base_of_other_shape_is_refused(lora_adapter, tmp_path, tiny_tokenizer):
     adapter_dir, _, _ = lora_adapter
     other = make_tiny_model(TinyModelSpec(arch="llama", d_model=32, n_layers=2, n_heads=4, d_mlp=64, n_ctx=128),
                             tiny_tokenizer)
     other.save_pretrained(tmp_path)
     tiny_tokenizer.save_pretrained(tmp_path)
-    with pytest.raises(lens.LensLoadError, match="does not fit base"):
+    with pytest.raises(lens.LensLoadError, match="has no base_model.json and its adapter_config.json names base"):
         lens.load_model(adapter_dir, base=tmp_path)
+    with pytest.warns(UserWarning, match="allow_other_base=True"), \
+            pytest.raises(lens.LensLoadError, match="does not fit base"):
+        lens.load_model(adapter_dir, base=tmp_path, allow_other_base=True)
+
+
+def test_adapter_with_no_record_loads_on_its_named_base_with_a_warning(lora_adapter):
+    adapter_dir, _, _ = lora_adapter
+    with pytest.warns(UserWarning, match="has no base_model.json, so its base cannot be verified"):
+        model = lens.load_model(adapter_dir)
+    assert model.lens_provenance.adapter == str(adapter_dir.resolve())
+
+
+@pytest.fixture
+def same_shape_other_base(tmp_path, tiny_model_dirs):
+    """A copy of the tiny Llama base with every weight changed (same config and shapes)."""
+    hf = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"])
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.01)
+    d = tmp_path / "other_base"
+    hf.save_pretrained(d)
+    AutoTokenizer.from_pretrained(tiny_model_dirs["llama"]).save_pretrained(d)
+    return d
+
+
+def test_adapter_on_another_base_of_the_same_shape_is_refused_by_its_record(lora_adapter, tmp_path,
+                                                                              tiny_model_dirs, same_shape_other_base):
+    adapter_dir = tmp_path / "adapter"
+    shutil.copytree(lora_adapter[0], adapter_dir)
+    record = lens.write_base_record(adapter_dir, tiny_model_dirs["llama"])
+    assert json.loads(record.read_text())["architecture"] == "LlamaForCausalLM"
+    assert lens.read_base_record(adapter_dir).difference(lens.fingerprint_model(tiny_model_dirs["llama"])) is None
+
+    model = lens.load_model(adapter_dir)  # its recorded base: no warning, no error
+    assert model.lens_provenance.base == str(Path(tiny_model_dirs["llama"]).resolve())
+    with pytest.raises(lens.LensLoadError, match=r"was trained on base .* has different weights .*allow_other_base"):
+        lens.load_model(adapter_dir, base=same_shape_other_base)
+    with pytest.warns(UserWarning, match="loading it anyway"):
+        model = lens.load_model(adapter_dir, base=same_shape_other_base, allow_other_base=True)
+    assert model.lens_provenance.base == str(same_shape_other_base.resolve())
+
+
+def test_fingerprint_ignores_dtype_of_the_saved_copy_but_not_its_values(tiny_model_dirs, tmp_path,
+                                                                        same_shape_other_base):
+    fp = lens.fingerprint_model(tiny_model_dirs["llama"])
+    bf16 = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"], dtype=torch.bfloat16)
+    bf16.save_pretrained(tmp_path / "bf16")
+    assert fp.difference(lens.fingerprint_model(tmp_path / "bf16")) is None
+    assert "different weights" in fp.difference(lens.fingerprint_model(same_shape_other_base))
+    with safe_open(str(Path(tiny_model_dirs["llama"]) / "model.safetensors"), "pt") as f:
+        assert set(fp.tensors) == set(f.keys())
 
 
 def test_vocab_mismatch_and_missing_dir(lora_adapter, tiny_model_dirs, tmp_path):
@@ -133,3 +189,145 @@ def test_in_memory_model_and_trained_on_transcripts(tiny_model_dirs, tmp_path):
     (run / "provenance.json").write_text(json.dumps({"transcripts": ["../debates.jsonl"]}))
     prov = lens.load_model(run).lens_provenance
     assert prov.transcripts == (str((tmp_path / "debates.jsonl").resolve()),)
+
+
+def test_nan_weights_fail_the_parity_check_naming_the_parameter(tiny_model_dirs, tmp_path):
+    hf = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["mistral"])
+    with torch.no_grad():
+        hf.model.layers[0].mlp.up_proj.weight[0, :8] = float("nan")
+    hf.save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(tiny_model_dirs["mistral"]).save_pretrained(tmp_path)
+    for backend in ("hooked", "bridge"):
+        with pytest.raises(lens.LensLoadError, match=r"non-finite weights: 8 NaN/inf values in "
+                                                     r"model\.layers\.0\.mlp\.up_proj\.weight"):
+            lens.load_model(tmp_path, backend=backend)
+
+
+def test_truncated_or_missing_weights_file_is_named(tiny_model_dirs, tmp_path):
+    d = tmp_path / "truncated"
+    shutil.copytree(tiny_model_dirs["llama"], d)
+    weights = d / "model.safetensors"
+    with weights.open("r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    with pytest.raises(lens.LensLoadError, match=rf"{weights}: the weights file is truncated or corrupt"):
+        lens.load_model(d)
+    with pytest.raises(lens.LensLoadError, match=rf"{weights}: the weights file is truncated or corrupt"):
+        lens.fingerprint_model(d)
+
+    sharded = tmp_path / "sharded"
+    shutil.copytree(tiny_model_dirs["llama"], sharded)
+    (sharded / "model.safetensors").rename(sharded / "model-00001-of-00002.safetensors")
+    (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    with pytest.raises(lens.LensLoadError, match="model-00002-of-00002.safetensors: weight shard listed in "
+                                                 "model.safetensors.index.json is missing"):
+        lens.load_model(sharded)
+
+
+@pytest.fixture(scope="module")
+def granite_dir(tmp_path_factory, tiny_tokenizer):
+    """A tiny Granite model: a family TransformerLens' bridge supports but no HookedTransformer converter does."""
+    from transformers import GraniteConfig
+
+    cfg = GraniteConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, max_position_embeddings=128, bos_token_id=tiny_tokenizer.bos_token_id,
+                        eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.pad_token_id)
+    d = tmp_path_factory.mktemp("granite")
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(d)
+    tiny_tokenizer.save_pretrained(d)
+    return d
+
+
+def test_unconvertible_architecture_names_the_supported_ones_and_the_bridge(granite_dir):
+    with pytest.raises(lens.LensLoadError) as e:
+        lens.load_model(granite_dir)
+    msg = str(e.value)
+    assert msg.startswith("architecture GraniteForCausalLM cannot be converted to a HookedTransformer; supported: ")
+    assert "LlamaForCausalLM" in msg and "Gemma3ForCausalLM" in msg and msg.endswith('backend="bridge" '
+                                                                                    "(TransformerLens' "
+                                                                                    "TransformerBridge) instead")
+    model = lens.load_model(granite_dir, backend="bridge")  # the allow-list does not block the bridge
+    assert model.lens_provenance.parity_max_abs_logprob_diff < 1e-4
+    acts = lens.collect_activations(model, ["Problem: 1+2*3"], layers=[0, 1])
+    assert acts.acts.shape == (2, 1, 32) and torch.isfinite(acts.acts).all()
+
+
+def test_directory_name_does_not_change_the_conversion(tiny_model_dirs, tmp_path):
+    """TL 3.9 picks Llama and Gemma configs by name; lens reads config.json whatever the dir is called."""
+    for name in ("Meta-Llama-3-8B-finetune", "google/gemma-2b-copy"):
+        d = tmp_path / name
+        shutil.copytree(tiny_model_dirs["qwen2"], d)
+        model = lens.load_model(d)
+        assert model.cfg.original_architecture == "Qwen2ForCausalLM" and model.cfg.d_model == 64
+        assert model.lens_provenance.parity_max_abs_logprob_diff < 1e-4
+
+
+def test_import_leaves_the_environment_alone():
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    code = "import os, lens; print(os.environ.get('HF_HUB_OFFLINE'), os.environ.get('TRANSFORMERS_OFFLINE'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["None", "None"]
+
+
+def test_dtype_and_device_are_honoured_and_auto_is_cpu_fp32_here(tiny_model_dirs):
+    assert lens.resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert lens.resolve_dtype("auto", "cpu") == torch.float32 and lens.resolve_dtype("auto", "cuda") == torch.bfloat16
+    for backend in ("hooked", "bridge"):
+        model = lens.load_model(tiny_model_dirs["llama"], dtype="bfloat16", device="cpu", backend=backend)
+        assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+        prov = model.lens_provenance
+        assert prov.dtype == "bfloat16" and prov.device == "cpu"
+        assert 0 < prov.parity_max_abs_logprob_diff <= lens.PARITY_TOL[torch.bfloat16]
+    assert lens.load_model(tiny_model_dirs["llama"]).lens_provenance.dtype == "float32"
+    with pytest.raises(lens.LensLoadError, match="dtype 'int8' is unknown; valid: 'auto'"):
+        lens.load_model(tiny_model_dirs["llama"], dtype="int8")
+
+
+def test_no_hf_copy_stays_alive_after_loading(tiny_model_dirs):
+    import gc
+
+    from transformers import PreTrainedModel
+
+    def alive() -> int:
+        gc.collect()
+        return sum(isinstance(o, PreTrainedModel) for o in gc.get_objects())
+
+    before = alive()
+    model = lens.load_model(tiny_model_dirs["llama"])
+    assert alive() == before
+    del model
+
+
+@pytest.mark.parametrize("module", ["lens.loading", "lens.architectures", "lens.integrity"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_in_memory_model_built_from_a_config_loads_and_parity_failure_is_one_sentence(tiny_tokenizer):
+    from transformers import Qwen2Config
+
+    tok = tiny_tokenizer
+    hf = AutoModelForCausalLM.from_config(Qwen2Config(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128)).eval()
+    assert not hf.config.architectures  # named only when saved
+    model = lens.load_model(hf, tokenizer=tok)
+    assert model.lens_provenance.architecture == "Qwen2ForCausalLM"
+    with pytest.raises(lens.LensLoadError, match=r"^parity check failed for the model: max \|Δ log-prob\| "
+                                                 r"TransformerLens vs HF = .* > tolerance 0 for float32"):
+        lens.load_model(hf, tokenizer=tok, parity_tol=0.0)
+
+
+def test_training_provenance_records_the_base_fingerprint(tiny_model_dirs, tmp_path):
+    from training.sft import write_provenance
+
+    write_provenance(tmp_path, kind="sft", experiment="x", parent=Path(tiny_model_dirs["llama"]), final_dir=tmp_path,
+                     transcripts=[], preset="smoke")
+    recorded = lens.read_base_record(tmp_path)
+    assert recorded.path == str(Path(tiny_model_dirs["llama"]).resolve())
+    assert recorded.difference(lens.fingerprint_model(tiny_model_dirs["llama"])) is None

@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-
-from lens.debate_format import (CONSENSUS_TAG, DEBATE_TAGS, END_TAG, SOLUTION_TAGS, Transcript, prompt_text,
-                                render_trace, training_text)
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoTokenizer
 from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
+from lens.debate_format import (CONSENSUS_TAG, DEBATE_TAGS, END_TAG, SOLUTION_TAGS, Transcript, prompt_text,
+                                render_trace, training_text)
+from lens.integrity import write_base_record
 from lens.io import atomic_write_json
 from training.modelio import LORA_TARGETS, load_causal_lm
 from training.runner import shorten
@@ -175,10 +175,13 @@ def train_lora_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, 
 
 def write_provenance(out_dir: Path, *, kind: str, experiment: str, parent: str | Path, final_dir: str | Path,
                      transcripts: Sequence[str | Path], preset: str, **extra) -> Path:
-    """``provenance.json``: what a model dir is, what it was trained from and on (lens reads ``transcripts``).
+    """``provenance.json``: what a model dir is, what it was trained from and on (lens reads ``transcripts``), and
+    ``base_model.json``: the fingerprint of ``parent`` (lens refuses an adapter on another base).
     Paths are written relative to ``final_dir`` (where the dir will live), so a run dir can move."""
     rel = lambda p: os.path.relpath(Path(p).resolve(), Path(final_dir).resolve())
     extra = {k: rel(v) if isinstance(v, Path) else v for k, v in extra.items()}
+    if (Path(parent) / "config.json").is_file():  # lens refuses this model's adapters on another base
+        write_base_record(out_dir, parent)
     return atomic_write_json(Path(out_dir) / "provenance.json", {
         "kind": kind, "experiment": experiment, "parent": rel(parent), "transcripts": [rel(p) for p in transcripts],
         "preset": preset, **extra})
