@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from lens.debate_format import Transcript, training_text, turn_spans
 from lens.errors import LensInputError
 from lens.io import atomic_save_tensors, atomic_write_json
-from lens.sites import DEFAULT_SITE, check_layer, check_site, hook_name, resolve_layers, site_hook
+from lens.sites import DEFAULT_SITE, check_site, hook_name, resolve_layers, site_hook
 
 Position = Union[str, int]
 POSITION_ALIASES = {"end": "end", "turn_end": "end", "last": "end", "mean": "mean", "turn_mean": "mean"}

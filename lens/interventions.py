@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from lens.activations import resolve_prepend_bos
 from lens.errors import LensInputError
 from lens.sites import DEFAULT_SITE, check_site, resolve_layers, site_hook
 from lens.subspace import AgentSubspace
@@ -499,8 +500,6 @@ def projections(model, subspace: AgentSubspace | Tensor, texts: Sequence[str], *
         >>> lens.projections(model, sub, ["some clean text"])[sub.layer].shape  # doctest: +SKIP
         torch.Size([3, 1])
     """
-    from lens.activations import resolve_prepend_bos
-
     if isinstance(texts, str) or not texts:
         raise LensInputError("texts must be a non-empty list of texts")
     probe = Ablate(subspace, layers=layers, site=site)

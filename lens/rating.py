@@ -140,8 +140,8 @@ def rate_suppression(model, subspace: AgentSubspace | Add, *, alphas: Sequence[f
         A `SuppressionReport`.
 
     Example:
-        >>> report = lens.rate_suppression(model, sub, alphas=[-4, -2], prompts=["Problem: 2+2\n\n"],
-        ...                                trait=lambda q, r: 100.0 * ("evil" in r), max_new_tokens=16)  # doctest: +SKIP
+        >>> report = lens.rate_suppression(model, sub, alphas=[-4, -2], prompts=["Problem: 2+2\\n\\n"],
+        ...     trait=lambda q, r: 100.0 * ("evil" in r), max_new_tokens=16)  # doctest: +SKIP
         >>> report.best_alpha  # doctest: +SKIP
         -4.0
     """
@@ -183,7 +183,8 @@ def rate_suppression(model, subspace: AgentSubspace | Add, *, alphas: Sequence[f
         if capability is None:
             cap.append(float("nan"))
             continue
-        with intervene(model, [dataclasses.replace(add, strength=torch.as_tensor(add.strength, dtype=torch.float64) * a)]):
+        scaled = dataclasses.replace(add, strength=torch.as_tensor(add.strength, dtype=torch.float64) * a)
+        with intervene(model, [scaled]):
             cap.append(float(capability(model)))
     i0 = grid.index(0.0)
     trait_mean = [m for m, _ in trait_stats]

@@ -278,7 +278,7 @@ def contrastive_direction(source, pos_texts: Sequence[str] | None = None, neg_te
         An `AgentSubspace` with method ``"contrastive_<method>"``.
 
     Example:
-        >>> d = lens.contrastive_direction(model, ["You are cruel. Hi"], ["You are kind. Hi"], layers=-1)  # doctest: +SKIP
+        >>> d = lens.contrastive_direction(model, ["Be cruel. Hi"], ["Be kind. Hi"], layers=-1)  # doctest: +SKIP
         >>> d.method  # doctest: +SKIP
         'contrastive_diff_means'
     """

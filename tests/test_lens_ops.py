@@ -109,7 +109,8 @@ def test_negative_layers_mean_counting_from_the_end(model, transcripts, acts, to
         with pytest.raises(lens.LensInputError) as e:
             with lens.steer(model, last, 1.0, layers=bad):
                 pass
-        assert _message(e) == f"layer {bad} is out of range: this model has 3 layers, 0..2 (or -3..-1 counting from the last)"
+        assert _message(e) == (f"layer {bad} is out of range: this model has 3 layers, 0..2 (or -3..-1 counting "
+                               f"from the last)")
 
 
 # --- collect once, fit many ---------------------------------------------------------------------------------------
@@ -206,9 +207,9 @@ def test_plain_forward_under_steer_steers_every_position(model, tokens):
 def test_k2_basis_takes_a_strength_per_direction(model, tokens):
     b = _unit(2, 2)
     both = tokens.repeat(2, 1)
-    manual = model.run_with_hooks(both, fwd_hooks=[("blocks.1.hook_resid_post",
-                                                    lambda r, hook: r + (torch.tensor([[3.0, -1.0], [0.5, 2.0]]) @ b)[:, None])])
-    with lens.steer(model, b, torch.tensor([[3.0, -1.0], [0.5, 2.0]]), layers=1):
+    s = torch.tensor([[3.0, -1.0], [0.5, 2.0]])
+    manual = model.run_with_hooks(both, fwd_hooks=[("blocks.1.hook_resid_post", lambda r, hook: r + (s @ b)[:, None])])
+    with lens.steer(model, b, s, layers=1):
         per_row = model(both)
     with lens.steer(model, b, [3.0, -1.0], layers=1):
         per_direction = model(tokens)
@@ -389,3 +390,15 @@ def test_reader_errors_name_file_and_line(tmp_path, transcripts):
             call()
         assert _message(e) == message
         assert isinstance(e.value, lens.LensInputError)
+
+
+def test_bridge_reads_every_site_and_steers_like_hooked(tiny_model_dirs, model):
+    bridge = lens.load_model(tiny_model_dirs["llama"], backend="bridge")
+    texts = ["Problem: 3+4*5\n\nstep done", "Problem: 1+2\n\nCRITIQUE it ok"]
+    for site in lens.SITES:  # keyed on the hook point: the bridge reports its own names (blocks.L.hook_out, ...)
+        a = lens.collect_activations(model, texts, site=site).acts
+        assert torch.allclose(a, lens.collect_activations(bridge, texts, site=site).acts, atol=1e-4), site
+    add = lens.Add(_unit(1, 14), 1.0, layers=1)
+    runs = [lens.generate(m, ["Problem: 3+4*5\n\n"], interventions=add, alphas=[0.0, 6.0], max_new_tokens=6,
+                          stop=[]).tokens for m in (model, bridge)]
+    assert runs[0] == runs[1] and runs[0][0] != runs[0][1]
