@@ -402,3 +402,14 @@ def test_bridge_reads_every_site_and_steers_like_hooked(tiny_model_dirs, model):
     runs = [lens.generate(m, ["Problem: 3+4*5\n\n"], interventions=add, alphas=[0.0, 6.0], max_new_tokens=6,
                           stop=[]).tokens for m in (model, bridge)]
     assert runs[0] == runs[1] and runs[0][0] != runs[0][1]
+
+
+@pytest.mark.parametrize("name", ["sites", "interventions", "fitting", "generation", "subspace", "activations",
+                                  "probes", "rating", "debate_format"])
+def test_docstring_examples_that_need_no_model_run(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"lens.{name}"), extraglobs={"lens": lens},
+                             optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
