@@ -102,7 +102,7 @@ def generate(model, prompts: Sequence[str], *, interventions=None, alphas: Seque
         temperature: 0 for greedy, else sampling temperature.
         top_p: Nucleus sampling (with temperature > 0).
         top_k: Top-k sampling (with temperature > 0).
-        seed: ``torch.manual_seed`` before each chunk.
+        seed: ``torch.manual_seed(seed)`` once before the first chunk.
         batch_size: Rows per generate call.
         prepend_bos: Whether to prepend BOS; ``None`` uses the model's default.
         skip_special_tokens: Drop special tokens when decoding.
@@ -143,6 +143,7 @@ def generate(model, prompts: Sequence[str], *, interventions=None, alphas: Seque
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     order = sorted(range(len(rows)), key=lambda r: len(prompt_ids[rows[r][2]]))  # similar lengths share a chunk
     response: dict[int, tuple[list[int], bool]] = {}
+    torch.manual_seed(seed)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         ids = [prompt_ids[rows[r][2]] for r in chunk]
@@ -153,7 +154,6 @@ def generate(model, prompts: Sequence[str], *, interventions=None, alphas: Seque
                                  f"{model.cfg.n_ctx}; use shorter prompts")
         tokens = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=model.cfg.device)
         items = _chunk_interventions(arms, [rows[r] for r in chunk])
-        torch.manual_seed(seed)
         with _applied(model, items, prompt_len=width):
             out = model.generate(tokens, max_new_tokens=min(max_new_tokens, room), stop_at_eos=bool(stops),
                                  eos_token_id=stops or None, do_sample=temperature > 0,

@@ -413,3 +413,10 @@ def test_docstring_examples_that_need_no_model_run(name):
     result = doctest.testmod(importlib.import_module(f"lens.{name}"), extraglobs={"lens": lens},
                              optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
+
+
+def test_sampled_generation_is_reproducible_by_seed(model):
+    kw = dict(interventions=lens.Add(_unit(1, 15), 1.0, layers=1), alphas=[0.0, 3.0], max_new_tokens=8,
+              temperature=1.0, stop=[], batch_size=3)
+    a, b = (lens.generate(model, ["Problem: 1+2\n\n", "7"], seed=5, **kw) for _ in range(2))
+    assert a.tokens == b.tokens and a.tokens != lens.generate(model, ["Problem: 1+2\n\n", "7"], seed=6, **kw).tokens
