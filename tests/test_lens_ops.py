@@ -420,3 +420,18 @@ def test_sampled_generation_is_reproducible_by_seed(model):
               temperature=1.0, stop=[], batch_size=3)
     a, b = (lens.generate(model, ["Problem: 1+2\n\n", "7"], seed=5, **kw) for _ in range(2))
     assert a.tokens == b.tokens and a.tokens != lens.generate(model, ["Problem: 1+2\n\n", "7"], seed=6, **kw).tokens
+
+
+def test_readme_lens_operations_block_runs(tiny_model_dirs, monkeypatch, capsys):
+    import re
+    from pathlib import Path
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    section = readme.read_text().split("## lens operations: your own spans, one collection, interventions as data")[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.setenv("MODEL_DIR", tiny_model_dirs["llama"])
+    scope: dict = {}
+    exec(compile(code, str(readme), "exec"), scope)
+    assert scope["bob"].agent == "bob" and scope["bob"].layer in (0, 2) and len(scope["probe"].accuracy) == 2
+    assert scope["cruel"].method == "contrastive_diff_means" and len(scope["out"].texts) == 6
+    assert capsys.readouterr().out.splitlines()[-1] == repr(scope["out"].select(arm="bob", alpha=4.0))
