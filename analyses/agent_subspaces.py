@@ -16,10 +16,11 @@ import plotly.graph_objects as go
 
 import lens
 from analyses import figures as study_figures
-from analyses.generation import fits_context, generate, native_prompt
+from analyses.generation import fits_context, native_prompt, stop_ids
 from analyses.metrics import ROUGE_METRICS, auc, json_safe, mean_rouge, pct_change
 from lens.debate_format import Transcript, extract_boxed, training_text, turn_spans
-from lens.activations import middle_layer, resolve_transcripts
+from lens.activations import resolve_transcripts
+from lens.sites import middle_layer
 from lens.io import atomic_write_json
 from lens.probes import PCAProjection, ProbeResult
 from analyses.results import RESULTS
@@ -92,10 +93,9 @@ def rouge_sweep(model, sub, prompts: list[str], refs: list[str], cfg: SubspaceCo
     prompts, refs = [p for p, k in zip(prompts, keep) if k], [r for r, k in zip(refs, keep) if k]
     if not prompts:
         raise ValueError(f"every held-out context is longer than the model's context of {model.cfg.n_ctx} tokens")
-    rows = [(a, p, r) for a in cfg.alphas for p, r in zip(prompts, refs)]
-    outs = generate(model, [p for _, p, _ in rows], subspace=sub, alphas=[a for a, _, _ in rows],
-                    max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                    seed=cfg.seed, at_tags=True)
+    outs = lens.generate(model, prompts, interventions=sub, alphas=cfg.alphas, max_new_tokens=cfg.max_new_tokens,
+                         temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
+                         stop=stop_ids(model, at_tags=True)).texts
     curves: dict[str, list[float]] = {m: [] for m in ROUGE_METRICS}
     n = len(prompts)
     for i in range(len(cfg.alphas)):
@@ -108,11 +108,11 @@ def rouge_sweep(model, sub, prompts: list[str], refs: list[str], cfg: SubspaceCo
 def capability_sweep(model, kind: str, sub, cfg: SubspaceConfig, problems) -> list[float]:
     """Arithmetic accuracy per α in ``cfg.capability_alphas`` under steering with ``sub`` (native prompts)."""
     prompts = [native_prompt(kind, p.question, model.tokenizer) for p in problems]
-    rows = [(a, k) for a in cfg.capability_alphas for k in range(len(problems))]
-    outs = generate(model, [prompts[k] for _, k in rows], subspace=sub, alphas=[a for a, _ in rows],
-                    max_new_tokens=cfg.capability_max_new_tokens, temperature=0.0, seed=cfg.seed)
+    out = lens.generate(model, prompts, interventions=sub, alphas=cfg.capability_alphas,
+                        max_new_tokens=cfg.capability_max_new_tokens, seed=cfg.seed,
+                        stop=stop_ids(model, at_tags=False))
     n = len(problems)
-    correct = [extract_boxed(o) == problems[k].answer for o, (_, k) in zip(outs, rows)]
+    correct = [extract_boxed(o) == problems[k].answer for o, k in zip(out.texts, out.prompt)]
     return [sum(correct[i * n:(i + 1) * n]) / n for i in range(len(cfg.capability_alphas))]
 
 
@@ -126,14 +126,15 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     agents = sorted({turn.agent for t in heldout for turn in t.turns})
     personas = {str(a): heldout[0].persona_of(a) for a in agents}
     train, _ = resolve_transcripts(sft, None)
-    subs = {a: lens.find_agent_subspace(sft, a, transcripts=train[:cfg.n_train_transcripts], layers=[layer])
-            for a in agents}
+    train_acts = lens.turn_activations(sft, train[:cfg.n_train_transcripts], layers=[layer])  # once for all agents
+    subs = {a: lens.fit_agent_subspace(train_acts, a) for a in agents}
     if not cfg.normalize:
         subs = {a: sub.raw() for a, sub in subs.items()}
     for a, sub in subs.items():
         sub.save(out_dir / "vectors" / f"agent{a}")
-    probes = {"sft": lens.probe_layers(sft, heldout).to_dict()}
-    pca = _pca_dict(lens.pca_projection(sft, heldout, layer=layer, center="slot"))
+    heldout_acts = lens.turn_activations(sft, heldout)  # once for the probes and the PCA
+    probes = {"sft": lens.probe_layers(heldout_acts).to_dict()}
+    pca = _pca_dict(lens.pca_projection(heldout_acts, layer=layer, center="slot"))
     del sft
     problems = arithmetic_split(preset.section("task", TaskConfig), "test", preset.seed)[:cfg.n_capability]
     rouge: dict = {}

@@ -20,10 +20,11 @@ import plotly.graph_objects as go
 import lens
 from analyses import figures as study_figures
 from analyses.agent_subspaces import alpha_unit
-from analyses.generation import generate, native_prompt, stop_ids
+from analyses.generation import native_prompt, stop_ids
 from analyses.metrics import json_safe
 from lens.debate_format import extract_boxed
-from lens.activations import middle_layer, resolve_transcripts
+from lens.activations import resolve_transcripts
+from lens.sites import middle_layer
 from lens.io import atomic_write_json
 from lens.rating import SuppressionReport
 from lens.subspace import chat_prompts
@@ -83,8 +84,8 @@ def base_vector(model, questions: list[str], trait: str, layer: int):
 def arithmetic_accuracy(kind: str, problems, max_new_tokens: int, seed: int):
     """``capability(model)``: greedy accuracy on ``problems`` in the model's native prompt (steering applies)."""
     def capability(model) -> float:
-        outs = generate(model, [native_prompt(kind, p.question, model.tokenizer) for p in problems],
-                        max_new_tokens=max_new_tokens, seed=seed)
+        outs = lens.generate(model, [native_prompt(kind, p.question, model.tokenizer) for p in problems],
+                             max_new_tokens=max_new_tokens, seed=seed, stop=stop_ids(model, at_tags=False)).texts
         return sum(extract_boxed(o) == p.answer for o, p in zip(outs, problems)) / len(problems)
     return capability
 

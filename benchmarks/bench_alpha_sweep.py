@@ -1,5 +1,5 @@
-"""A steering α sweep as ONE batched generate (one α per row, lens.steer with a tensor α) vs a loop of one
-generate per α; prints the speed-up and checks both give the same greedy tokens.
+"""A steering α sweep as ONE batched `lens.generate` (the whole grid, one α per row) vs a loop of one
+`lens.generate` per α; prints the speed-up and checks both give the same greedy tokens.
 
 usage: .venv/bin/python benchmarks/bench_alpha_sweep.py
 """
@@ -19,24 +19,20 @@ def main() -> None:
     direction = torch.randn(1, model.cfg.d_model)
     sub = lens.AgentSubspace(basis=direction / direction.norm(), layer=3, hook_name=lens.hook_name(3),
                              position="end", method="random")
-    alphas = torch.linspace(-5, 5, 11)
-    prompts = model.to_tokens("Problem: 12+3*4\n\nThe agent says", prepend_bos=True).repeat(4, 1)
-    gen = dict(max_new_tokens=32, do_sample=False, verbose=False, stop_at_eos=False)
+    alphas = torch.linspace(-5, 5, 11).tolist()
+    prompts = ["Problem: 12+3*4\n\nThe agent says", "Problem: 7+1*2\n\nThe agent", "Problem: 29+9*2\n\n",
+               "Problem: 3+3*3\n\nThe agent says step"]
+    gen = dict(max_new_tokens=32, stop=[], interventions=sub)  # no stop token: every row runs all 32 tokens
     out = {}
 
     def batched():
-        with lens.steer(model, sub, alphas.repeat_interleave(len(prompts))):
-            out["batched"] = model.generate(prompts.repeat(len(alphas), 1), **gen)
+        out["batched"] = lens.generate(model, prompts, alphas=alphas, batch_size=len(alphas) * len(prompts), **gen)
 
     def looped():
-        rows = []
-        for a in alphas:
-            with lens.steer(model, sub, float(a)):
-                rows.append(model.generate(prompts, **gen))
-        out["looped"] = torch.cat(rows)
+        out["looped"] = [lens.generate(model, prompts, alphas=[a], **gen) for a in alphas]
 
     t_batched, t_looped = best_of(batched, 2), best_of(looped, 2)
-    same = torch.equal(out["batched"], out["looped"])
+    same = out["batched"].tokens == [t for g in out["looped"] for t in g.tokens]
     print(f"{len(alphas)} alphas x {len(prompts)} prompts x {gen['max_new_tokens']} new tokens: "
           f"batched {t_batched:.2f} s, loop {t_looped:.2f} s, speed-up loop/batched = {t_looped / t_batched:.2f}x; "
           f"identical tokens: {same}")

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from lens.errors import LensInputError
 from lens.io import atomic_write_text
 
 ROUND_TAGS = ("<|Round 1 - Initial Solutions|>", "<|Round 2 - Revision|>")
@@ -33,7 +34,7 @@ _TAG_RE = re.compile("|".join(re.escape(t) for t in DEBATE_TAGS))
 _BOXED_RE = re.compile(r"\\boxed\{")
 
 
-class DebateFormatError(ValueError):
+class DebateFormatError(LensInputError):
     """A transcript that breaks the debate format; the message names the trace and the problem."""
 
 
@@ -280,17 +281,52 @@ def parse_trace(trace: str, *, question: str, gold: str | None = None, personas:
                       personas=tuple(personas) if personas is not None else None, id=id)
 
 
+def _read_text(path: Path, expected: str) -> str:
+    """The file's text, or one sentence naming the file and the problem (missing, empty, not UTF-8 at line N)."""
+    if not path.is_file():
+        raise DebateFormatError(f"{path}: no such file; expected {expected}")
+    data = path.read_bytes()
+    if not data.strip():
+        raise DebateFormatError(f"{path}: the file is empty; expected {expected}")
+    for i, line in enumerate(data.split(b"\n")):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DebateFormatError(f"{path} line {i + 1}: not valid UTF-8 (byte 0x{line[e.start]:02x} at column "
+                                    f"{e.start + 1}); save the file as UTF-8") from None
+    return data.decode("utf-8")
+
+
 def read_paper_json(path: str | Path) -> list[Transcript]:
-    """Read the paper's debate file (a list of ``{question, debate_trace, gold_answer}``)."""
+    """Read the paper's debate file (a JSON list of ``{question, debate_trace, gold_answer}``).
+
+    Args:
+        path: The JSON file.
+
+    Returns:
+        One `Transcript` per record, with id ``"<file name>#<index>"``.
+
+    Raises:
+        DebateFormatError: a missing, empty, non-UTF-8 or malformed file, or a record that is not a debate, named
+            by file and line or record.
+
+    Example:
+        >>> read_paper_json("llama_debates.json")[0].agents  # doctest: +SKIP
+        (1, 2, 3)
+    """
     path = Path(path)
+    text = _read_text(path, "a JSON list of debate records")
     try:
-        records = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DebateFormatError(f"{path}: not a readable JSON file ({e})") from None
+        records = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DebateFormatError(f"{path} line {e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
     if not isinstance(records, list):
         raise DebateFormatError(f"{path}: expected a JSON list of debate records, got {type(records).__name__}")
     out = []
     for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise DebateFormatError(f"{path} record {i}: expected an object with question and debate_trace, got "
+                                    f"{type(rec).__name__}")
         missing = {"question", "debate_trace"} - set(rec)
         if missing:
             raise DebateFormatError(f"{path} record {i}: missing field(s) {sorted(missing)}")
@@ -306,16 +342,36 @@ def write_jsonl(transcripts: Iterable[Transcript], path: str | Path) -> Path:
 
 
 def read_jsonl(path: str | Path) -> list[Transcript]:
-    """Read transcripts written by `write_jsonl`."""
-    path = Path(path)
-    if not path.exists():
-        raise DebateFormatError(f"{path}: no such transcript file")
-    out = []
-    for i, line in enumerate(path.read_text().splitlines()):
-        if line.strip():
-            try:
-                out.append(Transcript.from_dict(json.loads(line)))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DebateFormatError(f"{path} line {i + 1}: not a transcript record ({e})") from None
-    return out
+    """Read transcripts written by `write_jsonl` (one JSON object per line; blank lines are skipped).
 
+    Args:
+        path: The JSONL file.
+
+    Returns:
+        The transcripts, in file order.
+
+    Raises:
+        DebateFormatError: a missing, empty, non-UTF-8 file, or a line that is not a transcript record, named by
+            file and line.
+
+    Example:
+        >>> [t.id for t in read_jsonl("debates.jsonl")][:2]  # doctest: +SKIP
+        ['q0', 'q1']
+    """
+    path = Path(path)
+    text = _read_text(path, "one JSON transcript record per line")
+    out = []
+    for i, line in enumerate(text.splitlines()):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DebateFormatError(f"{path} line {i + 1}: not valid JSON ({e.msg}, column {e.colno})") from None
+        try:
+            out.append(Transcript.from_dict(record))
+        except DebateFormatError as e:
+            raise DebateFormatError(f"{path} line {i + 1}: {e}") from None
+        except (KeyError, TypeError, AttributeError) as e:
+            raise DebateFormatError(f"{path} line {i + 1}: not a transcript record ({type(e).__name__}: {e})") from None
+    return out

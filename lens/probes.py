@@ -10,12 +10,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lens.activations import (Position, hook_name, middle_layer, resolve_layers, resolve_transcripts,
-                              turn_activations)
+from lens.activations import ActivationSet, Position, turn_activations
 from lens.errors import LensInputError
-from lens.subspace import group_folds, small_fits
-
-LABEL_KEYS = ("agent", "persona", "round")
+from lens.fitting import as_groups, group_folds, small_fits
+from lens.sites import DEFAULT_SITE, middle_layer
 
 
 @dataclass
@@ -32,6 +30,7 @@ class ProbeResult:
     n: int
     n_folds: int
     hook_names: list[str] = field(default_factory=list)
+    site: str = DEFAULT_SITE
 
     @property
     def best_layer(self) -> int:
@@ -41,33 +40,68 @@ class ProbeResult:
         return asdict(self)
 
 
-def _labels(acts, label: str) -> np.ndarray:
-    if label not in LABEL_KEYS:
-        raise LensInputError(f"label {label!r} is unknown; valid: {', '.join(LABEL_KEYS)}")
+def _labels(acts: ActivationSet, label: str) -> np.ndarray:
+    present = sorted({k for lab in acts.labels for k in lab})
+    if label not in present:
+        raise LensInputError(f"label {label!r} is unknown; labels these readings have: {', '.join(present)}")
     y = acts.column(label)
     if any(v is None for v in y):
-        raise LensInputError(f"some turns have no {label}; these transcripts do not record personas")
+        raise LensInputError(f"some readings have no {label!r} label (transcripts without personas, or spans you "
+                             f"did not label); label every reading or probe another label")
     return np.array([str(v) for v in y])
 
 
-def probe_layers(model, transcripts=None, *, layers: int | Sequence[int] | None = None,
-                 position: Position = "turn_end", cv: int = 5, label: str = "agent", batch_size: int = 8,
-                 prepend_bos: bool | None = None, progress: bool = False) -> ProbeResult:
-    """Cross-validated (folds by question, so no question is in train and test) multinomial logistic-regression
-    accuracy for agent identity at each layer."""
+def _activations(source, transcripts, *, layers, position, site, batch_size, prepend_bos, progress
+                 ) -> tuple[ActivationSet, list[int]]:
+    """An ActivationSet given (nothing runs) or collected from the model; and the layers asked for."""
+    if isinstance(source, ActivationSet):
+        if transcripts is not None or position != "turn_end" or site != DEFAULT_SITE:
+            raise LensInputError("an ActivationSet was already collected: pass either it or transcripts/position/"
+                                 "site, not both")
+        return source, source.select_layers(layers)
+    acts = turn_activations(source, transcripts, layers=layers, position=position, site=site,
+                            batch_size=batch_size, prepend_bos=prepend_bos, progress=progress)
+    return acts, acts.layers
+
+
+def probe_layers(source, transcripts=None, *, layers: int | Sequence[int] | None = None,
+                 position: Position = "turn_end", site: str = DEFAULT_SITE, cv: int = 5, label: str = "agent",
+                 batch_size: int = 8, prepend_bos: bool | None = None, progress: bool = False) -> ProbeResult:
+    """Cross-validated multinomial logistic-regression accuracy for a label (agent identity by default) at each
+    layer; folds by transcript, so no question is in both train and test.
+
+    Args:
+        source: A TransformerLens model (turn activations of ``transcripts`` are collected), or an
+            `ActivationSet` collected before (nothing runs).
+        transcripts: `Transcript` objects, JSONL path(s), or ``None`` for the model's training debates.
+        layers: Layers to probe (negatives count from the end); ``None``: all (all collected, for a set).
+        position: Where in each turn to read (model form only).
+        site: Where to read (model form only; see `lens.sites`).
+        cv: Folds.
+        label: The label to predict: ``"agent"``, ``"persona"``, ``"round"`` or any key of your labels.
+        batch_size: Debates per forward pass.
+        prepend_bos: Whether to prepend BOS; ``None`` uses the model's default.
+        progress: Show a progress bar.
+
+    Returns:
+        A `ProbeResult` with mean and SE of accuracy per layer and the chance level.
+
+    Example:
+        >>> acts = lens.turn_activations(model, heldout)  # doctest: +SKIP
+        >>> lens.probe_layers(acts, cv=4).best_layer  # doctest: +SKIP
+        1
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    transcripts, _ = resolve_transcripts(model, transcripts)
-    layers = resolve_layers(model, layers)
-    acts = turn_activations(model, transcripts, layers=layers, position=position, batch_size=batch_size,
-                            prepend_bos=prepend_bos, progress=progress)
+    acts, layers = _activations(source, transcripts, layers=layers, position=position, site=site,
+                                batch_size=batch_size, prepend_bos=prepend_bos, progress=progress)
     y = _labels(acts, label)
     classes = sorted(set(y))
     if len(classes) < 2:
         raise LensInputError(f"only one {label} ({classes[0]}) in these transcripts; a probe needs at least two")
-    folds = group_folds(torch.tensor(acts.column("transcript")), cv)
+    folds = group_folds(as_groups(acts.column("transcript")), cv)
     if not folds:
         raise LensInputError("cross-validation needs transcripts of at least two questions")
     means, ses = [], []
@@ -83,7 +117,7 @@ def probe_layers(model, transcripts=None, *, layers: int | Sequence[int] | None 
     chance = max(np.mean(y == c) for c in classes)
     return ProbeResult(layers=layers, accuracy=means, accuracy_se=ses, chance=float(chance), label=label,
                        classes=[str(c) for c in classes], position=acts.position, n=len(y), n_folds=len(folds),
-                       hook_names=[hook_name(l) for l in layers])
+                       hook_names=[acts.hook_names[acts.layers.index(l)] for l in layers], site=acts.site)
 
 
 @dataclass
@@ -97,25 +131,51 @@ class PCAProjection:
     hook_name: str
     position: Position
     center: str
+    site: str = DEFAULT_SITE
 
     def column(self, key: str) -> list:
         return [lab.get(key) for lab in self.labels]
 
 
-def pca_projection(model, transcripts=None, *, layer: int | None = None, position: Position = "turn_end",
-                   n_components: int = 2, center: str = "global", batch_size: int = 8,
+def pca_projection(source, transcripts=None, *, layer: int | None = None, position: Position = "turn_end",
+                   site: str = DEFAULT_SITE, n_components: int = 2, center: str = "global", batch_size: int = 8,
                    prepend_bos: bool | None = None) -> PCAProjection:
-    """PCA of turn activations at ``layer`` (default: the middle layer). ``center="slot"`` subtracts each
-    (question, round) mean first, so content that all agents share drops out and agent differences remain."""
+    """PCA of turn activations at one layer. ``center="slot"`` subtracts each (transcript, round) mean first, so
+    content that all agents share drops out and agent differences remain.
+
+    Args:
+        source: A TransformerLens model (turn activations of ``transcripts`` are collected), or an
+            `ActivationSet` collected before (nothing runs).
+        transcripts: `Transcript` objects, JSONL path(s), or ``None`` for the model's training debates.
+        layer: The layer (negatives count from the end); ``None``: the middle layer (of those collected, for a
+            set that lacks it).
+        position: Where in each turn to read (model form only).
+        site: Where to read (model form only).
+        n_components: Number of principal components.
+        center: ``"global"`` or ``"slot"``.
+        batch_size: Debates per forward pass.
+        prepend_bos: Whether to prepend BOS; ``None`` uses the model's default.
+
+    Returns:
+        A `PCAProjection` with coordinates and labels of every reading.
+
+    Example:
+        >>> p = lens.pca_projection(model, heldout, layer=1, center="slot")  # doctest: +SKIP
+        >>> lens.plots.pca_scatter(p)  # doctest: +SKIP
+    """
     if center not in ("global", "slot"):
         raise LensInputError(f"center {center!r} is unknown; valid: 'global', 'slot'")
-    transcripts, _ = resolve_transcripts(model, transcripts)
-    layer = resolve_layers(model, middle_layer(model) if layer is None else layer)[0]
-    acts = turn_activations(model, transcripts, layers=[layer], position=position, batch_size=batch_size,
-                            prepend_bos=prepend_bos)
+    if isinstance(source, ActivationSet):
+        middle = (source.n_layers or 0) // 2
+        layer = layer if layer is not None else (middle if middle in source.layers else
+                                                 source.layers[len(source.layers) // 2])
+    else:
+        layer = middle_layer(source) if layer is None else layer
+    acts, (layer,) = _activations(source, transcripts, layers=[layer], position=position, site=site,
+                                  batch_size=batch_size, prepend_bos=prepend_bos, progress=False)
     x = acts.at(layer).double()
     if center == "slot":
-        keys = [(lab["transcript"], lab["round"]) for lab in acts.labels]
+        keys = [(lab["transcript"], lab.get("round")) for lab in acts.labels]
         for key in set(keys):
             idx = torch.tensor([i for i, k in enumerate(keys) if k == key])
             x[idx] -= x[idx].mean(0)
@@ -126,4 +186,5 @@ def pca_projection(model, transcripts=None, *, layer: int | None = None, positio
     var = s**2
     return PCAProjection(coords=(x @ vh[:n_components].T).float(), labels=acts.labels,
                          explained_variance_ratio=(var[:n_components] / var.sum().clamp_min(1e-30)).tolist(),
-                         layer=layer, hook_name=hook_name(layer), position=acts.position, center=center)
+                         layer=layer, hook_name=acts.hook_names[acts.layers.index(layer)], position=acts.position,
+                         center=center, site=acts.site)

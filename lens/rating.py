@@ -1,11 +1,13 @@
 """Rate a steering vector as a trait suppressor: trait score, capability and coherence across an α grid.
 
-All α values run in one batched generate (one α per row) where ``batch_size`` allows; capability runs the caller's
-task inside `steer` for each α; coherence is the perplexity of each response under a reference model.
+All α values run in one batched `lens.generate` (one α per row) where ``batch_size`` allows; capability runs the
+caller's task under the intervention for each α; coherence is the perplexity of each response under a reference
+model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
@@ -15,9 +17,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lens.activations import hook_name, resolve_prepend_bos
+from lens.activations import resolve_prepend_bos
 from lens.errors import LensInputError
-from lens.interventions import steer
+from lens.generation import generate
+from lens.interventions import Add, intervene
 from lens.subspace import AgentSubspace
 
 
@@ -73,36 +76,6 @@ def _score_trait(trait, questions: Sequence[str], responses: Sequence[str]) -> l
     return [float("nan") if s is None else float(s) for s in scores]
 
 
-def _generate_rows(model, prompts, alpha_rows, subspace, *, layer, positions, max_new_tokens, batch_size,
-                   prepend_bos, generate_kwargs, seed) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, response ids) per row, steering row ``i`` with ``alpha_rows[i]``, ``batch_size`` rows a call."""
-    tok = model.tokenizer
-    bos = [tok.bos_token_id] if prepend_bos else []
-    prompt_ids = [bos + tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    stops = generate_kwargs.get("eos_token_id", tok.eos_token_id)
-    stops = {stops} if isinstance(stops, int) else set(stops or ())
-    out = []
-    for start in range(0, len(alpha_rows), batch_size):
-        rows = list(range(start, min(start + batch_size, len(alpha_rows))))
-        ids = [prompt_ids[r % len(prompts)] for r in rows]
-        width = max(map(len, ids))
-        tokens = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=model.cfg.device)
-        torch.manual_seed(seed)
-        with steer(model, subspace, alpha_rows[rows], layer=layer, positions=positions, prompt_len=width):
-            gen = _left_padded_generate(model, tokens, max_new_tokens, generate_kwargs)
-        for r, row in zip(rows, gen[:, width:].tolist()):
-            row = row[:next((k for k, t in enumerate(row) if t in stops), len(row))]
-            out.append((prompt_ids[r % len(prompts)], row))
-    return out
-
-
-def _left_padded_generate(model, tokens, max_new_tokens, generate_kwargs):
-    """`model.generate` on left-padded token rows (TL masks the leading pads when told the padding side)."""
-    return model.generate(tokens, max_new_tokens=max_new_tokens, verbose=False, return_type="tokens",
-                          prepend_bos=False, padding_side="left", **generate_kwargs)
-
-
 def response_perplexities(reference, pairs: Sequence[tuple[str, str]], *, batch_size: int = 16,
                           prepend_bos: bool | None = None) -> list[float]:
     """Perplexity of each response given its prompt under ``reference`` (prompt tokens masked out)."""
@@ -134,35 +107,73 @@ def _perplexities(reference, rows: Sequence[tuple[list[int], list[int]]], batch_
     return out
 
 
-def rate_suppression(model, subspace: AgentSubspace, *, alphas: Sequence[float], prompts: Sequence[str], trait,
-                     capability: Callable[[Any], float] | None = None, reference=None,
+def rate_suppression(model, subspace: AgentSubspace | Add, *, alphas: Sequence[float], prompts: Sequence[str],
+                     trait, capability: Callable[[Any], float] | None = None, reference=None,
                      capacity_budget: float = 0.05, max_new_tokens: int = 64, batch_size: int | None = None,
-                     questions: Sequence[str] | None = None, layer: int | None = None, positions: str = "generated",
-                     prepend_bos: bool | None = None, seed: int = 0, do_sample: bool = False,
-                     **generate_kwargs) -> SuppressionReport:
-    """Steer with each α (all α in one batched generate when ``batch_size`` allows), score the trait with a judge,
-    capability with ``capability(model)`` run inside `steer`, coherence as perplexity under ``reference`` (default:
-    the unsteered model); best α = lowest trait whose capability drop vs α=0 is within ``capacity_budget``."""
+                     questions: Sequence[str] | None = None, layers: int | Sequence[int] | None = None,
+                     positions: str = "generated", prepend_bos: bool | None = None, seed: int = 0,
+                     do_sample: bool = False, **generate_kwargs) -> SuppressionReport:
+    """Rate a steering vector as a trait suppressor over an α grid: trait, capability and coherence per α.
+
+    All α run in one batched `lens.generate` when ``batch_size`` allows. The best α is the one with the lowest
+    trait whose capability drop vs α=0 is within ``capacity_budget``.
+
+    Args:
+        model: A TransformerLens model.
+        subspace: The vector (an `AgentSubspace`, added at its layer and site), or an `Add` whose strength α
+            multiplies.
+        alphas: The α grid (0 is added); NaN/inf raise.
+        prompts: Prompts to generate from (as read, no template applied).
+        trait: A judge with ``score_many(questions, responses)`` or a callable ``(question, response) -> 0..100``.
+        capability: ``capability(model) -> 0..1``, run under the intervention at each α (``None``: not measured).
+        reference: Model scoring perplexity of the responses (default: this model, unsteered).
+        capacity_budget: Allowed capability drop (0..1) for the best α.
+        max_new_tokens: Tokens per response.
+        batch_size: Rows per generate call (default: the whole grid at once).
+        questions: What the judge sees as the question per prompt (default: the prompts).
+        layers: Where to write (default: the vector's layer).
+        positions: Which positions to steer (default: generated tokens only).
+        prepend_bos: Whether to prepend BOS; ``None`` uses the model's default.
+        seed: Sampling seed.
+        do_sample: Sample (with ``temperature``/``top_p`` in ``generate_kwargs``) instead of greedy.
+        **generate_kwargs: ``eos_token_id`` (stop ids), ``temperature``, ``top_p``, ``top_k``.
+
+    Returns:
+        A `SuppressionReport`.
+
+    Example:
+        >>> report = lens.rate_suppression(model, sub, alphas=[-4, -2], prompts=["Problem: 2+2\\n\\n"],
+        ...     trait=lambda q, r: 100.0 * ("evil" in r), max_new_tokens=16)  # doctest: +SKIP
+        >>> report.best_alpha  # doctest: +SKIP
+        -4.0
+    """
     alphas = [float(a) for a in alphas]
     if not alphas:
         raise LensInputError("the α grid is empty; pass alphas=[...] with at least one value (α=0 is added)")
-    if not prompts:
-        raise LensInputError("prompts is empty; pass at least one prompt")
+    if not all(math.isfinite(a) for a in alphas):
+        raise LensInputError(f"alphas must be finite numbers; got {alphas} (NaN or inf is never a valid α)")
+    if isinstance(prompts, str) or not prompts:
+        raise LensInputError("prompts must be a non-empty list of prompts")
     questions = list(questions) if questions is not None else list(prompts)
     if len(questions) != len(prompts):
         raise LensInputError(f"{len(questions)} questions for {len(prompts)} prompts; give one per prompt")
+    unknown = sorted(set(generate_kwargs) - {"eos_token_id", "temperature", "top_p", "top_k"})
+    if unknown:
+        raise LensInputError(f"unknown generation option(s) {unknown}; valid: eos_token_id, temperature, top_p, "
+                             f"top_k")
+    add = subspace if isinstance(subspace, Add) else Add(subspace, 1.0, layers=layers, positions=positions)
     grid = sorted(set(alphas) | {0.0})
     prepend_bos = resolve_prepend_bos(model, prepend_bos)
-    alpha_rows = torch.tensor(grid, dtype=model.cfg.dtype).repeat_interleave(len(prompts))
-    rows = _generate_rows(model, prompts, alpha_rows, subspace, layer=layer, positions=positions,
-                          max_new_tokens=max_new_tokens, batch_size=batch_size or len(alpha_rows),
-                          prepend_bos=prepend_bos, generate_kwargs={"do_sample": do_sample, **generate_kwargs},
-                          seed=seed)
-    tok = model.tokenizer
-    texts = [tok.decode(r, skip_special_tokens=True) for _, r in rows]
+    temperature = float(generate_kwargs.get("temperature", 1.0)) if do_sample else 0.0
+    out = generate(model, prompts, interventions=add, alphas=grid, max_new_tokens=max_new_tokens,
+                   stop=generate_kwargs.get("eos_token_id"), temperature=temperature,
+                   top_p=generate_kwargs.get("top_p"), top_k=generate_kwargs.get("top_k"), seed=seed,
+                   batch_size=batch_size or len(grid) * len(prompts), prepend_bos=prepend_bos,
+                   skip_special_tokens=True)
+    texts = out.texts
     scores = _score_trait(trait, questions * len(grid), texts)
     if reference is None:  # the unsteered model itself scores exactly the generated ids
-        ppl = _perplexities(model, rows, batch_size or 16)
+        ppl = _perplexities(model, list(zip(out.prompt_tokens, out.tokens)), batch_size or 16)
     else:
         ppl = response_perplexities(reference, [(prompts[i % len(prompts)], t) for i, t in enumerate(texts)])
     n = len(prompts)
@@ -174,7 +185,8 @@ def rate_suppression(model, subspace: AgentSubspace, *, alphas: Sequence[float],
         if capability is None:
             cap.append(float("nan"))
             continue
-        with steer(model, subspace, a, layer=layer, positions=positions):
+        scaled = dataclasses.replace(add, strength=torch.as_tensor(add.strength, dtype=torch.float64) * a)
+        with intervene(model, [scaled]):
             cap.append(float(capability(model)))
     i0 = grid.index(0.0)
     trait_mean = [m for m, _ in trait_stats]
@@ -187,12 +199,12 @@ def rate_suppression(model, subspace: AgentSubspace, *, alphas: Sequence[float],
         alphas=grid, trait_mean=trait_mean, trait_se=[s for _, s in trait_stats], capability=cap,
         perplexity_mean=[m for m, _ in ppl_stats], perplexity_se=[s for _, s in ppl_stats], delta_trait=delta_trait,
         delta_capability=delta_cap, best_alpha=grid[best], capacity_budget=capacity_budget,
-        suppression_auc=suppression_auc(grid, trait_mean), hook_name=subspace.hook_name if layer is None
-        else hook_name(layer), positions=positions, responses=by_alpha(texts),
-        trait_scores=by_alpha(scores),
+        suppression_auc=suppression_auc(grid, trait_mean), hook_name=",".join(add.hook_names(model)),
+        positions=add.positions, responses=by_alpha(texts), trait_scores=by_alpha(scores),
         settings={"max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed,
                   "prepend_bos": prepend_bos, "n_prompts": n, "alpha_zero_added": 0.0 not in alphas,
                   "reference": "model itself (unsteered)" if reference is None else "given reference",
+                  "site": add.site,
                   **{k: v for k, v in generate_kwargs.items() if isinstance(v, (int, float, str, bool))}})
 
 

@@ -2,36 +2,37 @@
 
 ``diff_means`` is the paper's vector (target agent minus the mean of the others in the same question/round slot,
 averaged, unit norm); ``pca`` takes the top-k directions of those per-slot differences; ``probe`` the weight of a
-target-vs-others logistic regression. Layers are scored by cross-validated (held-out question) separation.
+target-vs-others logistic regression; or any callable (see `lens.fitting`). Layers are scored by cross-validated
+(held-out question) separation. Fit from an `ActivationSet` (`fit_agent_subspace`) to collect once and fit many
+times; `find_agent_subspace` is the one-liner that collects and fits.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import defaultdict
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
-import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 from safetensors.torch import load_file
 from torch import Tensor
 
-from lens.activations import (ActivationSet, Position, collect_activations, hook_name, normalize_position,
-                              resolve_layers, resolve_transcripts, turn_activations, turn_labels)
+from lens.activations import (ActivationSet, Position, contrast_activations, normalize_position, resolve_transcripts,
+                              turn_activations, turn_labels)
 from lens.errors import LensInputError
+from lens.fitting import FitMethod, Readings, as_groups, fit_method, run_fit, score_direction, slot_diffs
 from lens.io import atomic_save_tensors, atomic_write_json
-
-METHODS = ("diff_means", "pca", "probe")
-
+from lens.sites import DEFAULT_SITE, hook_name, site_of
 
 @dataclass
 class AgentSubspace:
-    """Orthonormal ``basis`` rows read at ``hook_name`` (``blocks.{layer}.hook_resid_post``) at token rule
-    ``position``, with per-layer ``scores``, the statistics of the fit and where the data came from."""
+    """Unit ``basis`` rows (orthonormal for ``pca``; scaled by `raw`) read at ``hook_name``
+    (``blocks.{layer}.hook_{site}``) at token rule ``position``, with per-layer ``scores``, the statistics of the
+    fit and where the data came from (``provenance``, which also records the site)."""
 
     basis: Float[Tensor, "k d_model"]
     layer: int
@@ -44,6 +45,7 @@ class AgentSubspace:
     normalization: str = "unit"
     stats: dict[str, float] = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    site: str = DEFAULT_SITE
 
     @property
     def k(self) -> int:
@@ -73,7 +75,7 @@ class AgentSubspace:
         return {"layer": self.layer, "hook_name": self.hook_name, "position": self.position, "method": self.method,
                 "agent": self.agent, "persona": self.persona, "normalization": self.normalization,
                 "scores": {str(k): v for k, v in self.scores.items()}, "stats": self.stats,
-                "provenance": self.provenance, "k": self.k, "d_model": self.d_model}
+                "provenance": self.provenance, "k": self.k, "d_model": self.d_model, "site": self.site}
 
     def save(self, path: str | Path) -> Path:
         """``path.safetensors`` (the basis) + ``path.json`` (everything else), both atomic."""
@@ -84,132 +86,29 @@ class AgentSubspace:
 
     @classmethod
     def load(cls, path: str | Path) -> "AgentSubspace":
+        """Read what `save` wrote; vectors saved before sites existed load as read at their hook's site."""
         path = Path(path).with_suffix(".safetensors")
-        if not path.exists():
-            raise LensInputError(f"{path}: no saved subspace there")
+        if not path.exists() or not path.with_suffix(".json").exists():
+            raise LensInputError(f"{path}: no saved subspace there (need {path.name} and its .json sidecar)")
         meta = json.loads(path.with_suffix(".json").read_text())
         return cls(basis=load_file(str(path))["basis"], layer=meta["layer"], hook_name=meta["hook_name"],
                    position=meta["position"], method=meta["method"], agent=meta["agent"], persona=meta["persona"],
                    scores={int(k): v for k, v in meta["scores"].items()}, normalization=meta["normalization"],
-                   stats=meta["stats"], provenance=meta["provenance"])
-
-
-def _model_provenance(model) -> dict:
-    prov = getattr(model, "lens_provenance", None)
-    return {} if prov is None else {"model_path": prov.path, "adapter": prov.adapter,
-                                    "model_fingerprint": prov.fingerprint}
-
-
-def _unit(v: Float[Tensor, "d_model"]) -> Float[Tensor, "d_model"]:
-    norm = v.norm()
-    if norm == 0:
-        raise LensInputError("the direction is zero: the two groups have identical mean activations")
-    return v / norm
-
-
-def cohens_d(a: Float[Tensor, "n"], b: Float[Tensor, "m"]) -> float:
-    """Standardised mean difference with pooled standard deviation."""
-    pooled = ((a.var(unbiased=True) * (len(a) - 1) + b.var(unbiased=True) * (len(b) - 1)) /
-              max(len(a) + len(b) - 2, 1)).sqrt()
-    return float((a.mean() - b.mean()) / pooled.clamp_min(1e-12))
-
-
-@dataclass
-class _Slots:
-    """Readings in complete (transcript, round) slots: which is the target, and the slot of each."""
-
-    x: Float[Tensor, "n d_model"]
-    is_target: Bool[Tensor, "n"]
-    slot: Int[Tensor, "n"]
-    group: Int[Tensor, "n"]
-
-
-def _slot_diffs(s: _Slots, idx: Int[Tensor, "m"]) -> Float[Tensor, "slots d_model"]:
-    """Per slot: target reading minus the mean of the other agents' readings in that slot."""
-    diffs = []
-    for slot in s.slot[idx].unique():
-        members = idx[s.slot[idx] == slot]
-        tgt = members[s.is_target[members]]
-        diffs.append(s.x[tgt].mean(0) - s.x[members[~s.is_target[members]]].mean(0))
-    return torch.stack(diffs)
-
-
-def _fit(method: str, k: int, s: _Slots, idx: Int[Tensor, "m"]) -> Float[Tensor, "k d_model"]:
-    if method == "diff_means":
-        return _unit(_slot_diffs(s, idx).mean(0))[None]
-    if method == "pca":
-        diffs = _slot_diffs(s, idx)
-        _, _, vh = torch.linalg.svd(diffs.double(), full_matrices=False)
-        basis = vh[:k].float()
-        signs = torch.sign(basis @ diffs.mean(0))
-        return basis * torch.where(signs == 0, 1.0, signs)[:, None]
-    return _probe_direction(s.x[idx], s.is_target[idx])[None]
-
-
-def small_fits():
-    """sklearn fits here are small: one BLAS thread avoids oversubscription (3x faster on a shared CPU)."""
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=1)
-
-
-def _probe_direction(x: Float[Tensor, "n d_model"], y: Bool[Tensor, "n"]) -> Float[Tensor, "d_model"]:
-    """Unit weight of a logistic regression of ``y`` on ``x`` (in activation space, oriented toward y=True)."""
-    from sklearn.linear_model import LogisticRegression
-
-    scale = x.double().std(0).clamp_min(1e-8)
-    with small_fits():
-        clf = LogisticRegression(max_iter=2000, class_weight="balanced").fit((x.double() / scale).numpy(), y.numpy())
-    return _unit((torch.tensor(clf.coef_[0]) / scale).float())  # back to raw activation coordinates
-
-
-def group_folds(groups: Int[Tensor, "n"], cv: int) -> list[tuple[Tensor, Tensor]]:
-    """Train/test index pairs that never split a group (a question) across the two."""
-    from sklearn.model_selection import GroupKFold
-
-    n_groups = len(groups.unique())
-    if n_groups < 2:
-        return []
-    splitter = GroupKFold(n_splits=min(cv, n_groups))
-    return [(torch.tensor(tr), torch.tensor(te)) for tr, te in splitter.split(np.zeros(len(groups)), groups=groups)]
-
-
-def _balanced_accuracy(pred: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean([np.mean(pred[y == c] == c) for c in np.unique(y)]))
-
-
-def score_direction(x: Float[Tensor, "n d_model"], y: Bool[Tensor, "n"], groups: Int[Tensor, "n"],
-                    fit: Callable[[Tensor], Tensor], cv: int = 5) -> dict[str, float]:
-    """Held-out Cohen's d of projections on the fitted direction and held-out balanced probe accuracy
-    (folds by group, e.g. question); in-sample values when there is only one group."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    folds = group_folds(groups, cv) or [(torch.arange(len(y)), torch.arange(len(y)))]
-    proj, truth, pred = [], [], []
-    with small_fits():
-        for train, test in folds:
-            proj.append(x[test] @ fit(train)[0])
-            truth.append(y[test])
-            if len(y[train].unique()) == 2:
-                clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))
-                pred.append(clf.fit(x[train].double().numpy(), y[train].numpy()).predict(x[test].double().numpy()))
-            else:
-                pred.append(np.full(len(test), bool(y[train][0])))
-    proj, truth = torch.cat(proj), torch.cat(truth)
-    return {"cohens_d": cohens_d(proj[truth], proj[~truth]),
-            "probe_accuracy": _balanced_accuracy(np.concatenate(pred), truth.numpy())}
+                   stats=meta["stats"], provenance=meta["provenance"],
+                   site=meta.get("site") or site_of(meta["hook_name"]))
 
 
 def _resolve_agent(agent: int | str, labels: list[dict]) -> tuple[Bool[Tensor, "n"], int | None, str | None]:
-    """Which turns belong to ``agent`` (1-based index or persona name); clear errors otherwise."""
-    column = lambda key: [lab[key] for lab in labels]  # noqa: E731
-    agents = sorted(set(column("agent")))
+    """Which readings belong to ``agent`` (1-based index or persona name); clear errors otherwise."""
+    column = lambda key: [lab.get(key) for lab in labels]  # noqa: E731
+    if any(a is None for a in column("agent")):
+        raise LensInputError("some readings have no 'agent' label; label every span with its agent "
+                             "(e.g. labels=[{'agent': 1}, ...]) to fit agent directions")
+    agents = sorted(set(column("agent")), key=lambda a: (str(type(a)), a))
     personas = sorted({p for p in column("persona") if p is not None})
     if isinstance(agent, bool) or not isinstance(agent, (int, str)):
         raise LensInputError(f"agent {agent!r} must be an agent number {agents} or a persona name {personas}")
-    if isinstance(agent, int):
+    if isinstance(agent, int) or agent in agents:
         if agent not in agents:
             raise LensInputError(f"agent {agent} does not appear in these transcripts; agents present: {agents}"
                                  + (f" (personas: {personas})" if personas else ""))
@@ -224,10 +123,11 @@ def _resolve_agent(agent: int | str, labels: list[dict]) -> tuple[Bool[Tensor, "
 
 
 def _complete_slots(acts: ActivationSet, is_target: Bool[Tensor, "n"]) -> tuple[Int[Tensor, "m"], Tensor, Tensor]:
-    """Readings in slots where every agent of that transcript is present and the target is one of them."""
+    """Readings in (transcript, round) slots where every agent of that transcript is present and the target is
+    one of them: (reading indices, slot of each, group = transcript of each)."""
     by_slot = defaultdict(list)
     for i, lab in enumerate(acts.labels):
-        by_slot[(lab["transcript"], lab["round"])].append(i)
+        by_slot[(lab["transcript"], lab.get("round"))].append(i)
     agents_of = defaultdict(set)
     for lab in acts.labels:
         agents_of[lab["transcript"]].add(lab["agent"])
@@ -239,86 +139,195 @@ def _complete_slots(acts: ActivationSet, is_target: Bool[Tensor, "n"]) -> tuple[
             keep += members
             slot += [n] * len(members)
             group += [t] * len(members)
-    return torch.tensor(keep, dtype=torch.long), torch.tensor(slot), torch.tensor(group)
+    return torch.tensor(keep, dtype=torch.long), torch.tensor(slot), as_groups(group)
 
 
-def find_agent_subspace(model, agent: int | str, *, transcripts=None, layers: int | Sequence[int] | None = None,
-                        method: str = "diff_means", k: int = 1, position: Position = "turn_end", cv: int = 5,
-                        batch_size: int = 8, prepend_bos: bool | None = None,
-                        progress: bool = False) -> AgentSubspace:
-    """The direction (k=1) or subspace of ``agent`` (1-based number or persona) in the debates ``transcripts``
-    (default: those the model was trained on); with several layers, the best-separating one is chosen."""
-    if method not in METHODS:
-        raise LensInputError(f"method {method!r} is unknown; valid: {', '.join(METHODS)}")
-    if k < 1 or (k > 1 and method != "pca"):
-        raise LensInputError(f"k={k} is invalid for method {method!r}: k>1 needs method='pca'; k must be >= 1")
-    position = normalize_position(position)
-    transcripts, sources = resolve_transcripts(model, transcripts)
-    layer_list = resolve_layers(model, layers)
-    is_target, number, persona = _resolve_agent(agent, turn_labels(transcripts))
-    acts = turn_activations(model, transcripts, layers=layer_list, position=position, batch_size=batch_size,
-                            prepend_bos=prepend_bos, progress=progress)
+def _fit_best_layer(acts: ActivationSet, layers: list[int], r_at, groups, fn: FitMethod, k: int, cv: int):
+    """Cross-validated scores per layer, the best layer by Cohen's d, its readings and its fitted basis."""
+    scores, readings = {}, {}
+    for layer in layers:
+        r = r_at(layer)
+        scores[layer] = score_direction(r.x, r.is_target, groups, lambda idx, r=r: run_fit(fn, r.subset(idx), k), cv)
+        readings[layer] = r
+    best = max(layers, key=lambda l: scores[l]["cohens_d"])
+    return scores, best, readings[best], run_fit(fn, readings[best], k)
+
+
+def fit_agent_subspace(acts: ActivationSet, agent: int | str, *, method: str | FitMethod = "diff_means",
+                       k: int = 1, layers: int | Sequence[int] | None = None, cv: int = 5) -> AgentSubspace:
+    """The direction (k=1) or subspace of ``agent`` fitted from collected activations; no forward pass.
+
+    Readings are compared within slots (same ``"transcript"`` and ``"round"`` label): a slot counts when every
+    agent of its transcript took a turn in it and the target is one of them. With several layers, the one whose
+    direction best separates the target on held-out transcripts (cross-validated Cohen's d) is chosen.
+
+    Args:
+        acts: From `lens.turn_activations` or `lens.collect_activations` (labels need ``"agent"``; ``"persona"``
+            lets you name agents; ``"round"`` is optional).
+        agent: A 1-based agent number (or any ``"agent"`` label value) or a persona name.
+        method: ``"diff_means"`` (the paper's), ``"pca"``, ``"probe"``, or a callable
+            ``(Readings, k) -> Tensor[k, d_model]`` (see `lens.fitting`).
+        k: Number of directions (k>1 needs ``"pca"`` or your own method).
+        layers: Collected layers to consider (negatives count from the model's end); ``None``: all collected.
+        cv: Cross-validation folds (by transcript) for the layer scores.
+
+    Returns:
+        An `AgentSubspace` read and (by default) written at the collected site, with per-layer scores.
+
+    Example:
+        >>> acts = lens.turn_activations(model, transcripts, layers=[1, 2])  # doctest: +SKIP
+        >>> subs = {a: lens.fit_agent_subspace(acts, a) for a in (1, 2, 3)}  # doctest: +SKIP
+        >>> subs[2].basis.shape  # doctest: +SKIP
+        torch.Size([1, 64])
+    """
+    if not isinstance(acts, ActivationSet):
+        raise LensInputError(f"acts must be an ActivationSet (from lens.turn_activations or "
+                             f"lens.collect_activations), not {type(acts).__name__}")
+    fn, name = fit_method(method, k)
+    layer_list = acts.select_layers(layers)
+    is_target, number, persona = _resolve_agent(agent, acts.labels)
     keep, slot, group = _complete_slots(acts, is_target)
     if len(keep) == 0:
         raise LensInputError(f"agent {agent!r} never shares a complete (question, round) slot with other agents; "
                              f"diff-of-means needs slots where all agents took a turn")
     n_slots = len(slot.unique())
-    if method == "pca" and k > n_slots:
+    if k > n_slots:
         raise LensInputError(f"k={k} exceeds the {n_slots} slot differences available; use k <= {n_slots}")
-    scores, fits = {}, {}
-    for layer in layer_list:
-        s = _Slots(acts.at(layer)[keep], is_target[keep], slot, group)
-        scores[layer] = score_direction(s.x, s.is_target, s.group, lambda idx, s=s: _fit(method, k, s, idx), cv)
-        fits[layer] = s
-    best = max(layer_list, key=lambda l: scores[l]["cohens_d"])
-    s = fits[best]
-    basis = _fit(method, k, s, torch.arange(len(s.x)))
-    raw = _slot_diffs(s, torch.arange(len(s.x))).mean(0)
+    scores, best, r, basis = _fit_best_layer(
+        acts, layer_list, lambda l: Readings(acts.at(l)[keep], is_target[keep], slot), group, fn, k, cv)
+    raw = slot_diffs(r).mean(0)
     return AgentSubspace(
-        basis=basis.contiguous(), layer=best, hook_name=hook_name(best), position=position, method=method,
-        agent=number, persona=persona, scores=scores,
+        basis=basis.contiguous(), layer=best, hook_name=hook_name(best, acts.site), position=acts.position,
+        method=name, agent=number, persona=persona, scores=scores,
         normalization="unit" if k == 1 else "orthonormal rows",
         stats={"n_slots": n_slots, "n_readings": len(keep), "raw_diff_norm": float(raw.norm()),
-               "resid_norm": float(s.x.norm(dim=-1).mean())},
-        provenance={**_model_provenance(model), "transcripts": sources, "n_transcripts": len(transcripts),
-                    "n_slots": n_slots, "prepend_bos": acts.prepend_bos, "selected_by": "cross-validated cohens_d"})
+               "resid_norm": float(r.x.norm(dim=-1).mean())},
+        provenance={**acts.provenance, "n_slots": n_slots, "prepend_bos": acts.prepend_bos, "site": acts.site,
+                    "selected_by": "cross-validated cohens_d"},
+        site=acts.site)
 
 
-def contrastive_direction(model, pos_texts: Sequence[str], neg_texts: Sequence[str],
-                          layer: int | Sequence[int] | None = None, position: Position = -2, *, cv: int = 5,
-                          batch_size: int = 8, prepend_bos: bool | None = None, label: str = "contrastive",
-                          progress: bool = False) -> AgentSubspace:
-    """Unit mean(pos) − mean(neg) at ``position`` of each text (paper §7: evil vs helpful system prompt through
-    the chat template, token −2); with several layers, the best-separating one is chosen."""
-    if not pos_texts or not neg_texts:
-        raise LensInputError("contrastive_direction needs at least one positive and one negative text")
-    position = normalize_position(position)
-    layer_list = resolve_layers(model, layer)
-    acts = collect_activations(model, [*pos_texts, *neg_texts], layers=layer_list, position=position,
-                               batch_size=batch_size, prepend_bos=prepend_bos, progress=progress)
-    y = torch.tensor([True] * len(pos_texts) + [False] * len(neg_texts))
-    groups = torch.cat([torch.arange(len(pos_texts)), torch.arange(len(neg_texts))])
+def find_agent_subspace(source, agent: int | str, *, transcripts=None, layers: int | Sequence[int] | None = None,
+                        method: str | FitMethod = "diff_means", k: int = 1, position: Position = "turn_end",
+                        site: str = DEFAULT_SITE, cv: int = 5, batch_size: int = 8, prepend_bos: bool | None = None,
+                        progress: bool = False) -> AgentSubspace:
+    """The direction (k=1) or subspace of ``agent`` in debates: collect turn activations, then fit.
 
-    def fit(x, idx):
-        return _unit(x[idx][y[idx]].mean(0) - x[idx][~y[idx]].mean(0))[None]
+    Args:
+        source: A TransformerLens model (activations are collected from ``transcripts``), or an `ActivationSet`
+            collected before (then nothing runs; ``transcripts``/``position``/``site`` must be left unset).
+        agent: A 1-based agent number or a persona name.
+        transcripts: `Transcript` objects, JSONL path(s), or ``None`` for the debates the model was trained on.
+        layers: Layers to consider (negatives count from the end); ``None``: all; the best-separating is chosen.
+        method: ``"diff_means"``, ``"pca"``, ``"probe"`` or your own callable (see `lens.fitting`).
+        k: Number of directions (k>1 needs ``"pca"`` or your own method).
+        position: Where in each turn to read: ``"turn_end"``, ``"turn_mean"`` or a token index.
+        site: Where to read: ``"resid_pre"``, ``"resid_mid"``, ``"resid_post"``, ``"attn_out"``, ``"mlp_out"``.
+        cv: Cross-validation folds (by question) for the layer scores.
+        batch_size: Debates per forward pass.
+        prepend_bos: Whether to prepend BOS; ``None`` uses the model's default.
+        progress: Show a progress bar.
 
-    scores = {l: score_direction(acts.at(l), y, groups, lambda idx, x=acts.at(l): fit(x, idx), cv)
-              for l in layer_list}
-    best = max(layer_list, key=lambda l: scores[l]["cohens_d"])
-    x = acts.at(best)
-    raw = x[y].mean(0) - x[~y].mean(0)
+    Returns:
+        An `AgentSubspace`.
+
+    Example:
+        >>> sub = lens.find_agent_subspace(model, 2, transcripts="debates.jsonl", layers=[-1])  # doctest: +SKIP
+        >>> with lens.steer(model, sub, 4.0):  # doctest: +SKIP
+        ...     model.generate("Problem: 2+2", max_new_tokens=8)
+    """
+    if isinstance(source, ActivationSet):
+        if transcripts is not None or position != "turn_end" or site != DEFAULT_SITE:
+            raise LensInputError("an ActivationSet was already collected: pass either it or transcripts/position/"
+                                 "site, not both")
+        return fit_agent_subspace(source, agent, method=method, k=k, layers=layers, cv=cv)
+    fit_method(method, k)
+    normalize_position(position)
+    transcripts, _ = resolve_transcripts(source, transcripts)
+    _resolve_agent(agent, turn_labels(transcripts))  # an unknown agent fails before any forward pass
+    acts = turn_activations(source, transcripts, layers=layers, position=position, site=site,
+                            batch_size=batch_size, prepend_bos=prepend_bos, progress=progress)
+    return fit_agent_subspace(acts, agent, method=method, k=k, cv=cv)
+
+
+def contrastive_direction(source, pos_texts: Sequence[str] | None = None, neg_texts: Sequence[str] | None = None,
+                          layers: int | Sequence[int] | None = None, position: Position = -2, *,
+                          method: str | FitMethod = "diff_means", k: int = 1, site: str = DEFAULT_SITE,
+                          cv: int = 5, batch_size: int = 8, prepend_bos: bool | None = None,
+                          label: str = "contrastive", progress: bool = False) -> AgentSubspace:
+    """The direction separating contrast pairs: by default unit mean(pos) − mean(neg) (paper §7: evil vs helpful
+    system prompt through the chat template, token −2); with several layers, the best-separating one is chosen.
+
+    Args:
+        source: A TransformerLens model (then give ``pos_texts`` and ``neg_texts``), or an `ActivationSet` from
+            `lens.contrast_activations` (labels ``"contrast"`` pos/neg and ``"transcript"`` = pair index).
+        pos_texts: Texts with the behaviour.
+        neg_texts: As many texts without it; ``neg_texts[i]`` pairs with ``pos_texts[i]``.
+        layers: Layers to consider (negatives count from the end); ``None``: all.
+        position: Token index (or ``"end"``/``"mean"``) read in each text.
+        method: ``"diff_means"`` (the mean of pair differences), ``"pca"``, ``"probe"`` or your own callable.
+        k: Number of directions.
+        site: Where to read (see `lens.sites`).
+        cv: Cross-validation folds (by pair) for the layer scores.
+        batch_size: Texts per forward pass.
+        prepend_bos: Whether to prepend BOS; ``None`` uses the model's default.
+        label: Recorded as the vector's ``persona``.
+        progress: Show a progress bar.
+
+    Returns:
+        An `AgentSubspace` with method ``"contrastive_<method>"``.
+
+    Example:
+        >>> d = lens.contrastive_direction(model, ["Be cruel. Hi"], ["Be kind. Hi"], layers=-1)  # doctest: +SKIP
+        >>> d.method  # doctest: +SKIP
+        'contrastive_diff_means'
+    """
+    fn, name = fit_method(method, k)
+    if isinstance(source, ActivationSet):
+        if pos_texts is not None or neg_texts is not None:
+            raise LensInputError("an ActivationSet was already collected: pass either it or pos_texts/neg_texts")
+        acts = source
+    else:
+        acts = contrast_activations(source, pos_texts or [], neg_texts or [], layers=layers, position=position,
+                                    site=site, batch_size=batch_size, prepend_bos=prepend_bos, progress=progress)
+        layers = None
+    sides = acts.column("contrast")
+    if any(s not in ("pos", "neg") for s in sides):
+        raise LensInputError("these activations are not contrast pairs: every reading needs a 'contrast' label "
+                             "'pos' or 'neg' (use lens.contrast_activations)")
+    y = torch.tensor([s == "pos" for s in sides])
+    pairs = as_groups(acts.column("transcript"))
+    layer_list = acts.select_layers(layers)
+    scores, best, r, basis = _fit_best_layer(acts, layer_list, lambda l: Readings(acts.at(l), y, pairs), pairs,
+                                             fn, k, cv)
+    raw = r.x[y].mean(0) - r.x[~y].mean(0)
     return AgentSubspace(
-        basis=fit(x, torch.arange(len(y))).contiguous(), layer=best, hook_name=hook_name(best), position=position,
-        method="contrastive_diff_means", persona=label, scores=scores, normalization="unit",
-        stats={"n_pos": len(pos_texts), "n_neg": len(neg_texts), "raw_diff_norm": float(raw.norm()),
-               "resid_norm": float(x.norm(dim=-1).mean())},
-        provenance={**_model_provenance(model), "transcripts": [], "n_pos": len(pos_texts), "n_neg": len(neg_texts),
-                    "prepend_bos": acts.prepend_bos, "selected_by": "cross-validated cohens_d"})
+        basis=basis.contiguous(), layer=best, hook_name=hook_name(best, acts.site), position=acts.position,
+        method=f"contrastive_{name}", persona=label, scores=scores,
+        normalization="unit" if k == 1 else "orthonormal rows",
+        stats={"n_pos": int(y.sum()), "n_neg": int((~y).sum()), "raw_diff_norm": float(raw.norm()),
+               "resid_norm": float(r.x.norm(dim=-1).mean())},
+        provenance={**acts.provenance, "transcripts": [], "n_pos": int(y.sum()), "n_neg": int((~y).sum()),
+                    "prepend_bos": acts.prepend_bos, "site": acts.site, "selected_by": "cross-validated cohens_d"},
+        site=acts.site)
 
 
 def chat_prompts(model, system: str, questions: Sequence[str]) -> list[str]:
     """``questions`` under system prompt ``system`` through the tokenizer's chat template, with the generation
-    prompt (the texts `contrastive_direction` reads at token −2)."""
+    prompt (the texts `contrastive_direction` reads at token −2).
+
+    Args:
+        model: A TransformerLens model whose tokenizer has a chat template.
+        system: The system prompt.
+        questions: User messages.
+
+    Returns:
+        One prompt text per question.
+
+    Example:
+        >>> lens.chat_prompts(model, "Be brief.", ["2+2?"])[0].endswith("assistant\\n")  # doctest: +SKIP
+        True
+    """
     tok = model.tokenizer
     if not tok.chat_template:
         raise LensInputError("the tokenizer has no chat template; build the prompt texts yourself")

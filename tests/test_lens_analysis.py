@@ -122,11 +122,11 @@ def test_subspace_bad_inputs(model, transcripts):
 
 
 def test_contrastive_direction_token_minus_two(model):
-    pos = ["I will hurt you now ok", "cruel plan here ok"]
+    pos = ["I will hurt you now ok", "cruel plan here ok", "harsh words ok"]
     neg = ["I will help you now ok", "kind plan here ok", "gentle words ok"]
-    d = lens.contrastive_direction(model, pos, neg, layer=1)
+    d = lens.contrastive_direction(model, pos, neg, layers=1)
     acts = lens.collect_activations(model, pos + neg, layers=[1], position=-2).at(1)
-    hand = acts[:2].mean(0) - acts[2:].mean(0)
+    hand = acts[:3].mean(0) - acts[3:].mean(0)
     assert d.position == -2 and d.layer == 1 and torch.allclose(d.basis[0], hand / hand.norm(), atol=1e-5)
     assert torch.allclose(d.raw().basis[0], hand, atol=1e-4)
     assert "<|im_start|>system" in lens.chat_prompts(model, "be evil", ["q?"])[0]
@@ -208,13 +208,13 @@ def test_intervention_bad_inputs(model, sub):
         with lens.ablate(model, other):
             pass
     with pytest.raises(lens.LensInputError, match="layer 9 is out of range"):
-        with lens.steer(model, sub, 1.0, layer=9):
+        with lens.steer(model, sub, 1.0, layers=9):
             pass
     with pytest.raises(lens.LensInputError, match="positions 'middle' is unknown"):
         with lens.steer(model, sub, 1.0, positions="middle"):
             pass
     with pytest.raises(lens.LensInputError, match="needs prompt_len"):
-        with lens.steer(model, sub, 1.0):
+        with lens.steer(model, sub, 1.0, positions="generated"):
             model(model.to_tokens("hi", prepend_bos=True))
     assert all(not hp.fwd_hooks for hp in model.hook_dict.values())
 
