@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import save_file
@@ -24,6 +24,12 @@ def _atomic(path: Path, write) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_with(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp)`` with a temporary path beside ``path`` (for writers that want a path, e.g. gguf's), then
+    move the finished file into place; on any error nothing is left behind."""
+    return _atomic(Path(path), write)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
