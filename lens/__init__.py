@@ -1,5 +1,5 @@
 """lens: load internalized-debate models into TransformerLens and find, probe, steer and ablate their agents."""
-from lens import export, plots
+from lens import export, geometry, monitor, plots
 from lens.activations import ActivationSet, collect_activations, hook_name, turn_activations
 from lens.activations import contrast_activations
 from lens.debate_format import DEBATE_TAGS, DebateFormatError, Transcript, Turn
@@ -27,7 +27,7 @@ __all__ = [
     "find_agent_subspace", "AgentSubspace", "contrastive_direction", "chat_prompts",
     "probe_layers", "ProbeResult", "pca_projection", "PCAProjection",
     "steer", "ablate", "rate_suppression", "SuppressionReport", "response_perplexities", "suppression_auc",
-    "export", "export_vector", "import_vector",
+    "export", "export_vector", "import_vector", "geometry", "monitor",
     "plots",
     "read_jsonl", "read_paper_json", "contrast_activations", "SITES", "fit_agent_subspace", "FIT_METHODS", "Readings",
     "Add", "Ablate", "Cap", "intervene", "intervention_from_dict", "cap", "calibrate_cap", "projections",

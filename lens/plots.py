@@ -13,7 +13,9 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from lens.geometry import CosineSimilarities, PrincipalAngles
 from lens.io import atomic_write_bytes, atomic_write_text
+from lens.monitor import TokenProjections, TurnDetection
 from lens.probes import PCAProjection, ProbeResult
 from lens.rating import SuppressionReport
 
@@ -98,6 +100,65 @@ def suppression_tradeoff(reports: SuppressionReport | Mapping[str, SuppressionRe
                                                                     line=dict(color=color, width=2))))
     fig.update_layout(title=title or "trait suppression vs capability", xaxis_title="capability (accuracy)",
                       yaxis_title="trait score (0-100)", template="plotly_white")
+    return fig
+
+
+def token_projection_heatmap(proj: TokenProjections, index: int = 0, *, title: str | None = None) -> go.Figure:
+    """Which agent is speaking: text ``index``'s tokens (x) against each direction (y), coloured by projection,
+    with a line where generated tokens start."""
+    if not 0 <= index < len(proj.projections):
+        raise ValueError(f"text index {index} is out of range: there are {len(proj.projections)} texts")
+    z = proj.projections[index].T.numpy()
+    x = [f"{p}:{t!r}" for p, t in enumerate(proj.tokens[index])]
+    fig = go.Figure(go.Heatmap(z=z, x=x, y=proj.names, colorscale="RdBu", zmid=0,
+                               colorbar=dict(title="projection")))
+    start = proj.prompt_lens[index] if proj.prompt_lens else len(x)
+    if start < len(x):
+        fig.add_vline(x=start - 0.5, line_dash="dash", annotation_text="generated")
+    fig.update_layout(title=title or "projection of each token onto each agent's direction",
+                      xaxis_title="token", yaxis_title="direction", template="plotly_white")
+    return fig
+
+
+def detection_roc(detection: TurnDetection, *, title: str | None = None) -> go.Figure:
+    """ROC curves of the projection detector and (if scored) the text judge on the same held-out turns."""
+    from sklearn.metrics import roc_curve
+
+    fig = go.Figure()
+    curves = [("projection", detection.scores, detection.auroc)]
+    if detection.judge_scores is not None:
+        curves.append(("text judge", detection.judge_scores, detection.judge_auroc))
+    for (name, scores, auc), color in zip(curves, PALETTE):
+        fpr, tpr, _ = roc_curve(detection.is_agent, scores)
+        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{name} (AUROC {auc:.3f})",
+                                 line=dict(color=color)))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line=dict(dash="dot", color="grey")))
+    fig.update_layout(title=title or f"detecting agent {detection.agent}'s turns ({detection.hook_name})",
+                      xaxis_title="false positive rate", yaxis_title="true positive rate", template="plotly_white")
+    return fig
+
+
+def cosine_heatmap(sims: CosineSimilarities, *, title: str | None = None) -> go.Figure:
+    """Cosine similarities between named directions (agents, layers, models), annotated."""
+    fig = go.Figure(go.Heatmap(z=sims.matrix, x=sims.names, y=sims.names, zmin=-1, zmax=1, colorscale="RdBu",
+                               zmid=0, text=np.round(sims.matrix, 2), texttemplate="%{text}",
+                               colorbar=dict(title="cosine")))
+    fig.update_layout(title=title or "cosine similarity between directions", yaxis_autorange="reversed",
+                      template="plotly_white")
+    return fig
+
+
+def principal_angle_bars(angles: PrincipalAngles | Sequence[PrincipalAngles], *,
+                         title: str | None = None) -> go.Figure:
+    """Principal angles (degrees) of each pair of subspaces, one group of bars per pair."""
+    angles = [angles] if isinstance(angles, PrincipalAngles) else list(angles)
+    fig = go.Figure()
+    for i in range(max(len(a.angles_deg) for a in angles)):
+        fig.add_trace(go.Bar(x=[f"{a.a} vs {a.b}" for a in angles],
+                             y=[a.angles_deg[i] if i < len(a.angles_deg) else None for a in angles],
+                             name=f"angle {i + 1}", marker_color=PALETTE[i % len(PALETTE)]))
+    fig.update_layout(title=title or "principal angles between subspaces", yaxis_title="degrees",
+                      yaxis_range=[0, 90], barmode="group", template="plotly_white")
     return fig
 
 
