@@ -362,7 +362,8 @@ def import_vector(model, source, *, layer: int | None = None, format: str | None
     if layer not in directions:
         raise LensInputError(f"{origin} has no vector for block {layer}; it has {sorted(directions)}")
     if not 0 <= layer < model.cfg.n_layers:
-        raise LensInputError(f"{origin}: block {layer} does not exist in this model (layers 0..{model.cfg.n_layers - 1})")
+        raise LensInputError(f"{origin}: block {layer} does not exist in this model "
+                             f"(layers 0..{model.cfg.n_layers - 1})")
     v = torch.tensor(np.array(directions[layer], dtype=np.float32)).reshape(-1)
     if v.shape[0] != model.cfg.d_model:
         raise LensInputError(f"{origin}: the vector has width {v.shape[0]} but this model's d_model is "

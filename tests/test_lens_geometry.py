@@ -1,4 +1,4 @@
-"""Geometry on known vectors: orthogonal → 90°, identical → 0°, principal angles of planes with a known rotation."""
+"""Geometry on known vectors: orthogonal → 90°, identical → 0°, principal angles of planes with known rotations."""
 
 from __future__ import annotations
 
