@@ -52,7 +52,18 @@ _SITE = re.compile(r"blocks\.(\d+)\.hook_(resid_post|resid_pre)")
 
 def centres_residual(model) -> bool:
     """Whether the model's residual stream is read only through mean-subtracting norms (LayerNorm), so that a
-    vector's mean over ``d_model`` has no effect and lens's and HF's bases differ by centring."""
+    vector's mean over ``d_model`` has no effect and lens's and HF's bases differ by centring.
+
+    Args:
+        model: A lens model.
+
+    Returns:
+        True for LayerNorm models (GPT-2, NeoX, OPT, Bloom, GPT-J, Phi), False for RMSNorm ones.
+
+    Example:
+        >>> lens.export.centres_residual(model)  # a Llama  # doctest: +SKIP
+        False
+    """
     return getattr(model.cfg, "normalization_type", None) in ("LN", "LNPre")
 
 
@@ -110,8 +121,8 @@ def hf_vectors(model, subspace: AgentSubspace, *, alpha: float | Sequence[float]
         ``{L: v}``: add ``v`` (float32, HF basis) to the output of HF decoder block ``L`` at every position.
 
     Example:
-        >>> vectors = lens.export.hf_vectors(model, sub, alpha=4.0)
-        >>> handle = hf.model.layers[sub.layer].register_forward_hook(
+        >>> vectors = lens.export.hf_vectors(model, sub, alpha=4.0)  # doctest: +SKIP
+        >>> handle = hf.model.layers[sub.layer].register_forward_hook(  # doctest: +SKIP
         ...     lambda mod, args, out: out + vectors[sub.layer])
     """
     if subspace.d_model != model.cfg.d_model:
@@ -122,7 +133,18 @@ def hf_vectors(model, subspace: AgentSubspace, *, alpha: float | Sequence[float]
 
 
 def hf_model_type(model) -> str:
-    """The HF ``config.model_type`` of a lens model (``"llama"``, ``"gpt2"``, ...), which repeng records."""
+    """The HF ``config.model_type`` of a lens model, which repeng records and GGUF files carry as their hint.
+
+    Args:
+        model: A lens model (its recorded architecture, else ``cfg.original_architecture``).
+
+    Returns:
+        E.g. ``"llama"``, ``"gpt2"``, ``"qwen2"``.
+
+    Example:
+        >>> lens.export.hf_model_type(model)  # doctest: +SKIP
+        'llama'
+    """
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     prov = getattr(model, "lens_provenance", None)
@@ -147,7 +169,7 @@ def to_steering_vectors(model, subspace: AgentSubspace, *, alpha: float | Sequen
         ``{"layer_activations": {L: tensor}, "layer_type": "decoder_block"}``.
 
     Example:
-        >>> kwargs = lens.export.to_steering_vectors(model, sub, alpha=4.0)
+        >>> kwargs = lens.export.to_steering_vectors(model, sub, alpha=4.0)  # doctest: +SKIP
         >>> # steering_vectors.SteeringVector(**kwargs).apply(hf_model)
     """
     return {"layer_activations": hf_vectors(model, subspace, alpha=alpha, layers=layers), "layer_type": LAYER_TYPE}
@@ -168,7 +190,7 @@ def to_repeng(model, subspace: AgentSubspace, *, alpha: float | Sequence[float] 
         ``{"model_type": str, "directions": {L: float32 ndarray}}``.
 
     Example:
-        >>> fields = lens.export.to_repeng(model, sub)
+        >>> fields = lens.export.to_repeng(model, sub)  # doctest: +SKIP
         >>> # repeng.ControlVector(**fields)
     """
     vectors = hf_vectors(model, subspace, alpha=alpha, layers=layers)
@@ -218,7 +240,7 @@ def export_vector(model, subspace: AgentSubspace, path: str | Path, *, alpha: fl
         The path written.
 
     Example:
-        >>> lens.export_vector(model, sub, "agent2.gguf", alpha=4.0)
+        >>> lens.export_vector(model, sub, "agent2.gguf", alpha=4.0)  # doctest: +SKIP
         >>> # llama-cli -m model.gguf --control-vector agent2.gguf
     """
     path = Path(path)
@@ -260,8 +282,8 @@ def read_gguf(path: str | Path) -> tuple[dict[int, np.ndarray], dict[str, Any]]:
         ``({L: float32 ndarray}, {key: value})``.
 
     Example:
-        >>> directions, meta = lens.export.read_gguf("agent2.gguf")
-        >>> meta["general.architecture"], sorted(directions)
+        >>> directions, meta = lens.export.read_gguf("agent2.gguf")  # doctest: +SKIP
+        >>> meta["general.architecture"], sorted(directions)  # a vector exported at layer 2  # doctest: +SKIP
         ('controlvector', [2])
     """
     import gguf
@@ -339,8 +361,8 @@ def import_vector(model, source, *, layer: int | None = None, format: str | None
         renormalised). A file written by lens also restores the agent, persona, method and statistics.
 
     Example:
-        >>> sub2 = lens.import_vector(model, "agent2.gguf")
-        >>> with lens.steer(model, sub2, 1.0, positions="all"):
+        >>> sub2 = lens.import_vector(model, "agent2.gguf")  # doctest: +SKIP
+        >>> with lens.steer(model, sub2, 1.0, positions="all"):  # doctest: +SKIP
         ...     logits = model(tokens)
     """
     if isinstance(source, (str, Path)):

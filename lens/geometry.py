@@ -68,9 +68,9 @@ def cosine_similarities(vectors: Mapping[str, AgentSubspace | Tensor]) -> Cosine
         A `CosineSimilarities` (symmetric, ones on the diagonal).
 
     Example:
-        >>> sims = lens.geometry.cosine_similarities({"a1": s1, "a2": s2, "a3": s3})
-        >>> sims.angle_deg("a1", "a2")
-        71.4
+        >>> sims = lens.geometry.cosine_similarities({"x": torch.eye(3)[0], "y": torch.eye(3)[1]})
+        >>> sims.angle_deg("x", "y")
+        90.0
     """
     if not vectors:
         raise LensInputError("vectors is empty; pass {name: AgentSubspace or tensor}")
@@ -115,8 +115,9 @@ def principal_angles(a: AgentSubspace | Tensor, b: AgentSubspace | Tensor, *,
         A `PrincipalAngles` with min(k_a, k_b) angles in degrees, ascending.
 
     Example:
-        >>> lens.geometry.principal_angles(base_pca, imad_pca, names=("base", "IMAD")).angles_deg
-        [12.3, 48.0, 81.7]
+        >>> plane, other = torch.eye(3)[:2], torch.eye(3)[[0, 2]]
+        >>> lens.geometry.principal_angles(plane, other).angles_deg
+        [0.0, 90.0]
     """
     from scipy.linalg import subspace_angles
 

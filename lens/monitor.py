@@ -99,9 +99,8 @@ def token_projections(model, texts: Sequence[str], subspaces: Mapping[str, Agent
         A `TokenProjections` with one ``[tokens, len(subspaces)]`` tensor per text.
 
     Example:
-        >>> proj = lens.monitor.token_projections(model, [debate_text], {"a1": s1, "a2": s2})
-        >>> proj.speaker(0)[:5]
-        ['a1', 'a1', 'a2', 'a2', 'a2']
+        >>> proj = lens.monitor.token_projections(model, [debate_text], {"a1": s1, "a2": s2})  # doctest: +SKIP
+        >>> lens.plots.token_projection_heatmap(proj, 0).show()  # doctest: +SKIP
     """
     if isinstance(texts, str) or not texts:
         raise LensInputError("texts must be a non-empty list of strings")
@@ -142,8 +141,9 @@ def monitor_generation(model, prompts: Sequence[str], subspaces: Mapping[str, Ag
         A `TokenProjections` whose ``prompt_lens`` mark where generated tokens start.
 
     Example:
-        >>> run = lens.monitor.monitor_generation(model, ["<|Agent 2 Solution|>:"], {"a2": s2}, max_new_tokens=8)
-        >>> run.projections[0][run.prompt_lens[0]:]   # the generated tokens' readings
+        >>> with lens.steer(model, s2, 4.0):  # doctest: +SKIP
+        ...     run = lens.monitor.monitor_generation(model, ["<|Agent 2 Solution|>:"], {"a2": s2})
+        >>> run.projections[0][run.prompt_lens[0]:]  # the generated tokens' readings  # doctest: +SKIP
     """
     if isinstance(prompts, str) or not prompts:
         raise LensInputError("prompts must be a non-empty list of strings")
@@ -218,9 +218,9 @@ def detect_agent_turns(model, subspace: AgentSubspace, transcripts: Sequence[Tra
         A `TurnDetection` with both AUROCs (0.5 = chance, 1 = perfect).
 
     Example:
-        >>> det = lens.monitor.detect_agent_turns(model, s2, held_out, judge=lambda t: judge.score("", t))
-        >>> round(det.auroc, 3), round(det.judge_auroc, 3)
-        (0.98, 0.71)
+        >>> det = lens.monitor.detect_agent_turns(model, s2, held_out,  # doctest: +SKIP
+        ...                                       judge=lambda text: judge.score("", text))
+        >>> det.auroc, det.judge_auroc  # doctest: +SKIP
     """
     agent = agent if agent is not None else (subspace.agent if subspace.agent is not None else subspace.persona)
     if agent is None:

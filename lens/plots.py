@@ -105,7 +105,19 @@ def suppression_tradeoff(reports: SuppressionReport | Mapping[str, SuppressionRe
 
 def token_projection_heatmap(proj: TokenProjections, index: int = 0, *, title: str | None = None) -> go.Figure:
     """Which agent is speaking: text ``index``'s tokens (x) against each direction (y), coloured by projection,
-    with a line where generated tokens start."""
+    with a line where generated tokens start.
+
+    Args:
+        proj: From `lens.monitor.token_projections` or `lens.monitor.monitor_generation`.
+        index: Which text.
+        title: Figure title.
+
+    Returns:
+        A plotly heatmap.
+
+    Example:
+        >>> lens.plots.token_projection_heatmap(proj, 0).show()  # doctest: +SKIP
+    """
     if not 0 <= index < len(proj.projections):
         raise ValueError(f"text index {index} is out of range: there are {len(proj.projections)} texts")
     z = proj.projections[index].T.numpy()
@@ -121,7 +133,18 @@ def token_projection_heatmap(proj: TokenProjections, index: int = 0, *, title: s
 
 
 def detection_roc(detection: TurnDetection, *, title: str | None = None) -> go.Figure:
-    """ROC curves of the projection detector and (if scored) the text judge on the same held-out turns."""
+    """ROC curves of the projection detector and (if scored) the text judge on the same held-out turns.
+
+    Args:
+        detection: From `lens.monitor.detect_agent_turns`.
+        title: Figure title.
+
+    Returns:
+        A plotly figure with one curve per scorer (AUROC in the legend) and the chance line.
+
+    Example:
+        >>> lens.plots.detection_roc(det).show()  # doctest: +SKIP
+    """
     from sklearn.metrics import roc_curve
 
     fig = go.Figure()
@@ -139,7 +162,18 @@ def detection_roc(detection: TurnDetection, *, title: str | None = None) -> go.F
 
 
 def cosine_heatmap(sims: CosineSimilarities, *, title: str | None = None) -> go.Figure:
-    """Cosine similarities between named directions (agents, layers, models), annotated."""
+    """Cosine similarities between named directions (agents, layers, models), annotated.
+
+    Args:
+        sims: From `lens.geometry.cosine_similarities`.
+        title: Figure title.
+
+    Returns:
+        A plotly heatmap on [-1, 1].
+
+    Example:
+        >>> lens.plots.cosine_heatmap(lens.geometry.cosine_similarities({"a1": s1, "a2": s2}))  # doctest: +SKIP
+    """
     fig = go.Figure(go.Heatmap(z=sims.matrix, x=sims.names, y=sims.names, zmin=-1, zmax=1, colorscale="RdBu",
                                zmid=0, text=np.round(sims.matrix, 2), texttemplate="%{text}",
                                colorbar=dict(title="cosine")))
@@ -150,7 +184,18 @@ def cosine_heatmap(sims: CosineSimilarities, *, title: str | None = None) -> go.
 
 def principal_angle_bars(angles: PrincipalAngles | Sequence[PrincipalAngles], *,
                          title: str | None = None) -> go.Figure:
-    """Principal angles (degrees) of each pair of subspaces, one group of bars per pair."""
+    """Principal angles (degrees) of each pair of subspaces, one group of bars per pair.
+
+    Args:
+        angles: One or several results of `lens.geometry.principal_angles`.
+        title: Figure title.
+
+    Returns:
+        A grouped bar chart on [0°, 90°].
+
+    Example:
+        >>> lens.plots.principal_angle_bars(lens.geometry.principal_angles(base, imad))  # doctest: +SKIP
+    """
     angles = [angles] if isinstance(angles, PrincipalAngles) else list(angles)
     fig = go.Figure()
     for i in range(max(len(a.angles_deg) for a in angles)):
