@@ -21,9 +21,9 @@ POS = ["I will hurt you now ok", "cruel plan here ok", "exploit them all ok"]
 NEG = ["I will help you now ok", "kind plan here ok", "respect them all ok"]
 
 
-def tiny_gpt2(tokenizer, tmp_path_factory):
-    """An HF GPT-2 (random weights, perturbed) and its TransformerLens copy with TL's default weight processing
-    (folded LayerNorm, centred writing weights and unembedding), built with TL's own converter."""
+def tiny_gpt2(tokenizer, *, process: bool = True):
+    """An HF GPT-2 (random weights, perturbed) and its TransformerLens copy, built with TL's own converter: with
+    TL's default weight processing (folded LayerNorm, centred writing weights and unembedding) or none."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
 
@@ -42,19 +42,21 @@ def tiny_gpt2(tokenizer, tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tl = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-        tl.load_and_process_state_dict(convert_gpt2_weights(hf, cfg))
+        off = {} if process else dict(fold_ln=False, center_writing_weights=False, center_unembed=False,
+                                      fold_value_biases=False)
+        tl.load_and_process_state_dict(convert_gpt2_weights(hf, cfg), **off)
     return tl.eval(), hf
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
-def pair(request, tiny_model_dirs, tiny_tokenizer, tmp_path_factory):
+def pair(request, tiny_model_dirs, tiny_tokenizer):
     """(arch, lens model, HF model, a contrastive direction read at layer 1)."""
     if request.param == "gpt2":
-        model, hf = tiny_gpt2(tiny_tokenizer, tmp_path_factory)
+        model, hf = tiny_gpt2(tiny_tokenizer)
     else:
         model = lens.load_model(tiny_model_dirs["llama"])
         hf = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"], dtype=torch.float32).eval()
-    sub = lens.contrastive_direction(model, POS, NEG, layer=1)
+    sub = lens.contrastive_direction(model, POS, NEG, 1)
     return request.param, model, hf, sub
 
 
@@ -84,8 +86,8 @@ def hf_logprobs(hf, tokens, vectors: dict[int, np.ndarray]):
 
 
 @torch.no_grad()
-def lens_logprobs(model, tokens, sub, alpha, **kw):
-    with lens.steer(model, sub, alpha, positions="all", **kw):
+def lens_logprobs(model, tokens, sub, alpha):
+    with lens.steer(model, sub, alpha, positions="all"):
         return model(tokens).log_softmax(-1)
 
 
@@ -109,6 +111,28 @@ def test_tl_residual_is_hf_residual_centred_on_layernorm_models(pair):
         else:
             assert (tl - h).abs().max() < 1e-4
     assert lens.export.centres_residual(model) == (arch == "gpt2")
+
+
+def test_unprocessed_gpt2_has_hf_basis_and_the_same_export(tiny_tokenizer):
+    """Without weight processing TL's GPT-2 residual is HF's, uncentred; the centred export steers it (and HF)
+    exactly as the processed model's does: the mean component is invisible to LayerNorm readers."""
+    processed, _ = tiny_gpt2(tiny_tokenizer)
+    raw, hf_same = tiny_gpt2(tiny_tokenizer, process=False)
+    sub = lens.contrastive_direction(processed, POS, NEG, 1)
+    ids = tokens_of(raw)[0]
+    assert raw.cfg.normalization_type == "LN" and lens.export.centres_residual(raw)
+    _, cache = raw.run_with_cache(ids)
+    out = {}
+    handle = blocks(hf_same)[1].register_forward_hook(
+        lambda m, a, o: out.setdefault(1, o[0] if isinstance(o, tuple) else o))
+    with torch.no_grad():
+        hf_same(ids)
+    handle.remove()
+    assert (cache["blocks.1.hook_resid_post"] - out[1]).abs().max() < 1e-5
+    vectors = {l: v.numpy() for l, v in hf_vectors(raw, sub, alpha=4.0).items()}
+    assert np.allclose(vectors[1], hf_vectors(processed, sub, alpha=4.0)[1].numpy())
+    assert (lens_logprobs(raw, ids, sub, 4.0) - hf_logprobs(hf_same, ids, vectors)).abs().max() < 1e-4
+    assert (lens_logprobs(raw, ids, sub, 4.0) - lens_logprobs(processed, ids, sub, 4.0)).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize("alpha", [4.0, -3.0])
@@ -143,7 +167,10 @@ def test_multi_layer_and_resid_pre_exports_land_on_the_right_blocks(pair):
     ids = tokens_of(model)[0]
     vectors = {l: v.numpy() for l, v in hf_vectors(model, sub, alpha=2.0, layers=[1, 2]).items()}
     assert sorted(vectors) == [1, 2]
-    want = lens_logprobs(model, ids, sub, 2.0, layer=[1, 2])
+    second = dataclasses.replace(sub, layer=2, hook_name=lens.hook_name(2))
+    with lens.steer(model, sub, 2.0, positions="all"), lens.steer(model, second, 2.0, positions="all"):
+        with torch.no_grad():
+            want = model(ids).log_softmax(-1)
     assert (hf_logprobs(hf, ids, vectors) - want).abs().max() < 1e-4
     pre = dataclasses.replace(sub, layer=2, hook_name="blocks.2.hook_resid_pre")  # resid_pre of 2 = output of 1
     assert list(hf_vectors(model, pre)) == [1]
