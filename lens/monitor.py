@@ -1,8 +1,8 @@
 """Monitoring with agent directions: which agent is speaking, token by token, and a detector of one agent's turns.
 
 `token_projections` reads every token of given texts; `monitor_generation` records the residual stream while the
-model generates (inside any `lens.steer` context, so it sees the steered stream). Projections are onto each
-subspace's leading direction divided by its norm, so a unit and a `raw()` direction give the same reading.
+model generates (inside any `lens.steer` context, so it sees the steered stream). Each subspace is read at the
+hook where it was found, and projections are onto its leading direction divided by its norm, so a unit and a `raw()` direction give the same reading.
 `detect_agent_turns` scores each turn of held-out debates by its projection and reports the AUROC of telling the
 target agent's turns from the others', beside the AUROC of a text judge on the same turns.
 """
@@ -66,8 +66,6 @@ def _unit_directions(model, subspaces: Mapping[str, AgentSubspace]) -> tuple[lis
         if s.d_model != model.cfg.d_model:
             raise LensInputError(f"{name!r} has width {s.d_model} but this model's d_model is {model.cfg.d_model}; "
                                  f"it was found on another model")
-        if s.hook_name != hook_name(s.layer):
-            raise LensInputError(f"{name!r} was read at {s.hook_name}; monitoring reads {hook_name(s.layer)}")
     dirs = torch.stack([s.direction.float() / s.direction.float().norm() for s in subspaces.values()])
     return names, [subspaces[n].hook_name for n in names], dirs
 
