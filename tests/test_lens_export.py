@@ -162,6 +162,34 @@ def test_exported_vectors_steer_hf_like_lens(pair, tmp_path, alpha):
     assert worst < 1e-4
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_bridge_backend_exports_steer_hf_like_lens(arch, tiny_model_dirs, tiny_tokenizer, tmp_path):
+    """TransformerBridge (compatibility mode) centres GPT-2's residual as HookedTransformer does: same export."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if arch == "gpt2":
+        _, hf = tiny_gpt2(tiny_tokenizer)
+        hf.save_pretrained(tmp_path)
+        tiny_tokenizer.save_pretrained(tmp_path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = TransformerBridge.boot_transformers(str(tmp_path), device="cpu", dtype=torch.float32,
+                                                        tokenizer=tiny_tokenizer)
+            model.enable_compatibility_mode(disable_warnings=True)
+    else:
+        model = lens.load_model(tiny_model_dirs["llama"], backend="bridge")
+        hf = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"], dtype=torch.float32).eval()
+    assert lens.export.centres_residual(model) == (arch == "gpt2")
+    v = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(5)) + 0.3
+    sub = lens.AgentSubspace(basis=(v / v.norm())[None], layer=1, hook_name=lens.hook_name(1), position="end",
+                             method="random")
+    ids = tokens_of(model)[0]
+    vectors = {l: u.numpy() for l, u in hf_vectors(model, sub, alpha=3.0).items()}
+    want = lens_logprobs(model, ids, sub, 3.0)
+    assert (want - hf_logprobs(hf, ids, {})).abs().max() > 0.05
+    assert (hf_logprobs(hf, ids, vectors) - want).abs().max() < 1e-4
+
+
 def test_multi_layer_and_resid_pre_exports_land_on_the_right_blocks(pair):
     arch, model, hf, sub = pair
     ids = tokens_of(model)[0]
