@@ -23,8 +23,10 @@ of a LayerNorm model (GPT-2, GPT-J, NeoX, OPT, Bloom, Phi), so its residual is H
 (measured on a tiny GPT-2: max |TL − HF| = 0.074, max |TL − centred HF| = 7e-7). Every reader of the stream is a
 LayerNorm, which subtracts the mean first, so a vector's mean component does nothing in either model: the HF vector
 of a TL vector ``v`` is ``v − mean(v)`` (adding ``v``, its centred copy or ``v + c`` through an HF hook gives the
-same log-probs as lens's steering to 1e-6), and an HF vector enters lens centred the same way. RMSNorm models
-(Llama, Qwen, Mistral, Gemma) are not centred: there the two bases are the same.
+same log-probs as lens's steering to 1e-6), and an HF vector enters lens centred the same way. TransformerBridge in
+compatibility mode processes the weights the same way (same GPT-2: max |TL − centred HF| = 4e-7); without weight
+processing TL's residual is HF's, and the centred vector still steers both identically. RMSNorm models (Llama,
+Qwen, Mistral, Gemma) are not centred: there the two bases are the same.
 """
 
 from __future__ import annotations
