@@ -88,8 +88,10 @@ def _blocks(model, subspace: AgentSubspace, layers) -> list[int]:
     elif isinstance(layers, int):
         layers = [layers]
     layers = list(layers)
-    if not layers or any(not isinstance(l, int) or not 0 <= l < n for l in layers):
-        raise LensInputError(f"layers {layers!r} are invalid: this model has layers 0..{n - 1} (or pass 'all')")
+    if not layers or any(isinstance(l, bool) or not isinstance(l, int) or not -n <= l < n for l in layers):
+        raise LensInputError(f"layers {layers!r} are invalid: this model has layers 0..{n - 1} (negatives count "
+                             f"from the last; or pass 'all')")
+    layers = [l % n for l in layers]
     shift = 1 if site.group(2) == "resid_pre" else 0
     if shift and 0 in layers:
         raise LensInputError("blocks.0.hook_resid_pre is the embedding output, which no export format addresses "
@@ -99,8 +101,11 @@ def _blocks(model, subspace: AgentSubspace, layers) -> list[int]:
 
 def _vector(subspace: AgentSubspace, alpha: float | Sequence[float]) -> Float[Tensor, "d_model"]:
     """``alpha * direction`` (k = 1) or ``sum_i alpha[i] * basis[i]`` (k > 1, one strength per direction)."""
-    strengths = [alpha] if isinstance(alpha, (int, float)) else list(alpha)
-    if not all(isinstance(a, (int, float)) and math.isfinite(a) for a in strengths):
+    try:
+        strengths = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1).tolist()
+    except (TypeError, ValueError, RuntimeError):
+        raise LensInputError(f"alpha {alpha!r} must be a number or one number per direction") from None
+    if not all(math.isfinite(a) for a in strengths):
         raise LensInputError(f"alpha {alpha!r} must be finite numbers")
     if len(strengths) != subspace.k:
         raise LensInputError(f"this subspace has k={subspace.k} directions, so alpha needs {subspace.k} strengths "
@@ -116,8 +121,8 @@ def hf_vectors(model, subspace: AgentSubspace, *, alpha: float | Sequence[float]
         model: The lens model the subspace was found on (its norm type decides the basis change).
         subspace: What to export; read at ``blocks.L.hook_resid_post`` (or ``resid_pre`` of block L + 1).
         alpha: The strength; with a k>1 subspace, one strength per direction.
-        layers: Layers to write at, as in ``lens.steer(layer=...)`` (default: where the subspace was read;
-            ``"all"`` for every layer).
+        layers: Layers to write at, as in `lens.steer` (default: where the subspace was read; ``"all"`` for every
+            layer; negatives count from the last).
 
     Returns:
         ``{L: v}``: add ``v`` (float32, HF basis) to the output of HF decoder block ``L`` at every position.
@@ -201,7 +206,8 @@ def to_repeng(model, subspace: AgentSubspace, *, alpha: float | Sequence[float] 
 
 
 def _meta(subspace: AgentSubspace, alpha, fmt: str) -> str:
-    return json.dumps({"format": fmt, "alpha": alpha if isinstance(alpha, (int, float)) else list(alpha),
+    strengths = torch.as_tensor(alpha, dtype=torch.float64).reshape(-1).tolist()
+    return json.dumps({"format": fmt, "alpha": strengths[0] if len(strengths) == 1 else strengths,
                        "hook_name": subspace.hook_name, "position": subspace.position, "method": subspace.method,
                        "agent": subspace.agent, "persona": subspace.persona, "normalization": subspace.normalization,
                        "stats": subspace.stats, "provenance": subspace.provenance}, default=str)

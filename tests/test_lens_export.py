@@ -194,7 +194,7 @@ def test_multi_layer_and_resid_pre_exports_land_on_the_right_blocks(pair):
     arch, model, hf, sub = pair
     ids = tokens_of(model)[0]
     vectors = {l: v.numpy() for l, v in hf_vectors(model, sub, alpha=2.0, layers=[1, 2]).items()}
-    assert sorted(vectors) == [1, 2]
+    assert sorted(vectors) == [1, 2] and list(hf_vectors(model, sub, layers=-1)) == [model.cfg.n_layers - 1]
     second = dataclasses.replace(sub, layer=2, hook_name=lens.hook_name(2))
     with lens.steer(model, sub, 2.0, positions="all"), lens.steer(model, second, 2.0, positions="all"):
         with torch.no_grad():
@@ -265,8 +265,11 @@ def test_k2_subspace_needs_one_strength_per_direction(pair):
     got = hf_vectors(model, two, alpha=[2.0, -1.0])[1]
     want = 2.0 * two.basis[0] - two.basis[1]
     assert torch.allclose(got, want - want.mean() if lens.export.centres_residual(model) else want, atol=1e-6)
+    assert torch.equal(hf_vectors(model, two, alpha=torch.tensor([2.0, -1.0]))[1], got)
     with pytest.raises(lens.LensInputError, match="must be finite"):
         hf_vectors(model, sub, alpha=float("nan"))
+    with pytest.raises(lens.LensInputError, match="must be a number or one number per direction"):
+        hf_vectors(model, sub, alpha="strong")
 
 
 def test_export_import_bad_inputs(pair, tmp_path):
