@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lens.activations import hook_name, resolve_prepend_bos, turn_activations
+from lens.activations import ActivationSet, hook_name, resolve_prepend_bos, turn_activations
 from lens.debate_format import Transcript, turn_spans
 from lens.errors import LensInputError
 from lens.subspace import AgentSubspace
@@ -199,7 +199,7 @@ def _auroc(is_agent: list[bool], scores: list[float]) -> float:
 
 def detect_agent_turns(model, subspace: AgentSubspace, transcripts: Sequence[Transcript], *,
                        agent: int | str | None = None, judge: Callable[[str], float | None] | None = None,
-                       batch_size: int = 8) -> TurnDetection:
+                       acts: ActivationSet | None = None, batch_size: int = 8) -> TurnDetection:
     """Score every turn of held-out debates by its projection onto ``subspace``'s direction (read as the subspace
     was: same layer and token rule) and measure by AUROC how well that tells ``agent``'s turns from the others'.
 
@@ -210,6 +210,8 @@ def detect_agent_turns(model, subspace: AgentSubspace, transcripts: Sequence[Tra
         agent: The agent to detect, by number or persona (default: the subspace's own agent).
         judge: Optional ``text -> score`` (higher = more like the agent, e.g. a trait judge); scored on the same
             turns' texts. A ``None`` from the judge counts as its lowest score.
+        acts: These transcripts' turn activations if already collected (`lens.turn_activations` at the
+            subspace's layer and token rule); then no forward pass is run.
         batch_size: Forward-pass batch size.
 
     Returns:
@@ -226,8 +228,14 @@ def detect_agent_turns(model, subspace: AgentSubspace, transcripts: Sequence[Tra
     if subspace.hook_name != hook_name(subspace.layer):
         raise LensInputError(f"the subspace was read at {subspace.hook_name}; detection reads "
                              f"{hook_name(subspace.layer)}")
-    acts = turn_activations(model, transcripts, layers=[subspace.layer], position=subspace.position,
-                            batch_size=batch_size)
+    if acts is None:
+        acts = turn_activations(model, transcripts, layers=[subspace.layer], position=subspace.position,
+                                batch_size=batch_size)
+    n_turns = sum(len(turn_spans(t)) for t in transcripts)
+    if len(acts.labels) != n_turns or acts.position != subspace.position or subspace.layer not in acts.layers:
+        raise LensInputError(f"acts do not belong to these transcripts read as the subspace was: they hold "
+                             f"{len(acts.labels)} readings at layers {acts.layers}, position {acts.position!r}; "
+                             f"needed {n_turns} turns at layer {subspace.layer}, position {subspace.position!r}")
     key = "persona" if isinstance(agent, str) else "agent"
     is_agent = [lab[key] == agent for lab in acts.labels]
     if all(is_agent) or not any(is_agent):

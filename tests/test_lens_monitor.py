@@ -65,7 +65,8 @@ def test_detector_auroc_beats_text_judge_on_held_out_turns(planted, agent2):
     # agent 2 is evil in half its turns, nobody else ever: the judge ranks half perfectly and ties the rest
     assert det.judge_auroc == pytest.approx(0.75, abs=1e-9)
     assert det.auroc > 0.99 and det.auroc > det.judge_auroc
-    flipped = detect_agent_turns(model, dataclasses.replace(agent2, basis=-agent2.basis), held_out)
+    acts = lens.turn_activations(model, held_out, layers=[0], position=agent2.position)
+    flipped = detect_agent_turns(model, dataclasses.replace(agent2, basis=-agent2.basis), held_out, acts=acts)
     assert flipped.auroc == pytest.approx(1 - det.auroc, abs=1e-9) and flipped.judge_auroc is None
     print(f"\nplanted direction, held-out turns: projection AUROC {det.auroc:.3f}, "
           f"ToyTraitJudge AUROC {det.judge_auroc:.3f}")
@@ -80,6 +81,9 @@ def test_detector_bad_inputs(planted, agent2):
         detect_agent_turns(model, agent2, debates(range(3)), agent=4)
     with pytest.raises(lens.LensInputError, match="names no agent; pass agent="):
         detect_agent_turns(model, random_subspace(model, 0), debates(range(3)))
+    with pytest.raises(lens.LensInputError, match="acts do not belong to these transcripts"):
+        detect_agent_turns(model, agent2, debates(range(3)),
+                           acts=lens.turn_activations(model, debates(range(4)), layers=[0], position="end"))
     with pytest.raises(lens.LensInputError, match="the judge returned 'high'"):
         detect_agent_turns(model, agent2, debates(range(3)), judge=lambda text: "high")
 
