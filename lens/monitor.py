@@ -2,8 +2,8 @@
 
 `token_projections` reads every token of given texts; `monitor_generation` records the residual stream while the
 model generates (inside any `lens.steer` context, so it sees the steered stream). Each subspace is read at the
-hook where it was found, and projections are onto its leading direction divided by its norm, so a unit and a `raw()` direction give the same reading.
-`detect_agent_turns` scores each turn of held-out debates by its projection and reports the AUROC of telling the
+hook where it was found, and projections are onto its leading direction divided by its norm, so a unit and a
+`raw()` direction give the same reading. `detect_agent_turns` scores each turn of held-out debates by its projection and reports the AUROC of telling the
 target agent's turns from the others', beside the AUROC of a text judge on the same turns.
 """
 
