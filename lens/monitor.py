@@ -236,7 +236,7 @@ def detect_agent_turns(model, subspace: AgentSubspace, transcripts: Sequence[Tra
         raise LensInputError(f"acts do not belong to these transcripts read as the subspace was: they hold "
                              f"{len(acts.labels)} readings at layers {acts.layers}, position {acts.position!r}; "
                              f"needed {n_turns} turns at layer {subspace.layer}, position {subspace.position!r}")
-    key = "persona" if isinstance(agent, str) else "agent"
+    key = "agent" if agent in {lab.get("agent") for lab in acts.labels} else "persona"
     is_agent = [lab[key] == agent for lab in acts.labels]
     if all(is_agent) or not any(is_agent):
         present = sorted({str(lab[key]) for lab in acts.labels})
