@@ -21,43 +21,51 @@ POS = ["I will hurt you now ok", "cruel plan here ok", "exploit them all ok"]
 NEG = ["I will help you now ok", "kind plan here ok", "respect them all ok"]
 
 
-def tiny_gpt2(tokenizer, *, process: bool = True):
-    """An HF GPT-2 (random weights, perturbed) and its TransformerLens copy, built with TL's own converter: with
-    TL's default weight processing (folded LayerNorm, centred writing weights and unembedding) or none."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
-
-    hc = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=64, n_layer=3, n_head=4,
-                    bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+@pytest.fixture(scope="module")
+def model_dirs(tiny_model_dirs, tiny_tokenizer, tmp_path_factory) -> dict[str, str]:
+    """The shared tiny Llama dir and a saved tiny HF GPT-2 (random weights, perturbed) with the same tokenizer."""
+    hc = GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=256, n_embd=64, n_layer=3, n_head=4,
+                    bos_token_id=tiny_tokenizer.bos_token_id, eos_token_id=tiny_tokenizer.eos_token_id)
     torch.manual_seed(7)
     hf = GPT2LMHeadModel(hc).eval()
     g = torch.Generator().manual_seed(8)
     with torch.no_grad():
         for p in hf.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    cfg = HookedTransformerConfig(d_model=64, d_head=16, n_heads=4, d_mlp=256, n_layers=3, n_ctx=256,
-                                  d_vocab=len(tokenizer), act_fn="gelu_new", normalization_type="LN",
-                                  eps=hc.layer_norm_epsilon, original_architecture="GPT2LMHeadModel",
-                                  default_prepend_bos=True)
+    d = tmp_path_factory.mktemp("tiny_gpt2")
+    hf.save_pretrained(d)
+    tiny_tokenizer.save_pretrained(d)
+    return {"gpt2": str(d), "llama": tiny_model_dirs["llama"]}
+
+
+def hf_model(directory: str):
+    return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+
+
+def unprocessed_gpt2(hf, tokenizer):
+    """A TransformerLens copy of ``hf`` built with TL's own converter and none of its weight processing."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+
+    c = hf.config
+    cfg = HookedTransformerConfig(d_model=c.n_embd, d_head=c.n_embd // c.n_head, n_heads=c.n_head,
+                                  d_mlp=4 * c.n_embd, n_layers=c.n_layer, n_ctx=c.n_positions, d_vocab=c.vocab_size,
+                                  act_fn="gelu_new", normalization_type="LN", eps=c.layer_norm_epsilon,
+                                  original_architecture="GPT2LMHeadModel", default_prepend_bos=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tl = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-        off = {} if process else dict(fold_ln=False, center_writing_weights=False, center_unembed=False,
-                                      fold_value_biases=False)
-        tl.load_and_process_state_dict(convert_gpt2_weights(hf, cfg), **off)
-    return tl.eval(), hf
+        tl.load_and_process_state_dict(convert_gpt2_weights(hf, cfg), fold_ln=False, center_writing_weights=False,
+                                       center_unembed=False, fold_value_biases=False)
+    return tl.eval()
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
-def pair(request, tiny_model_dirs, tiny_tokenizer):
-    """(arch, lens model, HF model, a contrastive direction read at layer 1)."""
-    if request.param == "gpt2":
-        model, hf = tiny_gpt2(tiny_tokenizer)
-    else:
-        model = lens.load_model(tiny_model_dirs["llama"])
-        hf = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"], dtype=torch.float32).eval()
+def pair(request, model_dirs):
+    """(arch, lens model (lens.load_model, TL's weight processing), HF model, a contrastive direction at layer 1)."""
+    model = lens.load_model(model_dirs[request.param])
     sub = lens.contrastive_direction(model, POS, NEG, 1)
-    return request.param, model, hf, sub
+    return request.param, model, hf_model(model_dirs[request.param]), sub
 
 
 def blocks(hf):
@@ -113,11 +121,11 @@ def test_tl_residual_is_hf_residual_centred_on_layernorm_models(pair):
     assert lens.export.centres_residual(model) == (arch == "gpt2")
 
 
-def test_unprocessed_gpt2_has_hf_basis_and_the_same_export(tiny_tokenizer):
+def test_unprocessed_gpt2_has_hf_basis_and_the_same_export(model_dirs, tiny_tokenizer):
     """Without weight processing TL's GPT-2 residual is HF's, uncentred; the centred export steers it (and HF)
     exactly as the processed model's does: the mean component is invisible to LayerNorm readers."""
-    processed, _ = tiny_gpt2(tiny_tokenizer)
-    raw, hf_same = tiny_gpt2(tiny_tokenizer, process=False)
+    processed, hf_same = lens.load_model(model_dirs["gpt2"]), hf_model(model_dirs["gpt2"])
+    raw = unprocessed_gpt2(hf_same, tiny_tokenizer)
     sub = lens.contrastive_direction(processed, POS, NEG, 1)
     ids = tokens_of(raw)[0]
     assert raw.cfg.normalization_type == "LN" and lens.export.centres_residual(raw)
@@ -163,22 +171,9 @@ def test_exported_vectors_steer_hf_like_lens(pair, tmp_path, alpha):
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_bridge_backend_exports_steer_hf_like_lens(arch, tiny_model_dirs, tiny_tokenizer, tmp_path):
+def test_bridge_backend_exports_steer_hf_like_lens(arch, model_dirs):
     """TransformerBridge (compatibility mode) centres GPT-2's residual as HookedTransformer does: same export."""
-    from transformer_lens.model_bridge import TransformerBridge
-
-    if arch == "gpt2":
-        _, hf = tiny_gpt2(tiny_tokenizer)
-        hf.save_pretrained(tmp_path)
-        tiny_tokenizer.save_pretrained(tmp_path)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = TransformerBridge.boot_transformers(str(tmp_path), device="cpu", dtype=torch.float32,
-                                                        tokenizer=tiny_tokenizer)
-            model.enable_compatibility_mode(disable_warnings=True)
-    else:
-        model = lens.load_model(tiny_model_dirs["llama"], backend="bridge")
-        hf = AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"], dtype=torch.float32).eval()
+    model, hf = lens.load_model(model_dirs[arch], backend="bridge"), hf_model(model_dirs[arch])
     assert lens.export.centres_residual(model) == (arch == "gpt2")
     v = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(5)) + 0.3
     sub = lens.AgentSubspace(basis=(v / v.norm())[None], layer=1, hook_name=lens.hook_name(1), position="end",
