@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lens.activations import ActivationSet, hook_name, resolve_prepend_bos, turn_activations
+from lens.activations import ActivationSet, resolve_prepend_bos, turn_activations
 from lens.debate_format import Transcript, turn_spans
 from lens.errors import LensInputError
 from lens.subspace import AgentSubspace
@@ -201,7 +201,7 @@ def detect_agent_turns(model, subspace: AgentSubspace, transcripts: Sequence[Tra
                        agent: int | str | None = None, judge: Callable[[str], float | None] | None = None,
                        acts: ActivationSet | None = None, batch_size: int = 8) -> TurnDetection:
     """Score every turn of held-out debates by its projection onto ``subspace``'s direction (read as the subspace
-    was: same layer and token rule) and measure by AUROC how well that tells ``agent``'s turns from the others'.
+    was: same layer, site and token rule) and measure by AUROC how well that tells ``agent``'s turns from the others'.
 
     Args:
         model: A lens model.
@@ -225,17 +225,16 @@ def detect_agent_turns(model, subspace: AgentSubspace, transcripts: Sequence[Tra
     agent = agent if agent is not None else (subspace.agent if subspace.agent is not None else subspace.persona)
     if agent is None:
         raise LensInputError("the subspace names no agent; pass agent=<number or persona>")
-    if subspace.hook_name != hook_name(subspace.layer):
-        raise LensInputError(f"the subspace was read at {subspace.hook_name}; detection reads "
-                             f"{hook_name(subspace.layer)}")
     if acts is None:
         acts = turn_activations(model, transcripts, layers=[subspace.layer], position=subspace.position,
-                                batch_size=batch_size)
+                                site=subspace.site, batch_size=batch_size)
     n_turns = sum(len(turn_spans(t)) for t in transcripts)
-    if len(acts.labels) != n_turns or acts.position != subspace.position or subspace.layer not in acts.layers:
+    if (len(acts.labels) != n_turns or acts.position != subspace.position or subspace.layer not in acts.layers
+            or acts.site != subspace.site):
         raise LensInputError(f"acts do not belong to these transcripts read as the subspace was: they hold "
-                             f"{len(acts.labels)} readings at layers {acts.layers}, position {acts.position!r}; "
-                             f"needed {n_turns} turns at layer {subspace.layer}, position {subspace.position!r}")
+                             f"{len(acts.labels)} readings at layers {acts.layers}, site {acts.site}, position "
+                             f"{acts.position!r}; needed {n_turns} turns at layer {subspace.layer}, site "
+                             f"{subspace.site}, position {subspace.position!r}")
     key = "agent" if agent in {lab.get("agent") for lab in acts.labels} else "persona"
     is_agent = [lab[key] == agent for lab in acts.labels]
     if all(is_agent) or not any(is_agent):

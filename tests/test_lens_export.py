@@ -251,7 +251,7 @@ def test_import_centres_hf_vectors_on_layernorm_models(pair):
 
 
 def test_k2_subspace_needs_one_strength_per_direction(pair):
-    _, model, _, sub = pair
+    _, model, hf, sub = pair
     other = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(1))
     other -= (other @ sub.direction) * sub.direction
     two = dataclasses.replace(sub, basis=torch.stack([sub.direction, other / other.norm()]))
@@ -261,6 +261,8 @@ def test_k2_subspace_needs_one_strength_per_direction(pair):
     want = 2.0 * two.basis[0] - two.basis[1]
     assert torch.allclose(got, want - want.mean() if lens.export.centres_residual(model) else want, atol=1e-6)
     assert torch.equal(hf_vectors(model, two, alpha=torch.tensor([2.0, -1.0]))[1], got)
+    ids = tokens_of(model)[0]
+    assert (lens_logprobs(model, ids, two, [2.0, -1.0]) - hf_logprobs(hf, ids, {1: got.numpy()})).abs().max() < 1e-4
     with pytest.raises(lens.LensInputError, match="must be finite"):
         hf_vectors(model, sub, alpha=float("nan"))
     with pytest.raises(lens.LensInputError, match="must be a number or one number per direction"):

@@ -75,6 +75,17 @@ def test_detector_auroc_beats_text_judge_on_held_out_turns(planted, agent2):
                                               f"text judge (AUROC {det.judge_auroc:.3f})"]
 
 
+def test_detector_reads_at_the_subspace_site(planted):
+    model, _, _ = planted
+    mid = lens.find_agent_subspace(model, "critic", transcripts=debates(range(0, 12)), layers=[1], site="resid_mid")
+    held_out = debates(range(100, 112))
+    det = detect_agent_turns(model, mid, held_out)
+    acts = lens.turn_activations(model, held_out, layers=[1], site="resid_mid")
+    hand = acts.at(1) @ mid.direction
+    assert det.hook_name == "blocks.1.hook_resid_mid" and det.agent == 2  # the subspace names its agent
+    assert torch.allclose(torch.tensor(det.scores), hand, atol=1e-5) and det.auroc > 0.9
+
+
 def test_detector_bad_inputs(planted, agent2):
     model, _, _ = planted
     with pytest.raises(lens.LensInputError, match="AUROC needs turns of 4 and of others"):
