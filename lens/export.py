@@ -18,6 +18,9 @@ added to (``model.model.layers[L]`` / ``transformer.h[L]``, i.e. HF ``hidden_sta
   ("invalid (zero) direction tensor layer index"): block 0's output cannot be steered by llama.cpp. The loader
   does not read the metadata keys.
 
+A vector read at ``mlp_out`` is written where ``resid_post`` is (the MLP output joins the stream at the block's end),
+and ``resid_pre`` of block L is block L − 1's output; other sites lie inside a block and cannot be exported.
+
 **The residual basis.** TransformerLens's weight processing centres every weight that writes to the residual stream
 of a LayerNorm model (GPT-2, GPT-J, NeoX, OPT, Bloom, Phi), so its residual is HF's minus its mean over ``d_model``
 (measured on a tiny GPT-2: max |TL − HF| = 0.074, max |TL − centred HF| = 7e-7). Every reader of the stream is a
@@ -49,7 +52,7 @@ from lens.subspace import AgentSubspace
 
 FORMATS = {"gguf": ".gguf", "steering-vectors": ".safetensors"}
 LAYER_TYPE = "decoder_block"
-_SITE = re.compile(r"blocks\.(\d+)\.hook_(resid_post|resid_pre)")
+_SITE = re.compile(r"blocks\.(\d+)\.hook_(\w+)")
 
 
 def centres_residual(model) -> bool:
@@ -73,13 +76,23 @@ def _centred(model, v: Float[Tensor, "d_model"]) -> Float[Tensor, "d_model"]:
     return v - v.mean() if centres_residual(model) else v
 
 
+def _block_shift(model, site: str) -> int:
+    """How far a write at ``site`` of block L is from block L's output: 0 if it is the same write (``resid_post``;
+    ``mlp_out``, which nothing reads before it joins the stream; ``attn_out`` when attention and MLP run in parallel),
+    1 for ``resid_pre`` (block L − 1's output); other sites are inside the block, where no format writes."""
+    if site in ("resid_post", "mlp_out") or (site == "attn_out" and getattr(model.cfg, "parallel_attn_mlp", False)):
+        return 0
+    if site == "resid_pre":
+        return 1
+    raise LensInputError(f"a vector read at {site!r} is written inside a block, where steering-vectors' decoder_block, "
+                         f"repeng and llama.cpp cannot add it; export a resid_post, resid_pre or mlp_out vector")
+
+
 def _blocks(model, subspace: AgentSubspace, layers) -> list[int]:
     """HF decoder blocks whose output the vector is added to (the site of ``subspace`` at ``layers``)."""
     site = _SITE.fullmatch(subspace.hook_name)
     if site is None:
-        raise LensInputError(f"{subspace.hook_name}: exported vectors are added to a block's output (resid_post, or "
-                             f"resid_pre of the next block); steering-vectors, repeng and llama.cpp cannot address "
-                             f"this site")
+        raise LensInputError(f"{subspace.hook_name} is not a TransformerLens block hook (blocks.L.hook_<site>)")
     n = model.cfg.n_layers
     if layers is None:
         layers = [subspace.layer]
@@ -92,7 +105,7 @@ def _blocks(model, subspace: AgentSubspace, layers) -> list[int]:
         raise LensInputError(f"layers {layers!r} are invalid: this model has layers 0..{n - 1} (negatives count "
                              f"from the last; or pass 'all')")
     layers = [l % n for l in layers]
-    shift = 1 if site.group(2) == "resid_pre" else 0
+    shift = _block_shift(model, site.group(2))
     if shift and 0 in layers:
         raise LensInputError("blocks.0.hook_resid_pre is the embedding output, which no export format addresses "
                              "(they add to a block's output); use layers >= 1")
@@ -119,7 +132,8 @@ def hf_vectors(model, subspace: AgentSubspace, *, alpha: float | Sequence[float]
 
     Args:
         model: The lens model the subspace was found on (its norm type decides the basis change).
-        subspace: What to export; read at ``blocks.L.hook_resid_post`` (or ``resid_pre`` of block L + 1).
+        subspace: What to export: read at ``blocks.L.hook_resid_post``, ``hook_mlp_out`` (the same write), or
+            ``hook_resid_pre`` (block L − 1's output); ``attn_out`` only where attention and MLP run in parallel.
         alpha: The strength; with a k>1 subspace, one strength per direction.
         layers: Layers to write at, as in `lens.steer` (default: where the subspace was read; ``"all"`` for every
             layer; negatives count from the last).

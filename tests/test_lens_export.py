@@ -199,8 +199,13 @@ def test_multi_layer_and_resid_pre_exports_land_on_the_right_blocks(pair):
     assert list(hf_vectors(model, pre)) == [1]
     with pytest.raises(lens.LensInputError, match="embedding output"):
         hf_vectors(model, dataclasses.replace(sub, layer=0, hook_name="blocks.0.hook_resid_pre"))
-    with pytest.raises(lens.LensInputError, match="cannot address this site"):
-        hf_vectors(model, dataclasses.replace(sub, hook_name="blocks.1.hook_mlp_out"))
+    mlp = dataclasses.replace(sub, hook_name="blocks.1.hook_mlp_out", site="mlp_out")  # joins block 1's output
+    vectors = {l: v.numpy() for l, v in hf_vectors(model, mlp, alpha=3.0).items()}
+    assert list(vectors) == [1]
+    assert (hf_logprobs(hf, ids, vectors) - lens_logprobs(model, ids, mlp, 3.0)).abs().max() < 1e-4
+    for site in ("resid_mid", "attn_out"):  # inside the block (neither tiny model runs attention and MLP in parallel)
+        with pytest.raises(lens.LensInputError, match=f"read at '{site}' is written inside a block"):
+            hf_vectors(model, dataclasses.replace(sub, hook_name=f"blocks.1.hook_{site}", site=site))
 
 
 def test_gguf_reads_back_as_documented(pair, tmp_path):
