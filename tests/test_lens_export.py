@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file as load_numpy
+import transformers as T
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 import lens
@@ -290,3 +291,75 @@ def test_export_import_bad_inputs(pair, tmp_path):
         lens.import_vector(model, tmp_path / "junk.gguf")
     with pytest.raises(lens.LensInputError, match="layer_type 'mlp' is not supported"):
         lens.import_vector(model, {"layer_activations": {1: torch.ones(64)}, "layer_type": "mlp"})
+
+
+FAMILIES = {  # tiny configs of every decoder family lens.load_model converts (LayerNorm ones first)
+    "gpt2": lambda v, ids: T.GPT2Config(vocab_size=v, n_embd=64, n_layer=3, n_head=4, n_positions=256, **ids),
+    "gptj": lambda v, ids: T.GPTJConfig(vocab_size=v, n_embd=64, n_layer=3, n_head=4, n_positions=256, rotary_dim=8,
+                                        **ids),
+    "gpt_neo": lambda v, ids: T.GPTNeoConfig(vocab_size=v, hidden_size=64, num_layers=2, num_heads=4,
+                                             attention_types=[[["global", "local"], 1]], window_size=16,
+                                             max_position_embeddings=256, **ids),
+    "gpt_neox": lambda v, ids: T.GPTNeoXConfig(vocab_size=v, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                               intermediate_size=160, max_position_embeddings=256, **ids),
+    "opt": lambda v, ids: T.OPTConfig(vocab_size=v, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                                      ffn_dim=160, word_embed_proj_dim=64, max_position_embeddings=256, **ids),
+    "bloom": lambda v, ids: T.BloomConfig(vocab_size=v, hidden_size=64, n_layer=3, n_head=4, **ids),
+    "phi": lambda v, ids: T.PhiConfig(vocab_size=v, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
+                                      num_attention_heads=4, max_position_embeddings=256, **ids),
+    "olmo": lambda v, ids: T.OlmoConfig(**_lm(v, ids)),
+    "llama": lambda v, ids: T.LlamaConfig(**_lm(v, ids), num_key_value_heads=2),
+    "mistral": lambda v, ids: T.MistralConfig(**_lm(v, ids), num_key_value_heads=2, sliding_window=None),
+    "mixtral": lambda v, ids: T.MixtralConfig(**_lm(v, ids), num_key_value_heads=2, num_local_experts=4,
+                                              num_experts_per_tok=2, sliding_window=None),
+    "qwen2": lambda v, ids: T.Qwen2Config(**_lm(v, ids), num_key_value_heads=2, tie_word_embeddings=True),
+    "qwen3": lambda v, ids: T.Qwen3Config(**_lm(v, ids), num_key_value_heads=2, head_dim=16, tie_word_embeddings=True),
+    "gemma": lambda v, ids: T.GemmaConfig(**_lm(v, ids), num_key_value_heads=1, head_dim=16),
+    "gemma2": lambda v, ids: T.Gemma2Config(**_lm(v, ids), num_key_value_heads=2, head_dim=16),
+    "gemma3_text": lambda v, ids: T.Gemma3TextConfig(**_lm(v, ids), num_key_value_heads=2, head_dim=16),
+    "phi3": lambda v, ids: T.Phi3Config(**_lm(v, ids), num_key_value_heads=4),
+    "olmo2": lambda v, ids: T.Olmo2Config(**_lm(v, ids)),
+}
+LAYER_NORM_FAMILIES = {"gpt2", "gptj", "gpt_neo", "gpt_neox", "opt", "bloom", "phi", "olmo"}
+
+
+def _lm(vocab: int, ids: dict) -> dict:
+    return dict(vocab_size=vocab, hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=4,
+                max_position_embeddings=256, **ids)
+
+
+def decoder_layers(hf, n_layers: int):
+    """The HF model's list of decoder blocks (``transformer.h``, ``model.layers``, ``model.decoder.layers``, ...)."""
+    return next(m for m in hf.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n_layers)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_export_matches_an_hf_hook_on_every_family(family, tiny_tokenizer, tmp_path):
+    """A vector with a mean component, exported from lens, steers the HF model of each family (parallel attention,
+    OPT's decoder, Bloom's ALiBi, Gemma's scaled embeddings, ...) as lens steers its TL copy."""
+    ids = dict(bos_token_id=tiny_tokenizer.bos_token_id, eos_token_id=tiny_tokenizer.eos_token_id,
+               pad_token_id=tiny_tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    hf = AutoModelForCausalLM.from_config(FAMILIES[family](len(tiny_tokenizer), ids)).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    hf.save_pretrained(tmp_path)
+    tiny_tokenizer.save_pretrained(tmp_path)
+    model = lens.load_model(tmp_path)
+    assert lens.export.centres_residual(model) == (family in LAYER_NORM_FAMILIES)
+    v = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(1)) + 0.5
+    sub = lens.AgentSubspace(basis=(v / v.norm())[None], layer=1, hook_name=lens.hook_name(1), position="end",
+                             method="random")
+    x = tokens_of(model)[0]
+    want = lens_logprobs(model, x, sub, 4.0)
+    vector = hf_vectors(model, sub, alpha=4.0)[1]
+    handle = decoder_layers(hf, model.cfg.n_layers)[1].register_forward_hook(
+        lambda m, a, out: (out[0] + vector, *out[1:]) if isinstance(out, tuple) else out + vector)
+    try:
+        with torch.no_grad():
+            got = hf(x).logits.float().log_softmax(-1)
+    finally:
+        handle.remove()
+    assert (want - hf_logprobs(hf, x, {})).abs().max() > 0.1
+    assert (got - want).abs().max() < 1e-4
