@@ -29,7 +29,8 @@ of a TL vector ``v`` is ``v − mean(v)`` (adding ``v``, its centred copy or ``v
 same log-probs as lens's steering to 1e-6), and an HF vector enters lens centred the same way. TransformerBridge in
 compatibility mode processes the weights the same way (same GPT-2: max |TL − centred HF| = 4e-7); without weight
 processing TL's residual is HF's, and the centred vector still steers both identically. RMSNorm models (Llama,
-Qwen, Mistral, Gemma) are not centred: there the two bases are the same.
+Qwen, Mistral, Gemma) are not centred: there the two bases are the same. On tiny models of all 18 families lens
+loads, an exported vector through a plain HF hook gives lens's steered log-probs to 1e-6 (Gemma 2: 1.6e-5).
 """
 
 from __future__ import annotations
