@@ -1,8 +1,14 @@
-"""The ``latent-agents`` command: build the toy world, run the training stages, reproduce the study."""
+"""The ``latent-agents`` command: build the toy world, run the training stages, reproduce the study, plan a run.
+
+Every command loads the preset (``extends`` and ``--set`` applied) and validates all of it before any work. An
+error the project anticipates (a bad preset, bad input, a missing model, a full or read-only disk) is printed as
+one line, ``latent-agents: <sentence>``, with exit status 2; anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
@@ -12,10 +18,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from training.layout import STAGES  # noqa: E402  (after the environment, which must be set before HF imports)
 
+USER_ERROR_STATUS = 2
+# file-system conditions a user can fix (free space, another --run-dir, permissions); other OSErrors are bugs
+FS_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR}
+
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="toy", help="preset name (toy, smoke, llama3.1-8b, ...) or a .toml path")
     p.add_argument("--run-dir", default=None, help="run directory (default: runs/<preset>/)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
+                   help="override one preset value (TOML syntax: sft.max_steps=2, model.device='\"cuda\"'); "
+                        "repeatable, applied in order before anything reads the preset")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,20 +40,31 @@ def build_parser() -> argparse.ArgumentParser:
     for stage in STAGES:
         _common(sub.add_parser(stage, help=f"run the {stage} stage (cached; skipped when done)"))
     _common(sub.add_parser("reproduce", help="run every missing stage, then the three experiments and the report"))
+    _common(sub.add_parser("plan", help="check what a run needs and say what it would do; builds nothing"))
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from analyses.models import resolve_model
-    from training.presets import PresetError, default_run_dir, load_preset
+def _anticipated() -> tuple[type[BaseException], ...]:
+    from lens.debate_format import DebateFormatError
+    from lens.errors import LensError
+    from training.errors import UserError
 
-    try:
-        preset = resolve_model(load_preset(args.preset))
-    except PresetError as e:
-        print(f"latent-agents: {e}", file=sys.stderr)
-        return 2
+    return UserError, LensError, DebateFormatError
+
+
+def _run(args: argparse.Namespace) -> int:
+    from analyses.models import resolve_model
+    from analyses.validate import validate_preset
+    from training.presets import default_run_dir, load_preset
+
+    preset = load_preset(args.preset, args.overrides)
+    validate_preset(preset)
     run_dir = default_run_dir(preset, args.run_dir)
+    if args.command == "plan":
+        from analyses.plan import plan
+
+        return plan(preset, run_dir)
+    preset = resolve_model(preset)
     if args.command == "toy":
         from training.toy_base import build_base
 
@@ -54,6 +78,26 @@ def main(argv: list[str] | None = None) -> int:
 
         reproduce(preset, run_dir)
     return 0
+
+
+def _fail(message: str) -> int:
+    print(f"latent-agents: {' '.join(message.split())}", file=sys.stderr)
+    return USER_ERROR_STATUS
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status (0 done, 1 ``plan`` found a failing check, 2 an anticipated
+    error, printed as one line)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except _anticipated() as e:
+        return _fail(str(e))
+    except OSError as e:
+        if e.errno not in FS_ERRNOS:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        return _fail(f"{e.strerror}{where}; free space there, fix its permissions or choose another --run-dir")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ snapshot in the local Hugging Face cache, or one clear error naming what to fetc
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from training.presets import Preset, PresetError
@@ -31,4 +32,4 @@ def resolve_model(preset: Preset) -> Preset:
         raise PresetError(f"preset {preset.name!r}: the cached snapshot {local} of {repo} has no config.json; "
                           f"re-fetch it with `huggingface-cli download {repo}`")
     data = {**preset.data, "model": {**preset.data["model"], "path": local}}
-    return Preset(preset.name, preset.path, data)
+    return dataclasses.replace(preset, data=data)

@@ -1,64 +1,260 @@
 """Presets: one TOML file per study scale in ``configs/`` (toy, smoke, and the paper's three models).
 
-Each module owns one section and reads it into its own dataclass with `Preset.section`, which rejects unknown
-keys by name, so a typo in a preset is one clear error rather than a silently ignored knob.
+A preset may start from another with a top-level ``extends = "<preset name or path>"`` and state only what
+differs: tables are merged key by key, anything else (numbers, strings, lists) is replaced. Command-line
+overrides (``--set section.key=value``, TOML value syntax) are applied on top, before anything reads the preset.
+Each section is a dataclass (the schema, see `training.schema`), and `Preset.validate` checks every section
+at once, so a typo, a wrong type or an impossible value is one sentence before any work.
+
+``[meta]`` and ``[model]`` belong to the preset itself and are defined here; every other section belongs to the
+module that reads it, and the registry of all of them lives with the command line (``analyses/validate.py``),
+the one place that sees both ``training/`` and ``analyses/``.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, Mapping, Sequence, TypeVar
+
+from training.errors import PresetError
+from training.schema import NON_NEGATIVE, matches, non_finite, parse_section, toml_repr
+
+__all__ = ["CONFIG_DIR", "MetaConfig", "ModelConfig", "Preset", "PresetError", "available_presets",
+           "default_run_dir", "load_preset"]
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+EXTENDS = "extends"
 T = TypeVar("T")
 
 
-class PresetError(ValueError):
-    """A preset that cannot be found or does not validate."""
+@dataclass(frozen=True)
+class MetaConfig:
+    """Preset section ``[meta]``: the preset's name (default: its file name; never inherited through
+    ``extends``), a one-line description, and the seed every stage derives its randomness from."""
+
+    name: str = ""
+    description: str = ""
+    seed: int = field(default=0, metadata=NON_NEGATIVE)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Preset section ``[model]``: the base model and how every stage loads it.
+
+    ``path`` empty means the toy world (the base model is trained from scratch into the run dir); otherwise a
+    local HF model dir or ``hf://<repo id>``, looked up in the local Hugging Face cache only. ``device`` ``auto``
+    is CUDA when present; ``dtype`` ``auto`` is bfloat16 on CUDA and float32 elsewhere. The defaults (float32 on
+    the CPU) are what every stage did before these keys existed.
+    """
+
+    path: str = ""
+    device: str = field(default="cpu", metadata=matches(r"auto|cpu|cuda(:\d+)?", '"auto", "cpu", "cuda" or "cuda:<n>"'))
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    gradient_checkpointing: bool = False
+
+    def resolved_device(self) -> str:
+        """The device stages load onto: ``auto`` becomes ``cuda`` when torch sees a GPU, else ``cpu``."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_dtype(self) -> str:
+        """The dtype name stages load in: ``auto`` becomes ``bfloat16`` on CUDA, else ``float32``."""
+        if self.dtype != "auto":
+            return self.dtype
+        return "bfloat16" if self.resolved_device().startswith("cuda") else "float32"
 
 
 @dataclass(frozen=True)
 class Preset:
+    """A loaded preset: ``data`` is the merged TOML (after ``extends`` and ``--set``), ``files`` the files it was
+    merged from (the named one last) and ``overrides`` the ``--set`` items applied."""
+
     name: str
     path: Path
     data: dict
+    files: tuple[Path, ...] = ()
+    overrides: tuple[str, ...] = ()
 
     @property
     def seed(self) -> int:
-        return int(self.data.get("meta", {}).get("seed", 0))
+        return self.meta.seed
+
+    @property
+    def meta(self) -> MetaConfig:
+        return self.section("meta", MetaConfig)
+
+    @property
+    def model(self) -> ModelConfig:
+        return self.section("model", ModelConfig)
 
     def section(self, key: str, cls: type[T]) -> T:
-        """Section ``key`` as dataclass ``cls``; missing keys take the dataclass defaults."""
-        raw = self.data.get(key, {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - names)
+        """Section ``key`` as dataclass ``cls``, every value checked; missing keys take the dataclass defaults.
+
+        Raises:
+            PresetError: an unknown key, a wrong type or an impossible value, as one sentence.
+        """
+        return parse_section(cls, self.data.get(key, {}), f"preset {self.name!r} [{key}]")
+
+    def validate(self, sections: Mapping[str, type]) -> dict[str, object]:
+        """Every section of ``sections`` (plus ``[meta]`` and ``[model]``) parsed and checked at once.
+
+        Args:
+            sections: Section name → dataclass, for every section a preset may hold besides meta and model.
+
+        Returns:
+            Section name → its dataclass instance.
+
+        Raises:
+            PresetError: an unknown section, or the first bad key, as one sentence.
+
+        Example:
+            >>> load_preset("smoke").validate({"sft": Stage1Config})["sft"].max_steps
+            4
+        """
+        known = {"meta": MetaConfig, "model": ModelConfig, **sections}
+        unknown = sorted(set(self.data) - set(known))
         if unknown:
-            raise PresetError(f"preset {self.name!r} section [{key}]: unknown key(s) {unknown}; valid: {sorted(names)}")
-        try:
-            return cls(**raw)
-        except (TypeError, ValueError) as e:
-            raise PresetError(f"preset {self.name!r} section [{key}]: {e}") from None
+            raise PresetError(f"preset {self.name!r}: unknown section{'s' if len(unknown) > 1 else ''} "
+                              f"{', '.join(f'[{s}]' for s in unknown)}; valid: {', '.join(sorted(known))}")
+        for key, value in self.data.items():
+            if not isinstance(value, Mapping):
+                raise PresetError(f"preset {self.name!r}: {key} = {toml_repr(value)} must be a section [{key}] "
+                                  f"(a table), not a bare value")
+        parsed = {key: self.section(key, cls) for key, cls in known.items()}
+        bad = non_finite(self.data)
+        if bad is not None:  # a float inside an untyped table or list, e.g. a schedule entry
+            raise PresetError(f"preset {self.name!r}: {bad} is not a finite number; NaN and inf are never valid")
+        return parsed
 
 
-def available_presets() -> list[str]:
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.toml"))
+def available_presets(directory: Path = CONFIG_DIR) -> list[str]:
+    return sorted(p.stem for p in directory.glob("*.toml"))
 
 
-def load_preset(name_or_path: str | Path) -> Preset:
-    """A preset by name (``toy``, ``smoke``, ``llama3.1-8b``, ...) or by path to a TOML file."""
-    path = Path(name_or_path)
-    if path.suffix != ".toml":
-        path = CONFIG_DIR / f"{name_or_path}.toml"
-    if not path.is_file():
-        raise PresetError(f"unknown preset {str(name_or_path)!r}; valid: {available_presets()} or a path to a .toml file")
+def _find(name_or_path: str | Path, near: Path | None = None) -> Path | None:
+    """A preset file: a ``.toml`` path (relative to ``near``, else the working dir), or a name looked up
+    beside ``near`` first, then in ``configs/``."""
+    text = str(name_or_path)
+    if text.endswith(".toml"):
+        path = Path(text).expanduser()
+        if not path.is_absolute() and near is not None:
+            path = near / path
+        return path if path.is_file() else None
+    for directory in ([near] if near is not None else []) + [CONFIG_DIR]:
+        if (directory / f"{text}.toml").is_file():
+            return directory / f"{text}.toml"
+    return None
+
+
+def _read(path: Path) -> dict:
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise PresetError(f"preset file {path} is not valid TOML: {e}") from None
-    return Preset(name=data.get("meta", {}).get("name", path.stem), path=path, data=data)
+    except UnicodeDecodeError as e:
+        raise PresetError(f"preset file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def merge(base: dict, top: Mapping) -> dict:
+    """``top`` over ``base``: tables merged key by key (recursively), every other value replaced.
+
+    Example:
+        >>> merge({"sft": {"lora_r": 64, "max_steps": 4}}, {"sft": {"max_steps": 2}})
+        {'sft': {'lora_r': 64, 'max_steps': 2}}
+    """
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _load_chain(path: Path, seen: tuple[Path, ...]) -> tuple[dict, tuple[Path, ...]]:
+    """The merged data of ``path`` and everything it extends, and the files involved (base first)."""
+    path = path.resolve()
+    if path in seen:
+        loop = " extends ".join(p.stem for p in (*seen[seen.index(path):], path))
+        raise PresetError(f"preset {seen[0].stem!r} extends itself through {loop}; remove one of these extends")
+    data = _read(path)
+    if isinstance(data.setdefault("meta", {}), dict):
+        data["meta"].setdefault("name", path.stem)  # a name is never inherited
+    parent = data.pop(EXTENDS, None)
+    if parent is None:
+        return data, (path,)
+    if not isinstance(parent, str) or not parent:
+        raise PresetError(f"preset {path.stem!r}: extends = {toml_repr(parent)}: expected a preset name or a "
+                          f"path to a .toml file")
+    found = _find(parent, near=path.parent)
+    if found is None:
+        raise PresetError(f"preset {path.stem!r} extends {parent!r}, which is not found beside {path.parent} or "
+                          f"in configs/; valid: {', '.join(available_presets())} or a path to a .toml file")
+    base, files = _load_chain(found, (*seen, path))
+    return merge(base, data), (*files, path)
+
+
+def apply_set(data: dict, item: str) -> dict:
+    """``data`` with one ``section.key=value`` override applied (the value in TOML syntax; ``a.b.c`` reaches
+    into nested tables). Raises `PresetError` naming the item when it is malformed.
+
+    Example:
+        >>> apply_set({"sft": {"max_steps": 4}}, "sft.max_steps=2")
+        {'sft': {'max_steps': 2}}
+    """
+    key, sep, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) < 2 or not all(p.strip() for p in parts):
+        raise PresetError(f"--set {item!r} is not section.key=value; for example --set sft.max_steps=2")
+    if "\n" in text:
+        raise PresetError(f"--set {item!r}: the value must be on one line")
+    try:
+        value = tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        raise PresetError(f"--set {item!r}: {text.strip()!r} is not a TOML value; write numbers as 2 or 1e-4, "
+                          f'booleans as true, strings in double quotes ({key.strip()}="..."), lists as [1, 2]') from None
+    out = copy.deepcopy(data)
+    table = out
+    for i, part in enumerate(parts[:-1]):
+        table = table.setdefault(part.strip(), {})
+        if not isinstance(table, dict):
+            raise PresetError(f"--set {item!r}: {'.'.join(parts[:i + 1])} is a value, not a table")
+    table[parts[-1].strip()] = value
+    return out
+
+
+def load_preset(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Preset:
+    """A preset by name (``toy``, ``smoke``, ``llama3.1-8b``, ...) or by path to a TOML file.
+
+    Args:
+        name_or_path: A name in ``configs/`` or a path to a ``.toml`` file.
+        overrides: ``section.key=value`` items (TOML values), applied in order after ``extends``.
+
+    Returns:
+        The `Preset`. Sections are checked when read; `Preset.validate` checks all of them at once.
+
+    Raises:
+        PresetError: a missing file, bad TOML, an ``extends`` cycle or missing parent, a malformed override.
+
+    Example:
+        >>> load_preset("smoke", ["sft.max_steps=2"]).data["sft"]["max_steps"]
+        2
+    """
+    path = _find(name_or_path)
+    if path is None:
+        raise PresetError(f"unknown preset {str(name_or_path)!r}; valid: {', '.join(available_presets())} "
+                          f"or a path to a .toml file")
+    data, files = _load_chain(path, ())
+    for item in overrides:
+        data = apply_set(data, item)
+    name = data["meta"].get("name") if isinstance(data.get("meta"), dict) else None
+    return Preset(name=str(name or path.stem), path=path, data=data, files=files, overrides=tuple(overrides))
 
 
 def default_run_dir(preset: Preset, run_dir: str | Path | None = None) -> Path:
