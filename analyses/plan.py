@@ -195,8 +195,8 @@ def check_endpoint(label: str, base_url: str, api_key_env: str = "OPENAI_API_KEY
                         + (f"; it refuses the key in {api_key_env}" if refused else ""))
     except (urllib.error.URLError, TimeoutError, OSError, ValueError) as e:
         reason = getattr(e, "reason", e)
-        reach = Finding(label, False, f"{base_url} does not answer within {ENDPOINT_TIMEOUT_S:.0f} s ({reason}); "
-                                      f"start the server or fix the base URL")
+        reach = Finding(label, False, f"{base_url} cannot be reached within {ENDPOINT_TIMEOUT_S:.0f} s "
+                                      f"({reason}); start the server or fix the base URL")
     return [reach, key_finding]
 
 
@@ -258,7 +258,7 @@ def plan(preset: Preset, run_dir: str | Path, *, out: Callable[[str], None] = pr
     out(f"run dir: {run_dir}")
     width = max(len(f.check) for f in findings)
     out("")
-    out(f"{'check':<{width}}  {'':4}  detail")
+    out(f"{'check':<{width}}  {'':4}  finding")
     for f in findings:
         out(f"{f.check:<{width}}  {'ok' if f.ok else 'FAIL':4}  {f.detail}")
     rows = stages(preset, run_dir)

@@ -3,13 +3,18 @@
 
 from __future__ import annotations
 
+import http.server
+import socket
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import pytest
 
+from analyses import plan as plan_module
 from analyses.cli import main
+from analyses.plan import Finding, check_endpoint
 from analyses.validate import SECTIONS, validate_preset
 from training.presets import CONFIG_DIR, ModelConfig, PresetError, load_preset, merge
 from training.schema import PROBABILITY, bounds, parse_section
@@ -273,3 +278,54 @@ def test_plan_marks_a_finished_stage_cached_and_fails_a_missing_model(tmp_path, 
     assert any(line.split()[:2] == ["debates/main", "cached"] for line in out.splitlines())
     assert out.splitlines()[-1] == (f"latent-agents plan: model: [model] path '{tmp_path / 'nope'}' is not a local "
                                     "model dir with a config.json; download the model there or fix the path")
+
+
+class _Models(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        self.send_response(self.status if self.path == "/v1/models" else 404)
+        self.end_headers()
+        self.wfile.write(b'{"data": []}')
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def endpoint():
+    """A loopback server answering GET /v1/models; set ``_Models.status`` to choose its answer."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Models)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+    _Models.status = 200
+
+
+def test_endpoint_check_reaches_a_loopback_server_and_needs_no_key_there(endpoint, monkeypatch):
+    monkeypatch.delenv("LA_TEST_KEY", raising=False)
+    reach, key = check_endpoint("[malicious] judge", endpoint, "LA_TEST_KEY")
+    assert (reach.ok, reach.detail) == (True, f"{endpoint} answers")
+    assert (key.ok, key.detail) == (True, "LA_TEST_KEY is not set (a local server usually needs none)")
+
+
+def test_endpoint_check_fails_on_a_refused_key_and_a_closed_port(endpoint, monkeypatch):
+    monkeypatch.setenv("LA_TEST_KEY", "sk-secret")
+    _Models.status = 401
+    reach, key = check_endpoint("judge", endpoint, "LA_TEST_KEY")
+    assert (reach.ok, reach.detail) == (False, f"{endpoint} answers HTTP 401; it refuses the key in LA_TEST_KEY")
+    assert key.ok and "sk-secret" not in reach.detail + key.detail
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    reach, _ = check_endpoint("judge", closed, "LA_TEST_KEY")
+    assert not reach.ok and reach.detail.startswith(f"{closed} cannot be reached within 2 s")
+
+
+def test_plan_runs_checks_added_by_other_modules(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(plan_module, "CHECKS", [*plan_module.CHECKS, lambda preset, run_dir: [
+        Finding("datasets", False, "GSM8K is not in the local datasets cache")]])
+    assert main(["plan", "--preset", "smoke", "--run-dir", str(tmp_path / "run")]) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == "latent-agents plan: datasets: GSM8K is not in the local datasets cache"
