@@ -9,7 +9,7 @@ debate tags, so its prompts are out of distribution; both models get the same pr
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -27,6 +27,7 @@ from analyses.results import RESULTS
 from training.layout import RunLayout
 from training.presets import Preset
 from training.runner import load_debates
+from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, bounds
 from training.tasks import TaskConfig, arithmetic_split
 
 NAME = "agent_subspaces"
@@ -40,17 +41,20 @@ class SubspaceConfig:
     experiment: str = "main"
     layer: int | None = None            # None: the middle layer (paper: 15 for 32-layer LLaMA/Qwen, 20 for Mistral)
     normalize: bool = True              # unit vectors, α in residual units (paper); False: α × raw mean difference
-    alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0)
-    n_train_transcripts: int | None = None  # SFT training debates used for the vectors (None: all, as the paper)
-    n_heldout: int = 20                 # held-out debates; each turn of an agent in them is one prompt
-    rounds: tuple[int, ...] = (1, 2)
-    max_new_tokens: int = 160
-    temperature: float = 0.7
-    top_p: float = 0.9
-    capability_alphas: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)
-    n_capability: int = 50
-    capability_max_new_tokens: int = 96
-    seed: int = 42
+    alphas: tuple[float, ...] = field(default=(0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0),
+                                      metadata=NON_EMPTY)
+    # SFT training debates used for the vectors (None: all, as the paper)
+    n_train_transcripts: int | None = field(default=None, metadata=AT_LEAST_ONE)
+    # held-out debates; each turn of an agent in them is one prompt
+    n_heldout: int = field(default=20, metadata=AT_LEAST_ONE)
+    rounds: tuple[int, ...] = field(default=(1, 2), metadata=bounds(ge=1, le=2, nonempty=True))
+    max_new_tokens: int = field(default=160, metadata=AT_LEAST_ONE)
+    temperature: float = field(default=0.7, metadata=NON_NEGATIVE)
+    top_p: float = field(default=0.9, metadata=bounds(gt=0, le=1))
+    capability_alphas: tuple[float, ...] = field(default=(0.0, 1.0, 2.0, 3.0, 4.0, 5.0), metadata=NON_EMPTY)
+    n_capability: int = field(default=50, metadata=AT_LEAST_ONE)
+    capability_max_new_tokens: int = field(default=96, metadata=AT_LEAST_ONE)
+    seed: int = field(default=42, metadata=NON_NEGATIVE)
 
     def __post_init__(self) -> None:
         for name in ("alphas", "rounds", "capability_alphas"):

@@ -12,7 +12,7 @@ template with the neutral persona, i.e. no trait prompt).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -33,6 +33,7 @@ from analyses.results import RESULTS
 from training.layout import RunLayout
 from training.presets import Preset
 from training.prompts import ADVICE, ROUND1, SYSTEM_PROMPTS
+from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, PROBABILITY, bounds
 from training.tasks import TaskConfig, arithmetic_split, trait_split
 from training.teacher import TRAIT_PERSONAS
 
@@ -43,24 +44,27 @@ NAME = "malicious"
 class MaliciousConfig:
     """Preset section ``[malicious]``: traits, α grid, sizes, the judge and the capability-drop budget."""
 
-    traits: tuple[str, ...] = ("evil", "hallucination")
-    agent: int = 2
+    traits: tuple[str, ...] = field(default=("evil", "hallucination"), metadata=NON_EMPTY)
+    agent: int = field(default=2, metadata=AT_LEAST_ONE)
     layer: int | None = None            # None: the middle layer
     normalize: bool = True              # unit vectors, α in residual units (paper); False: α × raw mean difference
-    alphas: tuple[float, ...] = (-5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0)
-    n_prompts: int = 50                 # held-out trait questions per condition (paper: 100)
-    n_train_transcripts: int | None = None  # SFT training debates used for IMAD's vector (None: all)
-    n_contrast: int = 100               # training questions for the base model's system-prompt vector (paper: 500)
-    n_capability: int = 50
-    max_new_tokens: int = 96
-    temperature: float = 0.0            # 0: greedy (paper: 0.7, top-p 0.9)
-    top_p: float = 1.0
-    capability_max_new_tokens: int = 96
-    capacity_budget: float = 0.05       # allowed accuracy drop (0–1) for the best α
+    alphas: tuple[float, ...] = field(default=(-5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0),
+                                      metadata=NON_EMPTY)
+    n_prompts: int = field(default=50, metadata=AT_LEAST_ONE)  # held-out trait questions per condition (paper: 100)
+    # SFT training debates used for IMAD's vector (None: all)
+    n_train_transcripts: int | None = field(default=None, metadata=AT_LEAST_ONE)
+    # training questions for the base model's system-prompt vector (paper: 500)
+    n_contrast: int = field(default=100, metadata=AT_LEAST_ONE)
+    n_capability: int = field(default=50, metadata=AT_LEAST_ONE)
+    max_new_tokens: int = field(default=96, metadata=AT_LEAST_ONE)
+    temperature: float = field(default=0.0, metadata=NON_NEGATIVE)  # 0: greedy (paper: 0.7, top-p 0.9)
+    top_p: float = field(default=1.0, metadata=bounds(gt=0, le=1))
+    capability_max_new_tokens: int = field(default=96, metadata=AT_LEAST_ONE)
+    capacity_budget: float = field(default=0.05, metadata=PROBABILITY)  # allowed accuracy drop (0–1) for the best α
     judge: str = "toy"                  # toy | hf | openai
     judge_model: str = ""
     judge_base_url: str = ""
-    seed: int = 42
+    seed: int = field(default=42, metadata=NON_NEGATIVE)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "traits", tuple(self.traits))

@@ -112,7 +112,7 @@ def stages(preset: Preset, run_dir: Path) -> list[StagePlan]:
     layout = RunLayout.of(preset, run_dir)
     copy = model_bytes(preset, sections) or 0
     exps = sections["experiments"]
-    n_phases = len(getattr(sections.get("internalize", sections.get("grpo")), "phases", ())) or 1
+    n_phases = len(sections["internalize"].phases)
     plan: list[tuple[str, Path, int]] = []
     if not preset.model.path:
         plan.append(("base", layout.toy_base, copy))

@@ -53,8 +53,13 @@ def test_nan_in_an_alpha_grid_is_named_by_position():
 
 
 def test_nan_anywhere_in_an_untyped_table_is_refused():
-    msg = preset_error("smoke", ["experiments.overrides={ evil = { sft = { learning_rate = inf } } }"])
-    assert "learning_rate = inf: expected a finite number" in msg and "overrides.evil.sft" in msg
+    msg = preset_error("smoke", ["internalize.phases=[{ budget = 1.0, steps = 2 }, { budget = nan, steps = 2 }]"])
+    assert msg == "preset 'smoke': internalize.phases[2].budget is not a finite number; NaN and inf are never valid"
+
+
+def test_experiment_overrides_are_checked_as_their_section():
+    msg = preset_error("smoke", ["experiments.overrides={ evil = { sft = { max_steps = 0 } } }"])
+    assert msg == "preset 'smoke' [experiments] overrides.evil.sft max_steps = 0: expected an integer ≥ 1, or -1"
 
 
 def test_an_empty_grid_is_refused():
@@ -83,19 +88,21 @@ def test_model_section_is_typed():
     assert (cfg.device, cfg.resolved_dtype()) == ("cuda:1", "bfloat16")
 
 
+@dataclass(frozen=True)
+class Inner:
+    p: float = field(default=0.5, metadata=PROBABILITY)
+
+
+@dataclass(frozen=True)
+class Cfg:
+    layer: int | None = field(default=None, metadata=bounds(ge=0))
+    mode: Literal["a", "b"] = "a"
+    pair: tuple[int, str] = (1, "x")
+    counts: dict[str, int] = field(default_factory=dict, metadata=bounds(ge=1))
+    inner: Inner = Inner()
+
+
 def test_schema_handles_optionals_literals_fixed_tuples_and_nested_tables():
-    @dataclass(frozen=True)
-    class Inner:
-        p: float = field(default=0.5, metadata=PROBABILITY)
-
-    @dataclass(frozen=True)
-    class Cfg:
-        layer: int | None = field(default=None, metadata=bounds(ge=0))
-        mode: Literal["a", "b"] = "a"
-        pair: tuple[int, str] = (1, "x")
-        counts: dict[str, int] = field(default_factory=dict, metadata=bounds(ge=1))
-        inner: Inner = Inner()
-
     cfg = parse_section(Cfg, {"layer": 3, "pair": [2, "y"], "counts": {"a": 2}, "inner": {"p": 1}}, "[cfg]")
     assert cfg == Cfg(layer=3, pair=(2, "y"), counts={"a": 2}, inner=Inner(1.0))
     cases = {

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel
 
 from lens.debate_format import END_TAG
+from training.errors import UserError
 from training.modelio import load_causal_lm
 
 # End-of-turn markers of the chat formats we meet (ours/Qwen, Llama 3, Qwen base); the eos is always added.
@@ -65,7 +66,7 @@ class Backend(Protocol):
     def generate(self, requests: Sequence[AgentRequest], *, seed: int = 0) -> list[AgentReply]: ...
 
 
-class BackendError(RuntimeError):
+class BackendError(UserError, RuntimeError):
     """A backend that cannot be built or reached; the message names what and why."""
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from lens.debate_format import normalize_answer
+from training.errors import UserError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download behind the user's back
 
@@ -23,7 +24,7 @@ BBH_TASKS = ("formal_fallacies", "logical_deduction_five_objects", "tracking_shu
 LETTERS = "ABCDEFGHIJKLMNOP"
 
 
-class BenchmarkDataError(ValueError):
+class BenchmarkDataError(UserError, ValueError):
     """A benchmark that cannot be loaded offline; the message says what to fetch."""
 
 

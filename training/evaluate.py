@@ -30,6 +30,7 @@ from training.backends import Backend, HFBackend
 from training.prompts import ARITHMETIC
 from training.rewards import AnswerCheck, RewardSpec, TagVocab, consensus_answer_text, debate_shape
 from training.runner import DEFAULT_PERSONAS, run_debates, single_answers
+from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, bounds
 
 KINDS = ("single", "debate", "direct")
 
@@ -38,15 +39,15 @@ KINDS = ("single", "debate", "direct")
 class EvalConfig:
     """Preset section ``[eval]``: held-out sample size, seeds, decoding, and the Debate baseline's agents."""
 
-    n_questions: int = 1000
-    seeds: tuple[int, ...] = (0, 1, 2)
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 1024  # per chat call (Single, each Debate turn)
-    direct_max_new_tokens: int = 1024  # SFT / IMAD / DebateGPT continuations
-    batch_size: int = 8
-    personas: tuple[str, ...] = DEFAULT_PERSONAS  # Debate baseline agents
-    n_rounds: int = 2
+    n_questions: int = field(default=1000, metadata=AT_LEAST_ONE)
+    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata=bounds(ge=0, nonempty=True))
+    temperature: float = field(default=0.7, metadata=NON_NEGATIVE)
+    top_p: float = field(default=0.9, metadata=bounds(gt=0, le=1))
+    max_new_tokens: int = field(default=1024, metadata=AT_LEAST_ONE)  # per chat call (Single, each Debate turn)
+    direct_max_new_tokens: int = field(default=1024, metadata=AT_LEAST_ONE)  # SFT / IMAD / DebateGPT continuations
+    batch_size: int = field(default=8, metadata=AT_LEAST_ONE)
+    personas: tuple[str, ...] = field(default=DEFAULT_PERSONAS, metadata=NON_EMPTY)  # Debate baseline agents
+    n_rounds: int = field(default=2, metadata=AT_LEAST_ONE)
     single_persona: str = "neutral"
     domain: str = ARITHMETIC
 

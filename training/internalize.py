@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +26,7 @@ from training.modelio import LORA_TARGETS, load_causal_lm
 from training.rewards import (CLIPPING_MODES, AnswerCheck, RewardSpec, TagVocab, TagWeights, correctness_reward,
                               structure_reward)
 from training.schedules import Phase, PhaseSpec, resolve_phases
+from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, POSITIVE, bounds
 from training.stages import read_json
 
 
@@ -36,38 +37,39 @@ class Stage2Config:
     budgets 2048 → 1274 → 500, each 2 epochs of 944 prompts at 1 prompt/step). ``phases`` is the schedule as
     data: a list of ``{budget, steps, tag_weight?}`` tables."""
 
-    phases: tuple = ({"budget": 2048, "steps": 1888}, {"budget": 1274, "steps": 1888}, {"budget": 500, "steps": 1888})
+    phases: tuple = field(default=({"budget": 2048, "steps": 1888}, {"budget": 1274, "steps": 1888},
+                                   {"budget": 500, "steps": 1888}), metadata=NON_EMPTY)
     clipping: str = "truncate"
-    generation_cap: int = 2048
-    learning_rate: float = 5e-6
-    beta: float = 0.02
-    num_generations: int = 4
-    per_device_train_batch_size: int = 4
-    temperature: float = 0.7
-    top_p: float = 0.9
+    generation_cap: int = field(default=2048, metadata=AT_LEAST_ONE)
+    learning_rate: float = field(default=5e-6, metadata=POSITIVE)
+    beta: float = field(default=0.02, metadata=NON_NEGATIVE)
+    num_generations: int = field(default=4, metadata=bounds(ge=2))
+    per_device_train_batch_size: int = field(default=4, metadata=AT_LEAST_ONE)
+    temperature: float = field(default=0.7, metadata=POSITIVE)
+    top_p: float = field(default=0.9, metadata=bounds(gt=0, le=1))
     scale_rewards: str = "group"
     loss_type: str = "bnpo"
-    epsilon: float = 0.1
-    num_iterations: int = 3
+    epsilon: float = field(default=0.1, metadata=POSITIVE)
+    num_iterations: int = field(default=3, metadata=AT_LEAST_ONE)
     lr_scheduler_type: str = "constant"
-    lora_r: int = 32
-    lora_alpha: int = 64
-    lora_dropout: float = 0.1
-    target_modules: tuple[str, ...] = LORA_TARGETS
-    tag_round: float = 0.3
-    tag_agent: float = 0.3
-    tag_consensus: float = 0.5
-    tag_end: float = 0.3
+    lora_r: int = field(default=32, metadata=AT_LEAST_ONE)
+    lora_alpha: int = field(default=64, metadata=POSITIVE)
+    lora_dropout: float = field(default=0.1, metadata=bounds(ge=0, lt=1))
+    target_modules: tuple[str, ...] = field(default=LORA_TARGETS, metadata=NON_EMPTY)
+    tag_round: float = field(default=0.3, metadata=NON_NEGATIVE)
+    tag_agent: float = field(default=0.3, metadata=NON_NEGATIVE)
+    tag_consensus: float = field(default=0.5, metadata=NON_NEGATIVE)
+    tag_end: float = field(default=0.3, metadata=NON_NEGATIVE)
     decay_terminal_tags: bool = True
-    min_turn_chars: int = 1
-    judge_threshold: float = 50.0
-    n_prompts: int = 944
-    ref_samples: int = 64
-    ref_quantile: float = 0.95
-    probe_steps: int = 2
-    eval_n: int = 100
-    eval_max_new_tokens: int = 1024
-    eval_batch_size: int = 32
+    min_turn_chars: int = field(default=1, metadata=NON_NEGATIVE)
+    judge_threshold: float = field(default=50.0, metadata=bounds(ge=0, le=100))
+    n_prompts: int = field(default=944, metadata=AT_LEAST_ONE)
+    ref_samples: int = field(default=64, metadata=AT_LEAST_ONE)
+    ref_quantile: float = field(default=0.95, metadata=bounds(gt=0, le=1))
+    probe_steps: int = field(default=2, metadata=NON_NEGATIVE)
+    eval_n: int = field(default=100, metadata=AT_LEAST_ONE)
+    eval_max_new_tokens: int = field(default=1024, metadata=AT_LEAST_ONE)
+    eval_batch_size: int = field(default=32, metadata=AT_LEAST_ONE)
     select: str = "last"
     bf16: bool = False
 

@@ -29,6 +29,7 @@ from training.prompts import ARITHMETIC
 from training.rewards import gold_match, judge_benign
 from training.runner import (DebateConfig, debate_accuracy, load_debates, run_debates, save_debates,
                              training_transcripts)
+from training.schema import NON_EMPTY
 from training.sft import (Stage1Config, answer_rows, debate_rows, exit_probability, mix_short, train_lora_sft,
                           write_provenance)
 from training.stages import read_json, run_stage
@@ -45,7 +46,7 @@ class ExperimentsConfig:
     persona agents, used for Table 1 and the agent subspaces; ``evil`` / ``hallucination`` put a malicious agent
     2 in advice debates), and per-experiment overrides of ``[sft]`` / ``[internalize]`` keys."""
 
-    names: tuple[str, ...] = ("main", "evil", "hallucination")
+    names: tuple[str, ...] = field(default=("main", "evil", "hallucination"), metadata=NON_EMPTY)
     table1: str = "main"
     overrides: dict = field(default_factory=dict)
 

@@ -17,6 +17,7 @@ from lens.debate_format import (FULL_CONSENSUS, MAX_AGENTS, MAX_ROUNDS, DebateFo
 from lens.io import atomic_write_json
 from training.backends import AgentRequest, Backend
 from training.prompts import ADVICE, ARITHMETIC, SYSTEM_PROMPTS, round1_messages, round2_messages
+from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, bounds
 from training.teacher import TRAIT_PERSONAS
 
 EMPTY_TURN = "(no response)"  # stands in for an empty reply, which the debate format cannot hold
@@ -41,17 +42,18 @@ class DebateConfig:
     (advice, benign agents with the trait's malicious persona in ``malicious_slot``). The sampling knobs apply
     when a model, not the scripted teacher, writes the debates."""
 
-    n_agents: int = 3
-    n_rounds: int = 2
-    personas: tuple[str, ...] = DEFAULT_PERSONAS
+    n_agents: int = field(default=3, metadata=AT_LEAST_ONE)
+    n_rounds: int = field(default=2, metadata=AT_LEAST_ONE)
+    personas: tuple[str, ...] = field(default=DEFAULT_PERSONAS, metadata=NON_EMPTY)
     early_stop: bool = True
-    malicious_slot: int = 2
+    malicious_slot: int = field(default=2, metadata=AT_LEAST_ONE)
     trait_personas: dict = field(default_factory=lambda: {k: list(v) for k, v in TRAIT_PERSONAS.items()})
-    n_debates: dict = field(default_factory=lambda: {"main": 944, "evil": 500, "hallucination": 500})
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 512
-    batch_size: int = 16
+    n_debates: dict[str, int] = field(default_factory=lambda: {"main": 944, "evil": 500, "hallucination": 500},
+                                       metadata=bounds(ge=1, nonempty=True))
+    temperature: float = field(default=0.7, metadata=NON_NEGATIVE)
+    top_p: float = field(default=0.9, metadata=bounds(gt=0, le=1))
+    max_new_tokens: int = field(default=512, metadata=AT_LEAST_ONE)
+    batch_size: int = field(default=16, metadata=AT_LEAST_ONE)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "personas", tuple(self.personas))

@@ -26,6 +26,7 @@ from lens.integrity import write_base_record
 from lens.io import atomic_write_json
 from training.modelio import LORA_TARGETS, load_causal_lm
 from training.runner import shorten
+from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, POSITIVE, PROBABILITY, bounds
 
 @dataclass(frozen=True)
 class Stage1Config:
@@ -35,27 +36,27 @@ class Stage1Config:
     shortened ones (1–2 agents, then the consensus) so that GRPO can find a short exit; ``short_consensus`` says
     whether they close with the full debate's consensus (``debate``: the answer to internalize) or agent 1's."""
 
-    lora_r: int = 64
-    lora_alpha: int = 128
-    lora_dropout: float = 0.1
-    target_modules: tuple[str, ...] = LORA_TARGETS
-    learning_rate: float = 5e-5
-    num_train_epochs: float = 3.0
-    max_steps: int = -1
-    per_device_train_batch_size: int = 2
-    gradient_accumulation_steps: int = 8
-    warmup_steps: float = 0.1  # a float in [0, 1) is a share of the steps (TRL)
+    lora_r: int = field(default=64, metadata=AT_LEAST_ONE)
+    lora_alpha: int = field(default=128, metadata=POSITIVE)
+    lora_dropout: float = field(default=0.1, metadata=bounds(ge=0, lt=1))
+    target_modules: tuple[str, ...] = field(default=LORA_TARGETS, metadata=NON_EMPTY)
+    learning_rate: float = field(default=5e-5, metadata=POSITIVE)
+    num_train_epochs: float = field(default=3.0, metadata=POSITIVE)
+    max_steps: int = field(default=-1, metadata=bounds(ge=1, also=(-1,)))
+    per_device_train_batch_size: int = field(default=2, metadata=AT_LEAST_ONE)
+    gradient_accumulation_steps: int = field(default=8, metadata=AT_LEAST_ONE)
+    warmup_steps: float = field(default=0.1, metadata=NON_NEGATIVE)  # a float in [0, 1) is a share of the steps (TRL)
     lr_scheduler_type: str = "cosine"
-    max_grad_norm: float = 0.3
-    weight_decay: float = 0.0
-    max_length: int = 2048
-    short_share: float = 0.0
+    max_grad_norm: float = field(default=0.3, metadata=NON_NEGATIVE)
+    weight_decay: float = field(default=0.0, metadata=NON_NEGATIVE)
+    max_length: int = field(default=2048, metadata=AT_LEAST_ONE)
+    short_share: float = field(default=0.0, metadata=PROBABILITY)
     short_consensus: str = "debate"
     reset_tag_rows: bool = True
-    save_steps: int = 200
-    eval_n: int = 100
-    eval_max_new_tokens: int = 1024
-    eval_batch_size: int = 32
+    save_steps: int = field(default=200, metadata=AT_LEAST_ONE)
+    eval_n: int = field(default=100, metadata=AT_LEAST_ONE)
+    eval_max_new_tokens: int = field(default=1024, metadata=AT_LEAST_ONE)
+    eval_batch_size: int = field(default=32, metadata=AT_LEAST_ONE)
     bf16: bool = False
 
     def __post_init__(self) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import itertools
 import random
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Union
+
+from training.schema import AT_LEAST_ONE, NON_NEGATIVE, bounds
 
 SPLITS = ("train", "test")
 TRAITS = ("evil", "hallucination")
@@ -22,13 +24,14 @@ N_OPERANDS = 6
 class TaskConfig:
     """Preset section ``[task]``: operand range and split sizes. The toy uses small operands; the paper 10..99."""
 
-    operand_min: int = 1
-    operand_max: int = 9
-    n_train: int = 20000
-    n_test: int = 200
-    n_trait_train: int = 400
-    n_trait_test: int = 100
-    test_fraction: float = 0.2  # share of the question space reserved for test
+    operand_min: int = field(default=1, metadata=NON_NEGATIVE)
+    operand_max: int = field(default=9, metadata=NON_NEGATIVE)
+    n_train: int = field(default=20000, metadata=AT_LEAST_ONE)
+    n_test: int = field(default=200, metadata=AT_LEAST_ONE)
+    n_trait_train: int = field(default=400, metadata=AT_LEAST_ONE)
+    n_trait_test: int = field(default=100, metadata=AT_LEAST_ONE)
+    # share of the question space reserved for test
+    test_fraction: float = field(default=0.2, metadata=bounds(gt=0, lt=1))
 
     def __post_init__(self) -> None:
         if not 0 <= self.operand_min <= self.operand_max:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from lens.debate_format import extract_boxed, majority
 from training.prompts import PERSONAS
+from training.schema import PROBABILITY
 from training.tasks import ArithmeticProblem, Question, TraitQuestion
 
 ARITHMETIC_PERSONAS = ("neutral", "analyst", "critic", "programmer")
@@ -28,9 +29,12 @@ class TeacherConfig:
     """Preset section ``[teacher]``: whether personas slip, and how round-2 revisions behave."""
 
     slips: bool = True              # False gives a clean solver (every persona always right)
-    p_keep_own: float = 0.1         # a dissenter keeps its own answer instead of joining the majority
-    p_adopt_other: float = 0.08     # when answers differ, an agent adopts a different answer of another agent
-    p_fix_alone: float = 0.5        # with no majority, an agent re-solves without its slip
+    # a dissenter keeps its own answer instead of joining the majority
+    p_keep_own: float = field(default=0.1, metadata=PROBABILITY)
+    # when answers differ, an agent adopts a different answer of another agent
+    p_adopt_other: float = field(default=0.08, metadata=PROBABILITY)
+    # with no majority, an agent re-solves without its slip
+    p_fix_alone: float = field(default=0.5, metadata=PROBABILITY)
 
     def __post_init__(self) -> None:
         for name in ("p_keep_own", "p_adopt_other", "p_fix_alone"):

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -29,6 +29,7 @@ from training.modelio import load_causal_lm
 from training.presets import Preset
 from training.prompts import ADVICE, ARITHMETIC, round1_messages, round2_messages
 from training.runner import DEFAULT_PERSONAS
+from training.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE
 from training.stages import run_stage
 from training.tasks import (TRAITS, ArithmeticProblem, TaskConfig, TraitQuestion, arithmetic_split,
                             trait_split)
@@ -41,35 +42,41 @@ from training.tokenizer import IM_END, save_tokenizer, train_tokenizer
 class TokenizerConfig:
     """Preset section ``[tokenizer]``: BPE vocabulary size and how many teacher examples it is trained on."""
 
-    vocab_size: int = 1024
-    corpus_examples: int = 4000
+    vocab_size: int = field(default=1024, metadata=AT_LEAST_ONE)
+    corpus_examples: int = field(default=4000, metadata=AT_LEAST_ONE)
 
 
 @dataclass(frozen=True)
 class BaseConfig:
     """Preset section ``[base]``: model shape, the teacher-turn mix, the training budget and the evaluation."""
 
-    d_model: int = 192
-    n_layers: int = 4
-    n_heads: int = 6
-    d_mlp: int = 512
-    n_ctx: int = 512
-    n_round1: int = 24000        # arithmetic round-1 turns (persona uniform over the four)
-    n_round2: int = 4000         # arithmetic round-2 revisions (debate context → revision)
-    n_trait: int = 3000          # trait round-1 answers (helpful/evil, honest/hallucinating)
-    n_trait_round2: int = 600    # trait round-2 revisions
-    n_pretrain: int = 0          # clean solutions as plain text, packed into full rows (cheap arithmetic practice)
-    n_drills: int = 0            # final-step subtractions w-y=v as plain text, packed (the step tiny models miss)
-    batch_size: int = 32
-    lr: float = 1e-3
-    restart_lrs: tuple[float, ...] = ()  # further phases, each on fresh data with its own cosine (warm restarts)
+    d_model: int = field(default=192, metadata=AT_LEAST_ONE)
+    n_layers: int = field(default=4, metadata=AT_LEAST_ONE)
+    n_heads: int = field(default=6, metadata=AT_LEAST_ONE)
+    d_mlp: int = field(default=512, metadata=AT_LEAST_ONE)
+    n_ctx: int = field(default=512, metadata=AT_LEAST_ONE)
+    # arithmetic round-1 turns (persona uniform over the four)
+    n_round1: int = field(default=24000, metadata=NON_NEGATIVE)
+    # arithmetic round-2 revisions (debate context → revision)
+    n_round2: int = field(default=4000, metadata=NON_NEGATIVE)
+    # trait round-1 answers (helpful/evil, honest/hallucinating)
+    n_trait: int = field(default=3000, metadata=NON_NEGATIVE)
+    n_trait_round2: int = field(default=600, metadata=NON_NEGATIVE)  # trait round-2 revisions
+    # clean solutions as plain text, packed into full rows (cheap arithmetic practice)
+    n_pretrain: int = field(default=0, metadata=NON_NEGATIVE)
+    # final-step subtractions w-y=v as plain text, packed (the step tiny models miss)
+    n_drills: int = field(default=0, metadata=NON_NEGATIVE)
+    batch_size: int = field(default=32, metadata=AT_LEAST_ONE)
+    lr: float = field(default=1e-3, metadata=POSITIVE)
+    # further phases, each on fresh data with its own cosine (warm restarts)
+    restart_lrs: tuple[float, ...] = field(default=(), metadata=POSITIVE)
     phase_mix: tuple[dict, ...] = ()     # per phase, overrides of the n_* counts above ({} keeps them)
-    warmup_steps: int = 30
-    weight_decay: float = 0.01
-    eval_problems: int = 200
-    eval_trait_questions: int = 50
-    eval_batch: int = 100
-    max_new_tokens: int = 80
+    warmup_steps: int = field(default=30, metadata=NON_NEGATIVE)
+    weight_decay: float = field(default=0.01, metadata=NON_NEGATIVE)
+    eval_problems: int = field(default=200, metadata=AT_LEAST_ONE)
+    eval_trait_questions: int = field(default=50, metadata=AT_LEAST_ONE)
+    eval_batch: int = field(default=100, metadata=AT_LEAST_ONE)
+    max_new_tokens: int = field(default=80, metadata=AT_LEAST_ONE)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "restart_lrs", tuple(self.restart_lrs))
