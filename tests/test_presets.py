@@ -336,3 +336,18 @@ def test_plan_runs_checks_added_by_other_modules(tmp_path, capsys, monkeypatch):
     assert main(["plan", "--preset", "smoke", "--run-dir", str(tmp_path / "run")]) == 1
     out = capsys.readouterr().out
     assert out.splitlines()[-1] == "latent-agents plan: datasets: GSM8K is not in the local datasets cache"
+
+
+def test_plan_estimates_disk_from_a_local_model_without_loading_it(tiny_model_dirs, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    model_dir = Path(tiny_model_dirs["llama"])
+    n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(model_dir).state_dict().values())
+    preset = load_preset("smoke", [f'model.path="{model_dir}"', 'model.dtype="bfloat16"'])
+    assert plan_module.model_bytes(preset, validate_preset(preset)) == 2 * n_params
+    rows = {s.name: s for s in plan_module.stages(preset, tmp_path / "run")}
+    assert "base" not in rows and rows["sft/main"].writes_bytes == 2 * n_params
+    assert rows["internalize/main"].writes_bytes == 2 * n_params * 3  # two phases in smoke, plus the final model
+    assert main(["plan", "--preset", "smoke", "--run-dir", str(tmp_path / "run"),
+                 "--set", f'model.path="{model_dir}"']) == 0
+    assert f"model   ok    {model_dir}" in capsys.readouterr().out
