@@ -45,11 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _anticipated() -> tuple[type[BaseException], ...]:
-    from lens.debate_format import DebateFormatError
-    from lens.errors import LensError
+    from lens.errors import LensError  # lens cannot import training, so its errors have their own base
     from training.errors import UserError
 
-    return UserError, LensError, DebateFormatError
+    return UserError, LensError
 
 
 def _run(args: argparse.Namespace) -> int:

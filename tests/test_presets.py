@@ -100,17 +100,21 @@ class Cfg:
     pair: tuple[int, str] = (1, "x")
     counts: dict[str, int] = field(default_factory=dict, metadata=bounds(ge=1))
     inner: Inner = Inner()
+    inners: tuple[Inner, ...] = ()
 
 
 def test_schema_handles_optionals_literals_fixed_tuples_and_nested_tables():
-    cfg = parse_section(Cfg, {"layer": 3, "pair": [2, "y"], "counts": {"a": 2}, "inner": {"p": 1}}, "[cfg]")
-    assert cfg == Cfg(layer=3, pair=(2, "y"), counts={"a": 2}, inner=Inner(1.0))
+    cfg = parse_section(Cfg, {"layer": 3, "pair": [2, "y"], "counts": {"a": 2}, "inner": {"p": 1},
+                              "inners": [{"p": 0}]}, "[cfg]")
+    assert cfg == Cfg(layer=3, pair=(2, "y"), counts={"a": 2}, inner=Inner(1.0), inners=(Inner(0.0),))
     cases = {
         "layer": (-1, "[cfg] layer = -1: expected an integer ≥ 0"),
         "mode": ("c", '[cfg] mode = "c": expected one of "a", "b"'),
         "pair": ([1], "[cfg] pair = [1]: expected a list of 2: an integer, a string; it has 1 items"),
         "counts": ({"a": 0}, "[cfg] counts = { a = 0 }: expected a table of integers, each ≥ 1; key a is 0"),
         "inner": ({"p": 2}, "[cfg] inner p = 2: expected a finite number in [0, 1]"),
+        "inners": ([{"p": 1}, {"q": 1}], "[cfg] inners = [{ p = 1 }, { q = 1 }]: expected a list of tables with keys "
+                                         "['p']; item 2 is { q = 1 } (unknown key q; valid: p)"),
     }
     for key, (value, message) in cases.items():
         with pytest.raises(PresetError) as e:

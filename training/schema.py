@@ -74,7 +74,6 @@ class Matches:
 
     pattern: str
     text: str
-    nonempty: bool = False
 
     def ok(self, value: Any) -> bool:
         return not isinstance(value, str) or re.fullmatch(self.pattern, value) is not None
@@ -200,7 +199,7 @@ def _convert(value: Any, hint: Any, rule: Range | Matches | None) -> Any:
     if origin in (tuple, list) or hint in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise _Mismatch()
-        if isinstance(rule, (Range, Matches)) and rule.nonempty and not value:
+        if isinstance(rule, Range) and rule.nonempty and not value:
             raise _Mismatch("it is empty")
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
@@ -226,10 +225,13 @@ def _convert(value: Any, hint: Any, rule: Range | Matches | None) -> Any:
             return hint(value)
         except ValueError:
             raise _Mismatch() from None
-    if dataclasses.is_dataclass(hint):
+    if dataclasses.is_dataclass(hint):  # inside a list or table (a section's own nested table is parsed directly)
         if not isinstance(value, Mapping):
             raise _Mismatch()
-        return value  # checked key by key by `parse_section`, which the caller runs on it
+        try:
+            return parse_section(hint, value, "")
+        except PresetError as e:
+            raise _Mismatch(str(e).lstrip(": ")) from None
     out = _scalar(value, hint)
     if rule is not None and not rule.ok(out):
         raise _Mismatch()
@@ -303,14 +305,15 @@ def parse_section(cls: type, raw: Any, where: str) -> Any:
     values = {}
     for key, value in raw.items():
         hint, rule = fields[key]
+        nested = _nested_dataclass(hint)
+        if nested is not None and isinstance(value, Mapping):
+            values[key] = parse_section(nested, value, f"{where} {key}")
+            continue
         try:
             values[key] = _convert(value, hint, rule)
         except _Mismatch as e:
             detail = f"; {e.item}" if e.item else ""
             raise PresetError(f"{where} {key} = {toml_repr(value)}: expected {describe(hint, rule)}{detail}") from None
-        nested = _nested_dataclass(hint)
-        if nested is not None and isinstance(value, Mapping):
-            values[key] = parse_section(nested, value, f"{where} {key}")
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:
