@@ -14,9 +14,9 @@ import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from training.layout import STAGES  # noqa: E402  (after the environment, which must be set before HF imports)
+from training.threads import configure as configure_threads  # noqa: E402
 
 USER_ERROR_STATUS = 2
 # file-system conditions a user can fix (free space, another --run-dir, permissions); other OSErrors are bugs
@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     error, printed as one line)."""
     args = build_parser().parse_args(argv)
     try:
+        configure_threads()  # before torch is imported: OpenMP reads its settings when it loads
         return _run(args)
     except _anticipated() as e:
         return _fail(str(e))

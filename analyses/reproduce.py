@@ -6,12 +6,9 @@ and a finished one only rewrites the report.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Callable
-
-import torch
 
 from analyses import agent_subspaces, malicious
 from analyses.models import resolve_model
@@ -21,6 +18,7 @@ from training.layout import STAGES, RunLayout
 from training.pipeline import run_pipeline_stage
 from training.presets import Preset
 from training.stages import run_stage
+from training.threads import generation_threads
 from training.toy_base import build_base
 
 EXPERIMENTS: dict[str, Callable[[Preset, Path, Path], dict]] = {
@@ -39,9 +37,8 @@ def run_experiment(name: str, preset: Preset, run_dir: Path, log: Callable[[str]
     fn = EXPERIMENTS[name]
 
     def build(out: Path) -> dict:
-        # small batched generation gains little from threads, and oversubscribed cores make it many times slower
-        torch.set_num_threads(int(os.environ.get("LATENT_AGENTS_THREADS", "1")))
-        results = fn(preset, run_dir, out)
+        with generation_threads():  # small batched generation gains little from threads, loses much when shared
+            results = fn(preset, run_dir, out)
         return {"kind": "analysis", "experiment": name, "results": "results.json", "keys": sorted(results)}
 
     return run_stage(RunLayout(run_dir).analysis(name), build, name=f"analyses/{name}", log=log)

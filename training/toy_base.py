@@ -234,7 +234,6 @@ def train_base(preset: Preset, out_dir: Path, *, callbacks: list | None = None) 
     with its own warmup and cosine decay, as the pilots' warm restarts did. Each finished phase is checkpointed
     in ``out_dir/resume/phase_<i>``, so a killed build resumes from the last finished phase.
     """
-    torch.set_num_threads(2)
     task, teacher_cfg, tok_cfg, cfg = sections(preset)
     teacher = Teacher(teacher_cfg)
     resume = out_dir / "resume"
@@ -311,7 +310,6 @@ def generate(model, tok: PreTrainedTokenizerBase, conversations: Sequence[list[d
 def evaluate_base(model_dir: str | Path, preset: Preset) -> dict:
     """Greedy measurements on held-out questions: per-persona and majority-of-3 accuracy, persona adherence,
     round-2 behaviour, and the toy judge's trait scores under evil vs helpful (hallucinating vs honest)."""
-    torch.set_num_threads(2)
     task, teacher_cfg, _, cfg = sections(preset)
     model = load_causal_lm(model_dir).eval()
     tok = AutoTokenizer.from_pretrained(str(model_dir))
