@@ -12,7 +12,8 @@ import lens
 from _tiny import best_of, tiny_llama
 
 
-def main() -> None:
+def main() -> dict[str, float]:
+    """Print the table; return reading each layer over the HF SDPA forward, and the (l+1)/L target."""
     torch.set_num_threads(1)
     hf, tok = tiny_llama()
     model = lens.load_model(hf, tokenizer=tok)
@@ -30,9 +31,12 @@ def main() -> None:
     print(f"tiny Llama {n_params:.1f}M params, {L} layers; batch 16 texts, {n_tok} tokens; HF forward "
           f"{hf_time * 1e3:.0f} ms (sdpa), {eager_time * 1e3:.0f} ms (eager); TL full forward {tl_time * 1e3:.0f} ms")
     print("layer  /HF-sdpa  /HF-eager  /TL-full  expected (l+1)/L")
+    ratios = {}
     for layer in (0, L // 2 - 1, L - 1):
         t = best_of(lambda: lens.collect_activations(model, texts, layers=[layer], batch_size=16))
         print(f"{layer:5d}  {t / hf_time:8.2f}  {t / eager_time:9.2f}  {t / tl_time:8.2f}  {(layer + 1) / L:8.2f}")
+        ratios[f"collect layer {layer}/{L} / HF sdpa forward (target {(layer + 1) / L + 0.1:.2f})"] = t / hf_time
+    return ratios
 
 
 if __name__ == "__main__":

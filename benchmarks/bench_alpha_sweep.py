@@ -12,7 +12,8 @@ import lens
 from _tiny import best_of, tiny_llama
 
 
-def main() -> None:
+def main() -> dict[str, float]:
+    """Print the timings; return the loop/batched speed-up and whether both gave the same tokens (1 or 0)."""
     torch.set_num_threads(1)
     hf, tok = tiny_llama()
     model = lens.load_model(hf, tokenizer=tok)
@@ -36,6 +37,8 @@ def main() -> None:
     print(f"{len(alphas)} alphas x {len(prompts)} prompts x {gen['max_new_tokens']} new tokens: "
           f"batched {t_batched:.2f} s, loop {t_looped:.2f} s, speed-up loop/batched = {t_looped / t_batched:.2f}x; "
           f"identical tokens: {same}")
+    return {"alpha sweep loop / batched (keep >= 3)": t_looped / t_batched,
+            "alpha sweep same tokens (1 = yes)": float(same)}
 
 
 if __name__ == "__main__":
