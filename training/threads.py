@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, MutableMapping
@@ -75,7 +74,8 @@ def requested_threads(environ: MutableMapping[str, str] = os.environ) -> int | N
 
 
 def configure(environ: MutableMapping[str, str] = os.environ) -> ThreadPolicy:
-    """Apply the policy to ``environ`` (and to torch when it is already imported); call before importing torch.
+    """Apply the policy to ``environ`` (and to torch when it is already imported); call before importing torch:
+    OpenMP settings set after torch loaded reach only processes started later.
 
     Args:
         environ: the environment to complete; only variables it lacks are set.
@@ -99,9 +99,6 @@ def configure(environ: MutableMapping[str, str] = os.environ) -> ThreadPolicy:
     env_set = {k: v for k, v in wanted.items() if not environ.get(k, "").strip()}
     environ.update(env_set)
     intra_op = requested if requested is not None else (int(user_omp) if user_omp.isdigit() else None)
-    if "torch" in sys.modules:
-        warnings.warn("training.threads.configure ran after torch was imported: the OpenMP settings "
-                      f"{sorted(env_set)} take effect only in processes started from here", stacklevel=2)
     if intra_op is not None and ("torch" in sys.modules or (user_omp and user_omp != str(intra_op))):
         import torch  # the user's OMP_NUM_THREADS differs from the knob, which wins for torch
 
