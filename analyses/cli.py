@@ -29,6 +29,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
                    help="override one preset value (TOML syntax: sft.max_steps=2, model.device='\"cuda\"'); "
                         "repeatable, applied in order before anything reads the preset")
+    p.add_argument("--keep-stale", action="store_true",
+                   help="keep finished stages whose preset values or inputs changed (warned, also in the report)")
+    p.add_argument("--verify", action="store_true", help="rehash every finished stage's files before using them")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,10 +58,13 @@ def _run(args: argparse.Namespace) -> int:
     from analyses.models import resolve_model
     from analyses.validate import validate_preset
     from training.presets import default_run_dir, load_preset
+    from training.stages import KEEP_STALE_ENV, VERIFY_ENV
 
     preset = load_preset(args.preset, args.overrides)
     validate_preset(preset)
     run_dir = default_run_dir(preset, args.run_dir)
+    os.environ.update({**({KEEP_STALE_ENV: "1"} if args.keep_stale else {}),
+                       **({VERIFY_ENV: "1"} if args.verify else {})})
     if args.command == "plan":
         from analyses.plan import plan
 

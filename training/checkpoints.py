@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from training.errors import UserError
+
 COMPLETE = "checkpoint_complete.json"
 STAGING = ".saving"
 # What torch.save says when its zip writer hits a full disk: it never gives the errno.
@@ -25,8 +27,11 @@ _TORCH_WRITE_FAILURES = ("unexpected pos", "iostream error", "PytorchStreamWrite
 _STORAGE_FULL = ("No space left on device", "StorageFull", "Disk quota exceeded")
 
 
-class DiskFullError(OSError):
-    """No space left on the device while writing an artifact or checkpoint."""
+class DiskFullError(OSError, UserError):
+    """No space left on the device while writing an artifact or checkpoint; the message is the whole story."""
+
+    def __str__(self) -> str:
+        return self.strerror
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -137,6 +142,8 @@ def last_checkpoint(folder: str | Path, log: Callable[[str], None] = print) -> s
     folder = Path(folder)
     if not folder.is_dir():
         return None
+    for half in sorted((folder / STAGING).glob("checkpoint-*")):
+        log(f"[resume] ignoring {half.name}: the run stopped while saving it; removed it")
     shutil.rmtree(folder / STAGING, ignore_errors=True)
     found = sorted(((_step(p.name), p) for p in folder.iterdir() if p.is_dir() and _step(p.name) is not None),
                    reverse=True)
@@ -146,7 +153,7 @@ def last_checkpoint(folder: str | Path, log: Callable[[str], None] = print) -> s
             best = path
         elif best is None:
             log(f"[resume] ignoring {path}: it is incomplete (the run stopped while saving it); removed it")
-            shutil.rmtree(path)
+            shutil.rmtree(path, ignore_errors=True)
     if best is not None:
         log(f"[resume] resuming from {best}")
     return str(best) if best else None

@@ -12,10 +12,12 @@ import math
 import os
 from pathlib import Path
 
+from training.errors import UserError
+
 CHUNK = 1 << 22
 
 
-class IntegrityError(ValueError):
+class IntegrityError(UserError, ValueError):
     """A stage artifact that is missing, truncated or changed since the stage that wrote it finished."""
 
 

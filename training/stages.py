@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 
 from lens.io import atomic_write_json
 from training.checkpoints import disk_full_guard
+from training.errors import UserError
 from training.integrity import (IntegrityError, check_records, digest, file_record, first_non_finite,
                                 tree_records)
 
@@ -34,7 +35,7 @@ _RESERVED = ("stage", "wall_seconds", "fingerprint", "built_from", "outputs", "o
 _MAX_JSON_SCAN = 64 << 20  # result JSON files are scanned for non-finite numbers up to this size
 
 
-class StageError(ValueError):
+class StageError(UserError, ValueError):
     """A stage that cannot be built or trusted: invalid results, or a stale cache that must not be used."""
 
 
