@@ -26,6 +26,7 @@ from lens.io import atomic_write_json
 from training.evaluate import EvalConfig, Table1, accuracy_vs_tokens
 from training.layout import RunLayout
 from training.presets import Preset
+from training.stages import stale_stages
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,9 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
     rep = Report(f"latent-agents study: preset {preset.name}")
     rep.text(f"{preset.data.get('meta', {}).get('description', '')} Run directory: {run_dir}. "
              f"Total stage wall time: {sum(s['wall seconds'] or 0 for s in stages):.0f} s.")
+    for stage, why in stale_stages(run_dir):
+        rep.text(f"Warning: stage {stage} was kept although it is stale ({why}); its results, and everything "
+                 "built from it, do not match this preset.", "note")
     rep.heading("Paper claims")
     rep.claims(claims)
 
