@@ -18,6 +18,7 @@ from training.layout import STAGES, RunLayout
 from training.pipeline import run_pipeline_stage
 from training.presets import Preset
 from training.stages import run_stage
+from training.tasks import TaskConfig
 from training.threads import generation_threads
 from training.toy_base import build_base
 
@@ -41,7 +42,36 @@ def run_experiment(name: str, preset: Preset, run_dir: Path, log: Callable[[str]
             results = fn(preset, run_dir, out)
         return {"kind": "analysis", "experiment": name, "results": "results.json", "keys": sorted(results)}
 
-    return run_stage(RunLayout(run_dir).analysis(name), build, name=f"analyses/{name}", log=log)
+    return run_stage(RunLayout(run_dir).analysis(name), build, name=f"analyses/{name}",
+                     **experiment_reads(name, preset, run_dir), log=log)
+
+
+def experiment_reads(name: str, preset: Preset, run_dir: Path) -> dict:
+    """The preset values and stages experiment ``name`` reads: the ``keys`` and ``inputs`` that fingerprint its
+    cached results (`training.stages.run_stage`). Builds nothing.
+
+    Args:
+        name: ``agent_subspaces`` or ``malicious``.
+        preset: the preset.
+        run_dir: the run directory.
+
+    Returns:
+        ``{"keys": {...}, "inputs": {...}}``.
+
+    Example:
+        >>> sorted(experiment_reads("malicious", load_preset("smoke"), Path("runs/smoke"))["keys"])  # doctest: +SKIP
+        ['malicious', 'seed', 'task']
+    """
+    section, cls = {agent_subspaces.NAME: ("subspaces", agent_subspaces.SubspaceConfig),
+                    malicious.NAME: ("malicious", malicious.MaliciousConfig)}[name]
+    cfg = preset.section(section, cls)
+    layout = RunLayout.of(preset, run_dir)
+    inputs = {"base": layout.base}
+    for exp in ([cfg.experiment] if name == agent_subspaces.NAME else list(cfg.traits)):
+        inputs.update({f"debates/{exp}": layout.debates(exp), f"sft/{exp}": layout.sft(exp),
+                       f"internalize/{exp}": layout.internalize(exp)})
+    return {"keys": {section: cfg, "task": preset.section("task", TaskConfig), "seed": preset.seed},
+            "inputs": inputs}
 
 
 def reproduce(preset: Preset, run_dir: str | Path, *, log: Callable[[str], None] = print) -> Path:

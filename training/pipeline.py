@@ -7,8 +7,6 @@ and asks for the stages it needs first, so any command runs whatever is missing 
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +30,10 @@ from training.runner import (DebateConfig, debate_accuracy, load_debates, run_de
 from training.schema import NON_EMPTY
 from training.sft import (Stage1Config, answer_rows, debate_rows, exit_probability, mix_short, train_lora_sft,
                           write_provenance)
-from training.stages import read_json, run_stage
+from training.stages import RESUME, fingerprint, read_json, run_stage, stage_status
 from training.tasks import TaskConfig, arithmetic_split, gold_answer, trait_split
 from training.teacher import Teacher, TeacherConfig
-from training.toy_base import build_base
+from training.toy_base import base_keys, build_base
 
 TABLE1_METHODS = ("Single", "Debate", "DebateGPT", "SFT", "IMAD")
 
@@ -140,10 +138,11 @@ class Run:
         path = self.layout.debates(experiment)
         base = self.base_dir()
 
+        cfg = self.preset.section("debate", DebateConfig)
+        setup = cfg.experiment(experiment)
+        teacher_cfg = self.preset.section("teacher", TeacherConfig)
+
         def build(scratch: Path) -> dict:
-            cfg = self.preset.section("debate", DebateConfig)
-            setup = cfg.experiment(experiment)
-            teacher_cfg = self.preset.section("teacher", TeacherConfig)
             backend = TeacherBackend(Teacher(teacher_cfg), AutoTokenizer.from_pretrained(str(base)))
             train = self.questions(experiment, "train")
             if setup.n_debates > len(train):
@@ -163,7 +162,7 @@ class Run:
                 "teacher": dataclasses.asdict(teacher_cfg), "setup": _jsonable(setup), **summary})
             return summary
 
-        run_stage(path, build, name=f"debates/{experiment}", log=self.log)
+        run_stage(path, build, name=f"debates/{experiment}", **self.reads("debates", experiment), log=self.log)
         return path
 
     def sft(self, experiment: str) -> Path:
@@ -175,15 +174,15 @@ class Run:
         debates = self.layout.transcripts(experiment)
         base = self.base_dir()
         path = self.layout.sft(experiment)
+        cfg = experiment_section(self.preset, "sft", Stage1Config, experiment)
 
         def build(scratch: Path) -> dict:
-            cfg = experiment_section(self.preset, "sft", Stage1Config, experiment)
             transcripts = training_transcripts(load_debates(debates))
             mix = mix_short(transcripts, cfg.short_share, seed=self.preset.seed, consensus=cfg.short_consensus)
             write_jsonl(mix, scratch / self.layout.sft_transcripts(experiment).name)
             start = time.time()
-            resume = _resume_dir(scratch, {"sft": dataclasses.asdict(cfg), "seed": self.preset.seed})
-            result = train_lora_sft(base, debate_rows(mix), scratch, cfg, resume_dir=resume, seed=self.preset.seed)
+            result = train_lora_sft(base, debate_rows(mix), scratch, cfg, resume_dir=scratch / RESUME,
+                                    seed=self.preset.seed, log=self.log)
             metrics = {"train_seconds": round(time.time() - start, 1), "train_loss": result.train_loss,
                        "steps": result.steps, "n_examples": result.n_examples,
                        "n_shortened": sum("shortened" in t.meta for t in mix), **result.info,
@@ -195,7 +194,7 @@ class Run:
                              train_data=self.layout.sft_transcripts(experiment), config=dataclasses.asdict(cfg))
             return _headline(metrics)
 
-        run_stage(path, build, name=f"sft/{experiment}", log=self.log)
+        run_stage(path, build, name=f"sft/{experiment}", **self.reads("sft", experiment), log=self.log)
         return path
 
     def _diagnose(self, model_dir: Path, experiment: str, n: int, max_new_tokens: int, batch_size: int) -> dict:
@@ -218,20 +217,20 @@ class Run:
         debates = self.layout.transcripts(exp)
         base = self.base_dir()
         path = self.layout.debategpt(exp)
+        cfg = self.preset.section("debategpt", Stage1Config)
 
         def build(scratch: Path) -> dict:
-            cfg = self.preset.section("debategpt", Stage1Config)
             rows = answer_rows(training_transcripts(load_debates(debates)))
             start = time.time()
-            resume = _resume_dir(scratch, {"debategpt": dataclasses.asdict(cfg), "seed": self.preset.seed})
-            result = train_lora_sft(base, rows, scratch, cfg, resume_dir=resume, seed=self.preset.seed, add_tags=False)
+            result = train_lora_sft(base, rows, scratch, cfg, resume_dir=scratch / RESUME, seed=self.preset.seed,
+                                    add_tags=False, log=self.log)
             info = {"train_seconds": round(time.time() - start, 1), "train_loss": result.train_loss,
                     "steps": result.steps, "n_examples": result.n_examples}
             write_provenance(scratch, kind="debategpt", experiment=exp, parent=base, final_dir=path,
                              transcripts=[debates], preset=self.preset.name, config=dataclasses.asdict(cfg))
             return info
 
-        run_stage(path, build, name=f"debategpt/{exp}", log=self.log)
+        run_stage(path, build, name=f"debategpt/{exp}", **self.reads("debategpt", exp), log=self.log)
         return path
 
     def internalize(self, experiment: str) -> Path:
@@ -241,16 +240,15 @@ class Run:
     def _internalize(self, experiment: str) -> Path:
         sft_dir = self.sft(experiment)
         path = self.layout.internalize(experiment)
+        cfg = experiment_section(self.preset, "internalize", Stage2Config, experiment)
 
         def build(scratch: Path) -> dict:
-            cfg = experiment_section(self.preset, "internalize", Stage2Config, experiment)
             train = self.questions(experiment, "train")[: cfg.n_prompts]
             rows = [{"prompt": prompt_text(q.question), "question": q.question, "gold": gold_answer(q) or ""}
                     for q in train]
             check = self.check_for(experiment, cfg.judge_threshold)
             items = self.eval_items(experiment, cfg.eval_n, cfg.judge_threshold)
-            work = _resume_dir(scratch, {"internalize": dataclasses.asdict(cfg), "seed": self.preset.seed})
-            summary = internalize(sft_dir, scratch, cfg, rows, items, check, work_dir=work,
+            summary = internalize(sft_dir, scratch, cfg, rows, items, check, work_dir=scratch / RESUME,
                                   needs_boxed=self.needs_boxed(experiment), seed=self.preset.seed, log=self.log)
             sft_prov = read_json(sft_dir / "provenance.json")
             write_provenance(scratch, kind="imad", experiment=experiment, parent=sft_dir, final_dir=path,
@@ -264,7 +262,8 @@ class Run:
                                    if not p["skipped"] else {})} for p in summary["phases"]],
                     "n_trained_phases": len(trained)}
 
-        run_stage(path, build, name=f"internalize/{experiment}", log=self.log)
+        run_stage(path, build, name=f"internalize/{experiment}", **self.reads("internalize", experiment),
+                  log=self.log)
         return path
 
     def evaluate(self) -> Path:
@@ -276,9 +275,9 @@ class Run:
         base = self.base_dir()
         models = {"DebateGPT": self.debategpt(), "SFT": self.sft(exp), "IMAD": self.internalize(exp)}
         path = self.layout.eval
+        cfg = self.preset.section("eval", EvalConfig)
 
         def build(scratch: Path) -> dict:
-            cfg = self.preset.section("eval", EvalConfig)
             methods = {"Single": MethodSpec("single", str(base)), "Debate": MethodSpec("debate", str(base)),
                        **{name: MethodSpec("direct", str(d)) for name, d in models.items()}}
             table = evaluate_methods(methods, self.questions(exp, "test"), cfg=cfg)
@@ -288,8 +287,70 @@ class Run:
                 "models": {"Single": str(base), "Debate": str(base), **{k: str(v) for k, v in models.items()}}})
             return {"rows": [{k: r[k] for k in ("method", "accuracy", "accuracy_se", "tokens")} for r in table.rows]}
 
-        run_stage(path, build, name="eval", log=self.log)
+        run_stage(path, build, name="eval", **self.reads("eval"), log=self.log)
         return path
+
+    # ------------------------------------------------------------------------------------------ what stages read
+    def reads(self, kind: str, experiment: str | None = None) -> dict:
+        """The preset values and inputs stage ``kind`` (``debates``, ``sft``, ``debategpt``, ``internalize``,
+        ``eval``) of ``experiment`` reads: the ``keys`` and ``inputs`` its manifest fingerprints. Builds nothing.
+
+        Args:
+            kind: the stage kind.
+            experiment: the debate experiment (ignored for ``eval``; ``debategpt`` uses Table 1's).
+
+        Returns:
+            ``{"keys": {...}, "inputs": {...}}`` for `training.stages.run_stage`.
+
+        Example:
+            >>> Run(load_preset("smoke"), "runs/smoke").reads("sft", "main")["inputs"]  # doctest: +SKIP
+            {'base': PosixPath('runs/smoke/base'), 'debates': PosixPath('runs/smoke/debates/main')}
+        """
+        task, seed, lay = self.preset.section("task", TaskConfig), self.preset.seed, self.layout
+        if kind == "debates":
+            cfg = self.preset.section("debate", DebateConfig)
+            return {"keys": {"debate": {"n_rounds": cfg.n_rounds, "early_stop": cfg.early_stop,
+                                        "setup": cfg.experiment(experiment)},
+                             "teacher": self.preset.section("teacher", TeacherConfig), "task": task, "seed": seed},
+                    "inputs": {"base": lay.base}}
+        if kind == "sft":
+            return {"keys": {"sft": experiment_section(self.preset, "sft", Stage1Config, experiment), "task": task,
+                             "seed": seed}, "inputs": {"base": lay.base, "debates": lay.debates(experiment)}}
+        if kind == "debategpt":
+            exp = self.experiments.table1
+            return {"keys": {"debategpt": self.preset.section("debategpt", Stage1Config), "seed": seed},
+                    "inputs": {"base": lay.base, "debates": lay.debates(exp)}}
+        if kind == "internalize":
+            return {"keys": {"internalize": experiment_section(self.preset, "internalize", Stage2Config, experiment),
+                             "task": task, "seed": seed}, "inputs": {"sft": lay.sft(experiment)}}
+        if kind == "eval":
+            exp = self.experiments.table1
+            return {"keys": {"eval": self.preset.section("eval", EvalConfig), "task": task, "seed": seed},
+                    "inputs": {"base": lay.base, "DebateGPT": lay.debategpt(exp), "SFT": lay.sft(exp),
+                               "IMAD": lay.internalize(exp)}}
+        raise ValueError(f"unknown stage kind {kind!r}; valid: ['debates', 'sft', 'debategpt', 'internalize', 'eval']")
+
+    def status(self, kind: str, experiment: str | None = None) -> tuple[str, str]:
+        """Where stage ``kind`` of ``experiment`` stands now (`training.stages.stage_status`), building nothing.
+
+        Args:
+            kind: as for `reads`; also ``base`` (the toy base).
+            experiment: as for `reads`.
+
+        Returns:
+            ``(state, why)``: ``cached``, ``stale`` (and what changed), ``damaged``, ``resumable`` or ``missing``.
+
+        Example:
+            >>> Run(load_preset("smoke"), "runs/smoke").status("sft", "main")  # doctest: +SKIP
+            ('stale', '[sft] max_steps 4 -> 3')
+        """
+        if kind == "base":
+            reads, path = {"keys": base_keys(self.preset)}, self.layout.toy_base
+        else:
+            reads = self.reads(kind, experiment)
+            exp = self.experiments.table1 if kind == "debategpt" else experiment
+            path = self.layout.eval if kind == "eval" else getattr(self.layout, kind)(exp)
+        return stage_status(path, fingerprint(**reads))
 
 
 def run_pipeline_stage(name: str, preset: Preset, run_dir: str | Path, *, log: Callable[[str], None] = print) -> None:
@@ -309,17 +370,6 @@ def run_pipeline_stage(name: str, preset: Preset, run_dir: str | Path, *, log: C
         run.debategpt()
     if name == "evaluate":
         run.evaluate()
-
-
-def _resume_dir(scratch: Path, config: dict) -> Path:
-    """The stage's ``resume/`` dir, emptied first when it holds a killed run of a different configuration."""
-    resume = scratch / "resume"
-    stamp = resume / "config.json"
-    config = json.loads(json.dumps(config, default=str))
-    if resume.exists() and (not stamp.is_file() or json.loads(stamp.read_text()) != config):
-        shutil.rmtree(resume)
-    atomic_write_json(stamp, config)
-    return resume
 
 
 def _headline(metrics: dict) -> dict:

@@ -11,19 +11,19 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoTokenizer
-from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
 from lens.debate_format import (CONSENSUS_TAG, DEBATE_TAGS, END_TAG, SOLUTION_TAGS, Transcript, prompt_text,
                                 render_trace, training_text)
 from lens.integrity import write_base_record
 from lens.io import atomic_write_json
+from training.checkpoints import atomic_trainer, last_checkpoint
 from training.modelio import LORA_TARGETS, load_causal_lm
 from training.runner import shorten
 from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, POSITIVE, PROBABILITY, bounds
@@ -134,12 +134,13 @@ class SFTResult:
 
 
 def train_lora_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, cfg: Stage1Config, *,
-                   resume_dir: str | Path, seed: int = 0, add_tags: bool = True, callbacks: list | None = None
-                   ) -> SFTResult:
+                   resume_dir: str | Path, seed: int = 0, add_tags: bool = True, callbacks: list | None = None,
+                   log: Callable[[str], None] = print) -> SFTResult:
     """LoRA SFT of ``base_dir`` on prompt/completion ``rows``; merges, saves model + tokenizer to ``out_dir``.
 
     Embeddings and lm_head train in full (``modules_to_save``) so the new tag rows can learn; checkpoints go to
-    ``resume_dir`` every ``cfg.save_steps`` steps and a rerun resumes from the last one.
+    ``resume_dir`` every ``cfg.save_steps`` steps, each visible only once complete, and a rerun resumes from
+    the last complete one (``train_loss`` then still averages over every step).
     """
     if not rows:
         raise ValueError("stage 1 got no training examples; the debate file is empty or had no majority debates")
@@ -161,9 +162,9 @@ def train_lora_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, 
         gradient_checkpointing=False,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1, logging_steps=10, seed=seed,
         data_seed=seed, dataloader_num_workers=0)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=callbacks)
-    last = get_last_checkpoint(str(resume_dir)) if resume_dir.is_dir() else None
+    trainer = atomic_trainer(SFTTrainer)(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    last = last_checkpoint(resume_dir, log)
     out = trainer.train(resume_from_checkpoint=last)
     merged = trainer.model.merge_and_unload()
     with_debate_stop(merged, tokenizer)

@@ -381,6 +381,12 @@ def build_base(preset: Preset, run_dir: str | Path) -> Path:
         atomic_write_json(scratch / "base_eval.json", evaluation)
         return {"kind": "base", "preset": preset.name, "accuracy": evaluation["accuracy"]}
 
-    run_stage(path, build, name="base")
+    run_stage(path, build, name="base", keys=base_keys(preset))
     return path
+
+
+def base_keys(preset: Preset) -> dict:
+    """The preset values the toy base is built from (its stage's fingerprint): four sections and the seed."""
+    task, teacher, tokenizer, base = sections(preset)
+    return {"task": task, "teacher": teacher, "tokenizer": tokenizer, "base": base, "seed": preset.seed}
 
