@@ -78,7 +78,8 @@ def test_kill_during_a_checkpoint_save_resumes_to_the_uninterrupted_result(ref, 
                           timeout=600)
     assert proc.returncode == -9, proc.stderr[-2000:]
     resume = run / "sft" / "main.partial" / "resume"
-    assert sorted(p.name for p in resume.iterdir()) == [".saving", "checkpoint-2", "fingerprint.json"]
+    assert sorted(p.name for p in resume.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert (resume / ".saving" / "checkpoint-4" / "optimizer.pt").read_bytes() == b"half"
     lines = []
     Run(load_preset("smoke"), run, log=lines.append).sft("main")
     assert "[resume] ignoring checkpoint-4: the run stopped while saving it; removed it" in lines
@@ -105,11 +106,14 @@ def test_full_disk_is_named_and_the_run_continues_once_space_is_freed(ref, tmp_p
     try:
         run = _copy_run(ref, mnt / "run", "base", "debates")
         rc = cli(["sft", "--preset", "smoke", "--run-dir", str(run)])
-        err = capsys.readouterr().err.strip().splitlines()
-        assert rc == 2 and len(err) == 1
-        assert err[0].startswith(f"latent-agents: no space left on the device while writing ")
-        assert str(run / "sft" / "main.partial") in err[0]
-        assert err[0].endswith("is intact; free some space and rerun to continue")
+        err = capsys.readouterr().err
+        # the line may follow the trainer's interrupted progress bar on the terminal
+        said = [line[line.index("latent-agents:"):] for line in err.splitlines() if "latent-agents:" in line]
+        assert rc == 2 and "Traceback" not in err and len(said) == 1
+        last = said[0]
+        assert last.startswith("latent-agents: no space left on the device while writing ")
+        assert str(run / "sft" / "main.partial") in last
+        assert last.endswith("is intact; free some space and rerun to continue")
         assert verify_stage(run / "base") == [] and verify_stage(run / "debates" / "main") == []
         resume = run / "sft" / "main.partial" / "resume"
         assert [p.name for p in resume.glob("checkpoint-*") if not (p / "checkpoint_complete.json").is_file()] == []
@@ -117,7 +121,7 @@ def test_full_disk_is_named_and_the_run_continues_once_space_is_freed(ref, tmp_p
         Run(load_preset("smoke"), run, log=lambda line: None).sft("main")
         assert _model_files(run / "sft" / "main") == _model_files(ref / "sft" / "main")
     finally:
-        subprocess.run(["umount", str(mnt)])
+        subprocess.run(["umount", "--lazy", str(mnt)])
 
 
 @pytest.mark.slow
@@ -133,7 +137,7 @@ def test_damaged_weights_are_named_with_the_stage_that_wrote_them(ref, tmp_path,
         data[size // 2: size // 2 + 4096] = b"\xff" * 4096
         weights.write_bytes(bytes(data))
     rc = cli(["sft", "--preset", "smoke", "--run-dir", str(run)])
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     how = (f"is {size // 2:,} bytes but stage sft/main wrote {size:,} bytes: it was truncated after the stage "
            "finished" if damage == "truncate" else "has the size stage sft/main wrote but different contents "
            "(SHA-256 differs): it was corrupted or overwritten after the stage finished")

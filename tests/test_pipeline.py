@@ -26,7 +26,7 @@ def _manifest_times(run: Path) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """Run the whole smoke pipeline with two injected crashes; returns what each step observed."""
-    from transformers import Trainer
+    from training.checkpoints import AtomicCheckpoints
 
     torch.set_num_threads(1)
     mp = pytest.MonkeyPatch()
@@ -37,17 +37,17 @@ def smoke_run(tmp_path_factory):
     try:
         run_pipeline_stage("debate", preset, run)
         # crash stage 1 right after its first checkpoint is written
-        save = Trainer._save_checkpoint
+        save = AtomicCheckpoints._save_checkpoint
 
         def save_then_die(self, *a, **k):
             save(self, *a, **k)
             raise Killed("after the first checkpoint")
 
-        mp.setattr(Trainer, "_save_checkpoint", save_then_die)
+        mp.setattr(AtomicCheckpoints, "_save_checkpoint", save_then_die)
         with pytest.raises(Killed):
             run_pipeline_stage("sft", preset, run)
         seen["sft_partial"] = sorted(p.name for p in (run / "sft" / "main.partial" / "resume").glob("checkpoint-*"))
-        mp.setattr(Trainer, "_save_checkpoint", save)
+        mp.setattr(AtomicCheckpoints, "_save_checkpoint", save)
         seen["after_debate"] = _manifest_times(run)
         run_pipeline_stage("sft", preset, run)
         seen["after_sft"] = _manifest_times(run)

@@ -269,3 +269,12 @@ def test_stage_status(tmp_path):
     state, why = stage_status(tmp_path / "s", fingerprint(keys))
     assert state == "damaged" and why.startswith(f"{tmp_path / 's' / 'out.bin'} is 0 bytes but stage sft/main wrote")
     assert read_manifest(tmp_path / "s")["stage"] == "sft/main"
+
+
+def test_unwritable_run_dir_is_one_sentence(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a dir")
+    with pytest.raises(StageError) as e:
+        run_stage(blocker / "sft" / "main", Builder(), name="sft/main", log=[].append)
+    assert str(e.value) == (f"cannot write stage sft/main under {blocker / 'sft'}: not a directory; choose a "
+                            "writable run directory (--run-dir)")

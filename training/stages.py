@@ -5,8 +5,8 @@ A stage builds its artifact in a scratch dir (``<name>.partial``), then renames 
 (upstream stages by the digest of their outputs, other files and dirs by size and SHA-256), and the size, mtime
 and SHA-256 of every file it wrote. A rerun reuses the stage only when the fingerprint still matches; otherwise
 it rebuilds and says in one line which value or input changed (or, with ``keep_stale``, keeps it with a warning
-that the report repeats). A stage whose results hold non-finite numbers or empty files fails instead of being
-cached. Reading a finished stage checks its files' sizes and mtimes; ``verify`` rehashes them.
+that the report repeats). A stage whose summary holds non-finite numbers, or that wrote an empty file, fails
+instead of being cached. Reading a finished stage checks its files' sizes and mtimes; ``verify`` rehashes them.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ RESUME = "resume"
 KEEP_STALE_ENV = "LATENT_AGENTS_KEEP_STALE"
 VERIFY_ENV = "LATENT_AGENTS_VERIFY"
 _RESERVED = ("stage", "wall_seconds", "fingerprint", "built_from", "outputs", "outputs_digest", "kept_stale")
-_MAX_JSON_SCAN = 64 << 20  # result JSON files are scanned for non-finite numbers up to this size
+# a stage's summaries, which must hold finite numbers only (raw per-sample dumps may mark unscorable samples NaN)
+SUMMARY_FILES = ("results.json", "metrics.json")
 
 
 class StageError(UserError, ValueError):
@@ -340,8 +341,20 @@ def _env_flag(name: str) -> bool:
 
 
 def invalid_results(scratch: Path, info: dict) -> str | None:
-    """Why a stage's results must not be cached: a non-finite number in ``info`` or a JSON file, an empty file,
-    or no files at all; None when they are fine."""
+    """Why a stage's results must not be cached: a non-finite number in ``info`` or in a summary file
+    (`SUMMARY_FILES`, anywhere in the stage dir), an empty file, or no files at all; None when they are fine.
+
+    Args:
+        scratch: the built stage dir.
+        info: the summary ``build`` returned.
+
+    Returns:
+        One phrase, or None.
+
+    Example:
+        >>> invalid_results(Path("runs/smoke/analyses/malicious.partial"), {})  # doctest: +SKIP
+        'results.json holds a non-finite number (traits.evil.best_alpha = nan)'
+    """
     bad = first_non_finite(info)
     if bad:
         return f"its summary holds a non-finite number ({bad})"
@@ -353,7 +366,7 @@ def invalid_results(scratch: Path, info: dict) -> str | None:
         size = p.stat().st_size
         if size == 0:
             return f"it wrote an empty file {rel}"
-        if p.suffix == ".json" and size <= _MAX_JSON_SCAN:
+        if p.name in SUMMARY_FILES:
             bad = first_non_finite(json.loads(p.read_text()))
             if bad:
                 return f"{rel} holds a non-finite number ({bad})"
@@ -458,6 +471,11 @@ def _promote_finished(path: Path, scratch: Path, fp: Fingerprint) -> bool:
 def _build(path: Path, scratch: Path, build: Callable[[Path], dict], fp: Fingerprint, name: str,
            log: Callable[[str], None]) -> dict:
     keep = scratch / RESUME
+    try:
+        scratch.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StageError(f"cannot write stage {name} under {path.parent}: {e.strerror.lower()}; choose a writable "
+                         "run directory (--run-dir)") from None
     if scratch.exists():
         for child in scratch.iterdir():
             if child != keep:
