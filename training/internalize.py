@@ -21,6 +21,7 @@ from transformers import AutoTokenizer, TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from lens.io import atomic_write_json
+from training.checkpoints import atomic_trainer
 from training.evaluate import EvalItem, evaluate_model, quantile, sample_lengths
 from training.modelio import LORA_TARGETS, load_causal_lm
 from training.rewards import (CLIPPING_MODES, AnswerCheck, RewardSpec, TagVocab, TagWeights, correctness_reward,
@@ -144,7 +145,7 @@ def train_phase(model_dir: Path, out_dir: Path, phase: Phase, cfg: Stage2Config,
     peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                              target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
     probe = _probe_callback(cfg.probe_steps)
-    trainer = GRPOTrainer(
+    trainer = atomic_trainer(GRPOTrainer)(
         model=model, processing_class=tokenizer, args=args, peft_config=peft_config, callbacks=[probe],
         reward_funcs=[correctness_reward(vocab, spec, check_for), structure_reward(vocab, spec)],
         train_dataset=Dataset.from_list(rows).shuffle(seed=seed))
@@ -193,14 +194,21 @@ def internalize(sft_dir: str | Path, out_dir: str | Path, cfg: Stage2Config, row
         ph_dir = work_dir / "phases" / f"phase{phase.index}"
         done = read_json(ph_dir / "phase.json")
         if done is None:
-            ph_log = train_phase(prev, ph_dir, phase, cfg, rows, check_for, needs_boxed=needs_boxed,
+            # a phase is trained, evaluated and logged aside, then renamed: a kill leaves only the aside dir
+            aside = ph_dir.with_name(ph_dir.name + ".partial")
+            if aside.exists():
+                log(f"[internalize] phase {phase.index} was interrupted; training it again")
+                shutil.rmtree(aside)
+            ph_log = train_phase(prev, aside, phase, cfg, rows, check_for, needs_boxed=needs_boxed,
                                  seed=seed + phase.index, trl_dir=work_dir / "trl")
             if not ph_log["skipped"]:
-                model = load_causal_lm(ph_dir).eval()
-                ph_log["eval"] = evaluate_model(model, AutoTokenizer.from_pretrained(str(ph_dir)), eval_items,
+                model = load_causal_lm(aside).eval()
+                ph_log["eval"] = evaluate_model(model, AutoTokenizer.from_pretrained(str(aside)), eval_items,
                                                 max_new_tokens=cfg.eval_max_new_tokens,
                                                 batch_size=cfg.eval_batch_size, needs_boxed=needs_boxed)
-            atomic_write_json(ph_dir / "phase.json", ph_log)
+            atomic_write_json(aside / "phase.json", ph_log)
+            shutil.rmtree(ph_dir, ignore_errors=True)
+            aside.rename(ph_dir)
             done = ph_log
         else:
             log(f"[internalize] phase {phase.index} already trained, reusing {ph_dir}")
