@@ -24,6 +24,7 @@ from training.stages import KEEP_STALE_ENV, read_manifest, stale_stages, verify_
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = "model.safetensors"
+NOT_MODEL = ("metrics.json", "stage.json", "provenance.json", "phases.json")  # these hold wall times or paths
 
 
 def _copy_run(src: Path, dst: Path, *parts: str) -> Path:
@@ -34,7 +35,7 @@ def _copy_run(src: Path, dst: Path, *parts: str) -> Path:
 
 def _model_files(stage: Path) -> dict[str, str]:
     return {p.name: hash_file(p) for p in sorted(stage.iterdir())
-            if p.suffix in (".safetensors", ".json") and p.name not in ("metrics.json", "stage.json", "provenance.json")}
+            if p.suffix in (".safetensors", ".json") and p.name not in NOT_MODEL}
 
 
 def _preset_file(tmp: Path, old: str, new: str) -> Path:
@@ -47,20 +48,28 @@ def _preset_file(tmp: Path, old: str, new: str) -> Path:
 
 @pytest.fixture(scope="module")
 def ref(smoke_run_dir, tmp_path_factory) -> Path:
-    """A run dir holding the smoke base, debates/main and sft/main, built without interruption."""
+    """A run dir holding the smoke base, debates/main, sft/main and internalize/main, built without interruption."""
     import torch
 
     torch.set_num_threads(1)
     run = _copy_run(smoke_run_dir, tmp_path_factory.mktemp("ref"), "base")
-    Run(load_preset("smoke"), run, log=lambda line: None).sft("main")
+    Run(load_preset("smoke"), run, log=lambda line: None).internalize("main")
     return run
+
+
+def _killed(script: str, run: Path) -> None:
+    """Run ``script`` (then ``latent-agents <argv>`` on ``run``) in a subprocess that SIGKILLs itself."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script), str(run)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-2000:]
 
 
 @pytest.mark.slow
 def test_kill_during_a_checkpoint_save_resumes_to_the_uninterrupted_result(ref, tmp_path):
     run = _copy_run(ref, tmp_path / "run", "base", "debates")
     # SIGKILL half-way through writing checkpoint-4 (its optimizer file is half written), after checkpoint-2
-    script = textwrap.dedent("""
+    _killed("""
         import os, signal, sys
         from transformers import Trainer
         real = Trainer._save_optimizer_and_scheduler
@@ -72,11 +81,7 @@ def test_kill_during_a_checkpoint_save_resumes_to_the_uninterrupted_result(ref, 
         Trainer._save_optimizer_and_scheduler = save
         from analyses.cli import main
         main(["sft", "--preset", "smoke", "--run-dir", sys.argv[1]])
-    """)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", script, str(run)], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == -9, proc.stderr[-2000:]
+    """, run)
     resume = run / "sft" / "main.partial" / "resume"
     assert sorted(p.name for p in resume.glob("checkpoint-*")) == ["checkpoint-2"]
     assert (resume / ".saving" / "checkpoint-4" / "optimizer.pt").read_bytes() == b"half"
@@ -91,6 +96,40 @@ def test_kill_during_a_checkpoint_save_resumes_to_the_uninterrupted_result(ref, 
     assert metrics["train_loss"] == pytest.approx(ref_metrics["train_loss"], rel=1e-5)
     assert metrics["eval"] == ref_metrics["eval"]
     assert read_manifest(done)["outputs_digest"] != read_manifest(ref / "sft" / "main")["outputs_digest"]  # metrics
+
+
+@pytest.mark.slow
+def test_kill_during_stage_2_resumes_by_phase_to_the_uninterrupted_result(ref, tmp_path):
+    run = _copy_run(ref, tmp_path / "run", "base", "debates", "sft")
+    # SIGKILL once phase 1 is trained and merged, while it is being evaluated (phase 0 is finished)
+    _killed("""
+        import os, signal, sys
+        import training.internalize as stage2
+        real, calls = stage2.evaluate_model, []
+        def evaluate(*a, **k):
+            calls.append(1)
+            if len(calls) == 3:  # the SFT model's start evaluation, phase 0, phase 1
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(*a, **k)
+        stage2.evaluate_model = evaluate
+        from training.pipeline import Run
+        from training.presets import load_preset
+        Run(load_preset("smoke"), sys.argv[1]).internalize("main")
+    """, run)
+    phases = run / "internalize" / "main.partial" / "resume" / "phases"
+    assert sorted(p.name for p in phases.iterdir()) == ["phase0", "phase1.partial"]
+    lines = []
+    Run(load_preset("smoke"), run, log=lines.append).internalize("main")
+    assert f"[internalize] phase 0 already trained, reusing {phases / 'phase0'}" in lines
+    assert "[internalize] phase 1 was interrupted; training it again" in lines
+    done, want = run / "internalize" / "main", ref / "internalize" / "main"
+    assert _model_files(done) == _model_files(want)
+
+    def phase_logs(d: Path) -> list[dict]:
+        return [{k: v for k, v in p.items() if k != "train_wall_s"}
+                for p in json.loads((d / "phases.json").read_text())["phases"]]
+
+    assert phase_logs(done) == phase_logs(want)
 
 
 @pytest.mark.slow
