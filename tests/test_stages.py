@@ -120,7 +120,7 @@ def test_upstream_rebuilt_with_other_results_makes_downstream_stale(tmp_path):
     run_stage(tmp_path / "up", Builder(b"two"), name="up", keys={"seed": 2}, log=lines.append)
     run_stage(tmp_path / "down", down, name="down", inputs={"up": tmp_path / "up"}, log=lines.append)
     assert down.calls == 2
-    assert "[down] stale: input up (stage up) was rebuilt with other results; rebuilding" in lines
+    assert "[down] stale: input stage up was rebuilt with other results; rebuilding" in lines
 
 
 def test_run_dir_without_fingerprints_is_rebuilt(tmp_path):
@@ -278,3 +278,13 @@ def test_unwritable_run_dir_is_one_sentence(tmp_path):
         run_stage(blocker / "sft" / "main", Builder(), name="sft/main", log=[].append)
     assert str(e.value) == (f"cannot write stage sft/main under {blocker / 'sft'}: not a directory; choose a "
                             "writable run directory (--run-dir)")
+
+
+def test_non_finite_preset_value_is_refused_before_building(tmp_path):
+    b = Builder()
+    with pytest.raises(StageError) as e:
+        run_stage(tmp_path / "m", b, name="analyses/malicious", keys={"malicious": {"alphas": [-5.0, float("nan")]}},
+                  log=[].append)
+    assert str(e.value) == ("stage analyses/malicious would read a non-finite preset value "
+                            "([malicious] alphas[1] = nan); use finite numbers")
+    assert b.calls == 0 and not (tmp_path / "m").exists()

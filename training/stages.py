@@ -207,7 +207,8 @@ def _input_change(name: str, a: dict, b: dict) -> str:
     if b.get("id") == "missing":
         return f"input {name} ({b['missing']}) is not built yet"
     if "stage" in b:
-        return f"input {name} (stage {b['stage']}) was rebuilt with other results"
+        which = f"stage {name}" if name == b["stage"] else f"{name} (stage {b['stage']})"
+        return f"input {which} was rebuilt with other results"
     if "file" in b and a.get("size") != b.get("size"):
         return f"input {name} ({b['file']}) changed size {a.get('size')} -> {b['size']} bytes"
     return f"input {name} ({b.get('file') or b.get('dir')}) changed contents"
@@ -399,7 +400,8 @@ def run_stage(path: str | Path, build: Callable[[Path], dict], *, name: str | No
         The manifest.
 
     Raises:
-        StageError: the build's results hold non-finite numbers or empty files (nothing is cached).
+        StageError: a preset value in ``keys`` is NaN or infinite, or the build's summary holds non-finite numbers
+            or it wrote an empty file (nothing is cached).
         IntegrityError: a file of this stage or of an input stage was truncated or changed since it was written.
         DiskFullError: the disk filled up while building (the previous state is intact).
 
@@ -412,6 +414,10 @@ def run_stage(path: str | Path, build: Callable[[Path], dict], *, name: str | No
     name = name or path.name
     keep_stale = _env_flag(KEEP_STALE_ENV) if keep_stale is None else keep_stale
     verify = _env_flag(VERIFY_ENV) if verify is None else verify
+    bad = first_non_finite(flatten_keys(keys or {}))
+    if bad:
+        raise StageError(f"stage {name} would read a non-finite preset value ({bad}); "
+                         "use finite numbers")
     old = read_manifest(path) if stage_done(path) else None
     fp = fingerprint(keys, inputs, previous=(old or {}).get("built_from"), full=verify)
     scratch = _scratch(path)
