@@ -2,7 +2,8 @@
 
 It builds nothing and loads no model. It checks the base model is in the local cache, the device exists, each
 OpenAI-compatible endpoint the preset uses answers (and its API key is set), and the free disk covers an estimate
-of what the stages still to build will write; then it lists every stage as cached or to build, with the device
+of what the stages still to build will write; then it lists every stage as cached, damaged or to build (a stale one
+with what changed since it was built), with the device
 and dtype. Other parts of the project add checks by appending to `CHECKS` (e.g. datasets a benchmark needs).
 """
 
@@ -20,12 +21,13 @@ from typing import Callable, Iterable
 from urllib.parse import urlparse
 
 from analyses.models import HF_SCHEME, resolve_model
-from analyses.reproduce import EXPERIMENTS
+from analyses.reproduce import EXPERIMENTS, experiment_reads
 from analyses.validate import validate_preset
 from training.errors import PresetError
 from training.layout import RunLayout
 from training.presets import Preset
-from training.stages import stage_done
+from training.pipeline import Run
+from training.stages import status_now
 
 ENDPOINT_TIMEOUT_S = 2.0
 DISK_MARGIN = 1.2  # checkpoints, tokenizers, logs and JSON beside the weights
@@ -53,13 +55,18 @@ class StagePlan:
     writes_bytes: int = 0
 
 
-def stage_status(path: Path) -> tuple[str, str]:
-    """``(status, why)`` of the stage at ``path``: ``cached`` when its manifest says done, else ``to build``
-    (a killed attempt's scratch dir is named, since the stage resumes from it)."""
-    if stage_done(path):
-        return "cached", ""
-    partial = path.with_name(path.name + ".partial")
-    return "to build", "resumes from a killed attempt" if partial.is_dir() else ""
+def stage_status(run: Run, name: str) -> tuple[str, str]:
+    """``(status, why)`` of stage ``name`` (``sft/main``, ``eval``, ``analyses/malicious``...) of ``run``: ``cached``
+    when its manifest's fingerprint matches what it would read now, ``damaged`` when a file it wrote or reads was
+    altered, else ``to build`` with why (stale: what changed; or a killed attempt it resumes from)."""
+    kind, _, exp = name.partition("/")
+    if kind == "analyses":
+        state, why = status_now(run.layout.analysis(exp), **experiment_reads(exp, run.preset, run.dir))
+    else:
+        state, why = run.status(kind, exp or None)
+    if state in ("cached", "damaged"):
+        return state, why
+    return "to build", {"stale": f"stale: {why}", "resumable": "resumes from a killed attempt"}.get(state, "")
 
 
 def _model_dir(preset: Preset) -> Path | None:
@@ -122,9 +129,13 @@ def stages(preset: Preset, run_dir: Path) -> list[StagePlan]:
     plan += [(f"internalize/{e}", layout.internalize(e), copy * (n_phases + 1)) for e in exps.names]
     plan.append(("eval", layout.eval, 0))
     plan += [(f"analyses/{name}", layout.analysis(name), 0) for name in EXPERIMENTS]
+    try:
+        run = Run(resolve_model(preset), run_dir)
+    except PresetError:  # the model is not in the cache: check_model says so; stages read the path as written
+        run = Run(preset, run_dir)
     out = []
     for name, path, size in plan:
-        status, why = stage_status(path)
+        status, why = stage_status(run, name)
         out.append(StagePlan(name, path, status, why, size if status != "cached" else 0))
     return out
 

@@ -281,12 +281,20 @@ def test_plan_on_an_empty_run_dir_lists_every_stage_to_build(tmp_path, capsys):
 
 
 def test_plan_marks_a_finished_stage_cached_and_fails_a_missing_model(tmp_path, capsys):
-    run = tmp_path / "run"
-    (run / "debates" / "main").mkdir(parents=True)
-    (run / "debates" / "main" / "stage.json").write_text("{}")
-    assert main(["plan", "--preset", "smoke", "--run-dir", str(run), "--set", f'model.path="{tmp_path / "nope"}"']) == 1
+    from training.pipeline import Run
+    from training.stages import run_stage
+
+    run, model = tmp_path / "run", f'model.path="{tmp_path / "nope"}"'
+    # a finished debates/main stage, keyed by what the pipeline reads for it
+    reads = Run(load_preset("smoke", [model]), run).reads("debates", "main")
+    run_stage(run / "debates" / "main", lambda d: (d / "transcripts.jsonl").write_text("{}\n") and {}, **reads,
+              log=lambda line: None)
+    assert main(["plan", "--preset", "smoke", "--run-dir", str(run), "--set", model]) == 1
     out = capsys.readouterr().out
     assert any(line.split()[:2] == ["debates/main", "cached"] for line in out.splitlines())
+    main(["plan", "--preset", "smoke", "--run-dir", str(run), "--set", model, "--set", "debate.n_rounds=1"])
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("debates/main"))
+    assert line.split()[1:3] == ["to", "build"] and line.endswith("stale: [debate] n_rounds 2 -> 1")
     assert out.splitlines()[-1] == (f"latent-agents plan: model: [model] path '{tmp_path / 'nope'}' is not a local "
                                     "model dir with a config.json; download the model there or fix the path")
 

@@ -30,7 +30,7 @@ from training.runner import (DebateConfig, debate_accuracy, load_debates, run_de
 from training.schema import NON_EMPTY
 from training.sft import (Stage1Config, answer_rows, debate_rows, exit_probability, mix_short, train_lora_sft,
                           write_provenance)
-from training.stages import RESUME, fingerprint, read_json, run_stage, stage_status
+from training.stages import RESUME, read_json, run_stage, status_now
 from training.tasks import TaskConfig, arithmetic_split, gold_answer, trait_split
 from training.teacher import Teacher, TeacherConfig
 from training.toy_base import base_keys, build_base
@@ -350,7 +350,7 @@ class Run:
             reads = self.reads(kind, experiment)
             exp = self.experiments.table1 if kind == "debategpt" else experiment
             path = self.layout.eval if kind == "eval" else getattr(self.layout, kind)(exp)
-        return stage_status(path, fingerprint(**reads))
+        return status_now(path, **reads)
 
 
 def run_pipeline_stage(name: str, preset: Preset, run_dir: str | Path, *, log: Callable[[str], None] = print) -> None:

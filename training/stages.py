@@ -304,6 +304,31 @@ def stage_status(path: str | Path, fp: Fingerprint) -> tuple[str, str]:
     return "missing", "not built yet"
 
 
+def status_now(path: str | Path, keys: Mapping[str, Any] | None = None,
+               inputs: Mapping[str, str | Path] | None = None) -> tuple[str, str]:
+    """`stage_status` against the ``keys`` and ``inputs`` the stage would read now, reusing the manifest's file
+    hashes for unchanged inputs (so a large base model is not rehashed); a damaged input is ``damaged`` too.
+
+    Args:
+        path: the stage dir.
+        keys: as for `run_stage`.
+        inputs: as for `run_stage`.
+
+    Returns:
+        ``(state, why)`` as `stage_status` gives.
+
+    Example:
+        >>> status_now("runs/smoke/sft/main", {"sft": cfg, "seed": 0}, inputs)  # doctest: +SKIP
+        ('cached', '')
+    """
+    old = read_manifest(path) if stage_done(path) else None
+    try:
+        fp = fingerprint(keys, inputs, previous=(old or {}).get("built_from"))
+    except IntegrityError as e:
+        return "damaged", str(e)
+    return stage_status(path, fp)
+
+
 def stale_stages(run_dir: str | Path) -> list[tuple[str, str]]:
     """The stages under ``run_dir`` kept although stale (``keep_stale``), with why, for the report to repeat.
 
