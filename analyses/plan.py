@@ -3,8 +3,8 @@
 It builds nothing and loads no model. It checks the base model is in the local cache, the device exists, each
 OpenAI-compatible endpoint the preset uses answers (and its API key is set), and the free disk covers an estimate
 of what the stages still to build will write; then it lists every stage as cached, damaged or to build (a stale one
-with what changed since it was built), with the device
-and dtype. Other parts of the project add checks by appending to `CHECKS` (e.g. datasets a benchmark needs).
+with what changed since it was built), with the device and dtype. Other parts of the project add checks by
+appending to `CHECKS` (e.g. datasets a benchmark needs).
 """
 
 from __future__ import annotations
