@@ -24,7 +24,7 @@ from training.stages import KEEP_STALE_ENV, read_manifest, stale_stages, verify_
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS = "model.safetensors"
-NOT_MODEL = ("metrics.json", "stage.json", "provenance.json", "phases.json")  # these hold wall times or paths
+NOT_MODEL = ("metrics.json", "stage.json", "provenance.json", "phases.json", "base_model.json")  # times, paths
 
 
 def _copy_run(src: Path, dst: Path, *parts: str) -> Path:
