@@ -263,7 +263,8 @@ def test_a_read_only_run_dir_is_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     assert main(["debate", "--preset", "smoke", "--run-dir", str(tmp_path / "file")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("latent-agents: Not a directory: ") and err.count("\n") == 1
+    assert err == (f"latent-agents: cannot write stage base under {tmp_path / 'file'}: not a directory; choose a "
+                   "writable run directory (--run-dir)\n")
 
 
 def test_plan_on_an_empty_run_dir_lists_every_stage_to_build(tmp_path, capsys):
