@@ -170,8 +170,8 @@ def steerability(model, kind: str, subs: dict, personas: dict[str, str], problem
     block = {}
     for a, persona in personas.items():
         refs = [solution(persona, p, random.Random(f"{persona}-{p.question}")) for p in problems]
-        marks = [marker_counts(out.select(arm=int(a), alpha=x), persona) for x in cfg.alphas]
-        rl = [[rouge(t.strip(), r)["rougeL"] for t, r in zip(out.select(arm=int(a), alpha=x), refs)]
+        marks = [marker_counts(out.select(arm=str(a), alpha=x), persona) for x in cfg.alphas]
+        rl = [[rouge(t.strip(), r)["rougeL"] for t, r in zip(out.select(arm=str(a), alpha=x), refs)]
               for x in cfg.alphas]
         entry = {"persona": persona, "markers": [sum(m) / len(m) for m in marks],
                  "rougeL": [sum(r) / len(r) for r in rl], "per_prompt_markers": marks}

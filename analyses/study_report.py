@@ -104,7 +104,7 @@ def table1_rows(rows: list[dict]) -> list[dict]:
              "95% CI (%)": band(r.get("ci")),
              "tokens / question": pm(r["tokens"], r["tokens_se"], 1, 1), "questions": r["n_questions"],
              "seeds": r["n_seeds"], "well-formed debate": "–" if r.get("well_formed") is None
-             else f"{100 * r['well_formed']:.0f}%"} for r in table.rows]
+             else f"{100 * r['well_formed']:.0f}%"} for r in rows]
 
 
 def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
