@@ -180,7 +180,8 @@ def subspace_claims(results: dict | None) -> list[Claim]:
             "persona-marker gain over α = 0 from a neutral slot, IMAD − base: " +
             "; ".join(f"agent {a}: {_fmt_iv(d, 100)} points" for a, d in steer.items()) +
             "; reproduced when every agent's interval is above 0",
-            all(_lo(d) > 0 for d in steer.values()), {f"agent {a} IMAD−base marker gain": d for a, d in steer.items()}))
+            all(_lo(d) > 0 for d in steer.values()),
+            {f"agent {a} IMAD−base marker gain": d for a, d in steer.items()}))
     return claims
 
 

@@ -424,7 +424,8 @@ def figures(results: dict, run_dir: str | Path | None = None) -> dict[str, go.Fi
         if "pareto" in block:
             fr = lens.ParetoFrontier(**{k: block["pareto"][k] for k in ("points", "frontier", "budget", "best")})
             figs[f"pareto_{trait}"] = lens.plots.pareto_plot(
-                fr, title=f"{trait}: trait reduction vs accuracy drop, every method", strength_unit=results["alpha_unit"])
+                fr, title=f"{trait}: trait reduction vs accuracy drop, every method",
+                strength_unit=results["alpha_unit"])
     if run_dir is not None:
         for trait in results["traits"]:
             reports = {kind: load_report(run_dir, trait, kind) for kind in ("base", "imad")}

@@ -33,28 +33,8 @@ class Interval:
     def ci(self) -> list[float]:
         return [self.lo, self.hi]
 
-    def above(self, x: float) -> bool:
-        """Whether the whole interval lies above ``x`` (the data support "greater than x")."""
-        return self.lo > x
-
-    def below(self, x: float) -> bool:
-        """Whether the whole interval lies below ``x``."""
-        return self.hi < x
-
-    def scaled(self, factor: float) -> "Interval":
-        """The same interval in other units (e.g. ×100 for percent); a negative factor swaps the ends."""
-        a, b = sorted((self.lo * factor, self.hi * factor))
-        return Interval(self.estimate * factor, a, b, self.n, self.level)
-
     def to_dict(self) -> dict:
         return {"estimate": self.estimate, "ci": self.ci, "n": self.n, "level": self.level}
-
-    def fmt(self, scale: float = 1.0, digits: int = 2) -> str:
-        """``"est [lo, hi]"`` for tables and claim texts."""
-        if math.isnan(self.estimate):
-            return "n/a"
-        s = self.scaled(scale)
-        return f"{s.estimate:.{digits}f} [{s.lo:.{digits}f}, {s.hi:.{digits}f}]"
 
 
 def _groups(values) -> list[np.ndarray]:
