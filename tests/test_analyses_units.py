@@ -16,7 +16,7 @@ from analyses.agent_subspaces import marker_counts
 from analyses.stats import bootstrap, paired_difference, table1_intervals
 from lens.rating import halving_strength, pareto_frontier, strength_grid
 from analyses.claims import malicious_claims, subspace_claims, token_efficiency_claims
-from analyses.metrics import auc, mean_rouge, pct_change, rouge
+from analyses.metrics import auc, pct_change, rouge
 from analyses.report import Report
 from lens.rating import mean_se
 
@@ -26,8 +26,6 @@ ALPHAS = [0.0, 2.5, 5.0]
 def test_rouge_identical_and_disjoint():
     assert rouge("step 1: add the numbers", "step 1: add the numbers") == {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
     assert rouge("apples", "oranges")["rouge1"] == 0.0
-    with pytest.raises(ValueError, match="as many predictions as references"):
-        mean_rouge(["a"], [])
 
 
 def test_auc_is_trapezoid_over_alpha():
