@@ -5,6 +5,13 @@ agent's turn) and added at that same hook, on generated tokens only, to the base
 debate context up to the agent's tag (held-out debates) we generate, and score ROUGE against the agent's own
 response; the area under ROUGE-vs-α summarises each model. Caveat (toy world): the base model never saw the
 debate tags, so its prompts are out of distribution; both models get the same prompts, layer and vectors.
+
+Because unsteered ROUGE already differs between the models (familiarity with the tags), steerability is measured
+as the change steering causes from a neutral slot, where no one agent's style is implied (each model's native
+arithmetic prompt): how much agent i's vector raises the share of outputs carrying agent i's transparent persona
+markers (`training.teacher.persona_marks`: numbered steps for the analyst, ``SELF-CRITIQUE:`` for the critic,
+``x=... //`` assignments for the programmer) and the ROUGE-L against the teacher's solution in agent i's style,
+each over its value at α = 0, for base and IMAD, with 95% bootstrap intervals over prompts.
 """
 
 from __future__ import annotations
@@ -17,7 +24,10 @@ import plotly.graph_objects as go
 import lens
 from analyses import figures as study_figures
 from analyses.generation import fits_context, native_prompt, stop_ids
-from analyses.metrics import ROUGE_METRICS, auc, json_safe, mean_rouge, pct_change
+import random
+
+from analyses.metrics import ROUGE_METRICS, auc, json_safe, pct_change, rouge
+from analyses.stats import bootstrap, paired_difference
 from lens.debate_format import Transcript, extract_boxed, training_text, turn_spans
 from lens.activations import resolve_transcripts
 from lens.sites import middle_layer
@@ -29,6 +39,7 @@ from training.presets import Preset
 from training.runner import load_debates
 from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, bounds
 from training.tasks import TaskConfig, arithmetic_split
+from training.teacher import persona_marks, solution
 
 NAME = "agent_subspaces"
 MODELS = ("base", "imad")
@@ -54,6 +65,9 @@ class SubspaceConfig:
     capability_alphas: tuple[float, ...] = field(default=(0.0, 1.0, 2.0, 3.0, 4.0, 5.0), metadata=NON_EMPTY)
     n_capability: int = field(default=50, metadata=AT_LEAST_ONE)
     capability_max_new_tokens: int = field(default=96, metadata=AT_LEAST_ONE)
+    # neutral-slot prompts (test arithmetic problems) for steerability
+    n_steer: int = field(default=30, metadata=AT_LEAST_ONE)
+    steer_max_new_tokens: int = field(default=96, metadata=AT_LEAST_ONE)
     seed: int = field(default=42, metadata=NON_NEGATIVE)
 
     def __post_init__(self) -> None:
@@ -90,9 +104,10 @@ def turn_prompts(transcripts: list[Transcript], agent: int, rounds: tuple[int, .
     return prompts, refs
 
 
-def rouge_sweep(model, sub, prompts: list[str], refs: list[str], cfg: SubspaceConfig) -> dict[str, list[float]]:
-    """Mean ROUGE-1/2/L per α of the steered continuation against the agent's own turn (one batched sweep);
-    contexts too long to leave room for a continuation are skipped."""
+def rouge_sweep(model, sub, prompts: list[str], refs: list[str], cfg: SubspaceConfig) -> dict[str, list]:
+    """ROUGE-1/2/L per α of the steered continuation against the agent's own turn (one batched sweep): the mean
+    curve per metric and, under ``per_prompt``, each prompt's scores per α (for paired intervals); contexts too
+    long to leave room for a continuation are skipped (the same ones for every model sharing the tokenizer)."""
     keep = fits_context(model, prompts, margin=16)
     prompts, refs = [p for p, k in zip(prompts, keep) if k], [r for r, k in zip(refs, keep) if k]
     if not prompts:
@@ -100,24 +115,81 @@ def rouge_sweep(model, sub, prompts: list[str], refs: list[str], cfg: SubspaceCo
     outs = lens.generate(model, prompts, interventions=sub, alphas=cfg.alphas, max_new_tokens=cfg.max_new_tokens,
                          temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
                          stop=stop_ids(model, at_tags=True)).texts
-    curves: dict[str, list[float]] = {m: [] for m in ROUGE_METRICS}
     n = len(prompts)
-    for i in range(len(cfg.alphas)):
-        scores = mean_rouge([o.strip() for o in outs[i * n:(i + 1) * n]], refs)
-        for m in ROUGE_METRICS:
-            curves[m].append(scores[m])
+    scores = [[rouge(o.strip(), r) for o, r in zip(outs[i * n:(i + 1) * n], refs)] for i in range(len(cfg.alphas))]
+    curves: dict[str, list] = {m: [sum(s[m] for s in row) / n for row in scores] for m in ROUGE_METRICS}
+    curves["per_prompt"] = {m: [[s[m] for s in row] for row in scores] for m in ROUGE_METRICS}
     return curves
 
 
-def capability_sweep(model, kind: str, sub, cfg: SubspaceConfig, problems) -> list[float]:
-    """Arithmetic accuracy per α in ``cfg.capability_alphas`` under steering with ``sub`` (native prompts)."""
+def auc_difference(alphas, base: list[list[float]], imad: list[list[float]]) -> dict:
+    """95% interval of AUC(IMAD) − AUC(base) from per-prompt ROUGE per α (paired over prompts: the AUC of the
+    mean curve is the mean of the per-prompt AUCs)."""
+    per = lambda rows: [auc(alphas, [row[j] for row in rows]) for j in range(len(rows[0]))]  # noqa: E731
+    return paired_difference(per(imad), per(base)).to_dict()
+
+
+def capability_sweep(model, kind: str, sub, cfg: SubspaceConfig, problems) -> tuple[list[float], list[list[bool]]]:
+    """Arithmetic accuracy per α in ``cfg.capability_alphas`` under steering with ``sub`` (native prompts), and
+    each problem's correctness per α."""
     prompts = [native_prompt(kind, p.question, model.tokenizer) for p in problems]
     out = lens.generate(model, prompts, interventions=sub, alphas=cfg.capability_alphas,
                         max_new_tokens=cfg.capability_max_new_tokens, seed=cfg.seed,
                         stop=stop_ids(model, at_tags=False))
     n = len(problems)
     correct = [extract_boxed(o) == problems[k].answer for o, k in zip(out.texts, out.prompt)]
-    return [sum(correct[i * n:(i + 1) * n]) / n for i in range(len(cfg.capability_alphas))]
+    per = [correct[i * n:(i + 1) * n] for i in range(len(cfg.capability_alphas))]
+    return [sum(c) / n for c in per], per
+
+
+def capability_drop(alphas, per: list[list[bool]]) -> dict:
+    """The largest accuracy drop from α = 0 over the steered α, with its paired 95% interval over problems."""
+    i0 = list(alphas).index(0.0)
+    steered = [i for i in range(len(alphas)) if i != i0]
+    if not steered:
+        return {"estimate": None, "ci": [None, None]}
+    worst = min(steered, key=lambda i: sum(per[i]))
+    return {**paired_difference([float(x) for x in per[i0]], [float(x) for x in per[worst]]).to_dict(),
+            "alpha": alphas[worst]}
+
+
+def marker_counts(texts: list[str], persona: str) -> list[float]:
+    """1 for each text carrying ``persona``'s transparent style marks (`training.teacher.persona_marks`), else 0."""
+    return [float(persona_marks(t)[persona]) for t in texts]
+
+
+def steerability(model, kind: str, subs: dict, personas: dict[str, str], problems, cfg: SubspaceConfig) -> dict:
+    """From a neutral slot (the model's native arithmetic prompt), per agent: the share of outputs with that
+    agent's persona markers and their ROUGE-L against the teacher's solution in that persona's style, per α in
+    ``cfg.alphas``; the gain is the largest change over α = 0, with a paired 95% interval over prompts."""
+    prompts = [native_prompt(kind, p.question, model.tokenizer) for p in problems]
+    out = lens.generate(model, prompts, interventions={a: sub for a, sub in subs.items()}, alphas=cfg.alphas,
+                        max_new_tokens=cfg.steer_max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                        seed=cfg.seed, stop=stop_ids(model, at_tags=False), skip_special_tokens=True)
+    i0 = list(cfg.alphas).index(0.0) if 0.0 in cfg.alphas else None
+    block = {}
+    for a, persona in personas.items():
+        refs = [solution(persona, p, random.Random(f"{persona}-{p.question}")) for p in problems]
+        marks = [marker_counts(out.select(arm=str(a), alpha=x), persona) for x in cfg.alphas]
+        rl = [[rouge(t.strip(), r)["rougeL"] for t, r in zip(out.select(arm=str(a), alpha=x), refs)]
+              for x in cfg.alphas]
+        entry = {"persona": persona, "markers": [sum(m) / len(m) for m in marks],
+                 "rougeL": [sum(r) / len(r) for r in rl], "per_prompt_markers": marks}
+        if i0 is not None and len(cfg.alphas) > 1:
+            j = max((i for i in range(len(cfg.alphas)) if i != i0), key=lambda i: sum(marks[i]))
+            entry["marker_gain"] = {**paired_difference(marks[j], marks[i0]).to_dict(), "alpha": cfg.alphas[j]}
+            entry["per_prompt_gain"] = [x - y for x, y in zip(marks[j], marks[i0])]
+            k = max((i for i in range(len(cfg.alphas)) if i != i0), key=lambda i: sum(rl[i]))
+            entry["rouge_gain"] = {**paired_difference(rl[k], rl[i0]).to_dict(), "alpha": cfg.alphas[k]}
+        block[a] = entry
+    return block
+
+
+def steerability_difference(base: dict, imad: dict) -> dict:
+    """Per agent, IMAD's marker gain minus base's with its 95% interval, paired over the prompts (both models
+    read the same problems), each model at its own best α."""
+    return {a: bootstrap([x - y for x, y in zip(imad[a]["per_prompt_gain"], base[a]["per_prompt_gain"])]).to_dict()
+            for a in base if "per_prompt_gain" in base[a] and "per_prompt_gain" in imad.get(a, {})}
 
 
 def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
@@ -143,6 +215,9 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     problems = arithmetic_split(preset.section("task", TaskConfig), "test", preset.seed)[:cfg.n_capability]
     rouge: dict = {}
     capability: dict = {}
+    drops: dict = {}
+    steer: dict = {}
+    neutral = arithmetic_split(preset.section("task", TaskConfig), "test", preset.seed)[:cfg.n_steer]
     dirs = {"base": layout.base, "imad": layout.internalize(cfg.experiment)}
     for kind in MODELS:
         model = lens.load_model(dirs[kind])
@@ -152,10 +227,21 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
         for a, sub in subs.items():
             prompts, refs = turn_prompts(heldout, a, cfg.rounds)
             rouge[kind][str(a)] = rouge_sweep(model, sub, prompts, refs, cfg)
-            capability[kind][str(a)] = capability_sweep(model, kind, sub, cfg, problems)
+            capability[kind][str(a)], per = capability_sweep(model, kind, sub, cfg, problems)
+            if kind == "imad":
+                drops[str(a)] = capability_drop(cfg.capability_alphas, per)
+        steer[kind] = steerability(model, kind, subs, personas, neutral, cfg)
         del model
-    auc_block = {str(a): {m: _auc_entry(cfg.alphas, rouge["base"][str(a)][m], rouge["imad"][str(a)][m])
+    auc_block = {str(a): {m: {**_auc_entry(cfg.alphas, rouge["base"][str(a)][m], rouge["imad"][str(a)][m]),
+                              "diff": auc_difference(cfg.alphas, rouge["base"][str(a)]["per_prompt"][m],
+                                                     rouge["imad"][str(a)]["per_prompt"][m])}
                           for m in ROUGE_METRICS} for a in agents}
+    for kind in MODELS:
+        for curve in rouge[kind].values():
+            curve.pop("per_prompt")
+    steerability_block = {**steer, "gain_difference": steerability_difference(steer["base"], steer["imad"]),
+                          "slot": "each model's native arithmetic prompt (test problems), no agent tag",
+                          "markers": "training.teacher.persona_marks"}
     results = {"config": asdict(cfg), "layer": layer, "hook_name": subs[agents[0]].hook_name,
                "alphas": list(cfg.alphas), "capability_alphas": list(cfg.capability_alphas), "personas": personas,
                "alpha_unit": alpha_unit(cfg.normalize),
@@ -164,7 +250,8 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
                                     "stats": s.stats, "normalization": s.normalization,
                                     "scores": {str(k): v for k, v in s.scores.items()}}
                            for a, s in subs.items()},
-               "rouge": rouge, "auc": auc_block, "capability": capability, "probe": probes, "pca": pca}
+               "rouge": rouge, "auc": auc_block, "capability": capability, "capability_drop": drops,
+               "steerability": steerability_block, "probe": probes, "pca": pca}
     results = json_safe(results)
     atomic_write_json(out_dir / RESULTS, results)
     return results
@@ -187,9 +274,38 @@ def _pca(d: dict) -> PCAProjection:
 
 
 def auc_rows(results: dict) -> list[dict]:
-    """Table 8: ROUGE AUC per agent and metric, base vs IMAD, with the % difference."""
+    """Table 8: ROUGE AUC per agent and metric, base vs IMAD, with the % difference and the 95% interval of the
+    paired difference IMAD − base."""
     return [{"agent": f"{a} ({results['personas'][a]})", "metric": m, "base": v["base"], "imad": v["imad"],
-             "delta %": v["pct"]} for a, ms in results["auc"].items() for m, v in ms.items()]
+             "delta %": v["pct"], "IMAD − base [95% CI]": _band(v.get("diff"))}
+            for a, ms in results["auc"].items() for m, v in ms.items()]
+
+
+def _band(d: dict | None, scale: float = 1.0, digits: int = 3) -> str:
+    if not d or d.get("estimate") is None:
+        return "n/a"
+    lo, hi = d["ci"]
+    return f"{scale * d['estimate']:.{digits}f} [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+
+
+def steerability_rows(results: dict) -> list[dict]:
+    """Steerability per agent, base vs IMAD: persona-marker share at α = 0 and the gain steering causes (with
+    intervals), the ROUGE-L gain over α = 0, and IMAD − base."""
+    st = results.get("steerability")
+    if not st:
+        return []
+    rows = []
+    for a, persona in results["personas"].items():
+        row = {"agent": f"{a} ({persona})"}
+        for kind in MODELS:
+            e = st[kind][a]
+            row[f"{kind} markers at α=0 (%)"] = f"{100 * e['markers'][results['alphas'].index(0.0)]:.0f}" \
+                if 0.0 in results["alphas"] else "n/a"
+            row[f"{kind} marker gain (pts)"] = _band(e.get("marker_gain"), 100, 1)
+            row[f"{kind} ROUGE-L gain"] = _band(e.get("rouge_gain"))
+        row["IMAD − base marker gain (pts)"] = _band(st["gain_difference"].get(a), 100, 1)
+        rows.append(row)
+    return rows
 
 
 def figures(results: dict) -> dict[str, go.Figure]:

@@ -1,37 +1,50 @@
-"""The paper's claims as checks over our results: each one says *reproduced* or *not*, with the numbers.
+"""The paper's claims as checks over our results: each one says *reproduced* or *not reproduced*, with the
+numbers and their 95% intervals.
 
-The inputs are the plain result dicts the experiments save (``results.json``), so the statements can be
-rebuilt from a finished run without recomputing anything. A claim whose data is missing is ``None`` (not run); one
-whose data cannot decide it (e.g. nothing to suppress at α = 0) is ``None`` with ``testable=False``.
+The inputs are the plain result dicts the experiments save (``results.json``, with intervals from
+`analyses.stats`), so the statements can be rebuilt from a finished run without recomputing anything. A claim
+is *reproduced* only when its interval supports it (e.g. the lower end of a difference above 0); one whose data
+cannot decide it (nothing to suppress unsteered, no capability to keep) is *not reproduced*, and says why. A
+claim whose results are missing altogether is *not run*.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 MIN_CAPABILITY = 0.1  # unsteered accuracy below which "capability stays stable" says nothing
+NEAR_ZERO = 5.0       # judge points (0–100): "fully suppressed" means the interval's upper end is at most this
+STRONG = 0.6          # "strong negative steering": α ≤ 0.6 × the most negative α of the grid (paper: [−5, −3])
 
 
 @dataclass(frozen=True)
 class Claim:
-    """One paper claim: what the paper says, what we measured, and whether it holds here."""
+    """One paper claim: what the paper says, what we measured (with intervals), and whether it holds here."""
 
     id: str
     claim: str
     paper: str
     measured: str
     reproduced: bool | None
-    testable: bool = True
+    intervals: dict[str, dict] = field(default_factory=dict)  # name -> {"estimate", "ci": [lo, hi]}
 
     @property
     def verdict(self) -> str:
-        if self.reproduced is None and not self.testable:
-            return "not testable here"
         return {True: "reproduced", False: "not reproduced", None: "not run"}[self.reproduced]
 
     def to_dict(self) -> dict:
         return {**asdict(self), "verdict": self.verdict}
+
+
+def iv(estimate, ci) -> dict:
+    """An interval entry of a claim: ``{"estimate", "ci": [lo, hi]}`` (None where unknown)."""
+    lo, hi = (ci or [None, None])
+    return {"estimate": _none(estimate), "ci": [_none(lo), _none(hi)]}
+
+
+def _none(x):
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
 def _num(x) -> float:
@@ -46,63 +59,129 @@ def _fmt(x: float, digits: int = 2) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def token_efficiency_claims(methods: dict[str, dict] | None) -> list[Claim]:
-    """Table 1 claims from ``{method: {"accuracy", "tokens"}}`` (accuracy in [0, 1], tokens per question)."""
+def _fmt_iv(d: dict | None, scale: float = 1.0, digits: int = 1) -> str:
+    """``est [lo, hi]`` of an interval entry."""
+    if not d or d.get("estimate") is None:
+        return "n/a"
+    lo, hi = d["ci"]
+    band = "" if lo is None else f" [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
+    return f"{scale * d['estimate']:.{digits}f}{band}"
+
+
+def _lo(d: dict | None) -> float:
+    return _num((d or {}).get("ci", [None, None])[0])
+
+
+def _hi(d: dict | None) -> float:
+    return _num((d or {}).get("ci", [None, None])[1])
+
+
+MISSING = {"table": iv(None, None)}
+
+
+def token_efficiency_claims(methods: dict[str, dict] | None, paired: dict[str, dict] | None = None) -> list[Claim]:
+    """Table 1 claims from ``{method: row}`` (``accuracy`` in [0, 1], ``tokens`` per question, ``ci``) and the
+    paired intervals ``paired`` (`analyses.stats.table1_intervals`: ``"IMAD−Debate"`` accuracy difference,
+    ``"IMAD/Debate tokens"`` ratio, ...)."""
     m = {k.lower(): v for k, v in (methods or {}).items()}
+    p = paired or {}
     have = "imad" in m and "debate" in m
     claims = []
-    ratio = 100 * m["imad"]["tokens"] / m["debate"]["tokens"] if have and m["debate"]["tokens"] else math.nan
+    ratio = p.get("IMAD/Debate tokens")
     claims.append(Claim(
         "tokens_vs_debate", "IMAD tokens ≤ 10% of Debate's", "6.3–21.1% of Debate's tokens",
-        f"IMAD {_fmt(m['imad']['tokens'], 1)} vs Debate {_fmt(m['debate']['tokens'], 1)} tokens per question "
-        f"({_fmt(ratio, 1)}%)" if have else "Table 1 missing",
-        (ratio <= 10.0) if have and not math.isnan(ratio) else None))
-    claims.append(Claim(
-        "accuracy_vs_debate", "IMAD accuracy ≥ Debate", "LLaMA IMAD beats Debate on all 3 benchmarks",
-        f"IMAD {_fmt(100 * m['imad']['accuracy'], 1)}% vs Debate {_fmt(100 * m['debate']['accuracy'], 1)}%"
+        f"IMAD {_fmt(m['imad']['tokens'], 1)} vs Debate {_fmt(m['debate']['tokens'], 1)} tokens per question; "
+        f"ratio {_fmt_iv(ratio, 100)}% (reproduced when the interval's upper end is ≤ 10%)"
         if have else "Table 1 missing",
-        (m["imad"]["accuracy"] >= m["debate"]["accuracy"])
-        if have and max(m["imad"]["accuracy"], m["debate"]["accuracy"]) > 0 else None))
-    if "imad" in m and "sft" in m and m["sft"]["tokens"]:
-        cut = 100 * (1 - m["imad"]["tokens"] / m["sft"]["tokens"])
+        (_hi(ratio) <= 0.10) if have and ratio else None, {"IMAD/Debate tokens": ratio} if ratio else MISSING))
+    claims.append(_diff_claim("accuracy_vs_debate", "IMAD accuracy ≥ Debate",
+                              "LLaMA IMAD beats Debate on all 3 benchmarks", m, p, "IMAD", "Debate"))
+    claims.append(_diff_claim("debate_vs_single", "Debate beats Single (a debate gain to internalize)",
+                              "Debate above Single for LLaMA and Qwen on GSM8K", m, p, "Debate", "Single"))
+    rl = next((k for k in m if "single" in k and "rl" in k), None)
+    if rl is None:
+        claims.append(Claim("imad_vs_single_rl", "IMAD's gain comes from the debate, not from RL alone",
+                            "(the paper has no Single + RL control)", "Table 1 has no Single + RL row", None,
+                            MISSING))
+    else:
+        name = m[rl]["method"]
+        claims.append(_diff_claim("imad_vs_single_rl", "IMAD's gain comes from the debate, not from RL alone",
+                                  "(the paper has no Single + RL control)", m, p, "IMAD", name))
+    cut = p.get("SFT−IMAD tokens")
+    if "imad" in m and "sft" in m:
         claims.append(Claim("tokens_vs_sft", "IMAD uses fewer tokens than SFT", "35–66% fewer than SFT",
-                            f"{_fmt(cut, 1)}% fewer ({_fmt(m['imad']['tokens'], 1)} vs {_fmt(m['sft']['tokens'], 1)})",
-                            cut > 0))
+                            f"SFT − IMAD tokens per question {_fmt_iv(cut)} ({_fmt(m['imad']['tokens'], 1)} vs "
+                            f"{_fmt(m['sft']['tokens'], 1)}); reproduced when the interval is above 0",
+                            _lo(cut) > 0 if cut else None, {"SFT−IMAD tokens": cut} if cut else MISSING))
     return claims
 
 
+def _diff_claim(cid: str, text: str, paper: str, m: dict, p: dict, a: str, b: str) -> Claim:
+    """A claim that method ``a`` is more accurate than ``b``: the paired difference's interval above 0."""
+    ra, rb, d = m.get(a.lower()), m.get(b.lower()), p.get(f"{a}−{b}")
+    if not ra or not rb:
+        return Claim(cid, text, paper, f"Table 1 lacks {a} or {b}", None, MISSING)
+    measured = (f"{a} {_fmt_iv(ra.get('ci') and iv(ra['accuracy'], ra['ci']), 100)}% vs {b} "
+                f"{_fmt_iv(rb.get('ci') and iv(rb['accuracy'], rb['ci']), 100)}%; paired difference "
+                f"{_fmt_iv(d, 100)} points (reproduced when the interval is above 0)")
+    if max(ra["accuracy"], rb["accuracy"]) <= 0:
+        return Claim(cid, text, paper, measured + " — both score 0%, so neither is better", False,
+                     {f"{a}−{b}": d or iv(0.0, [0.0, 0.0])})
+    return Claim(cid, text, paper, measured, _lo(d) > 0 if d else False,
+                 {f"{a}−{b}": d or iv(ra["accuracy"] - rb["accuracy"], None)})
+
+
 def subspace_claims(results: dict | None) -> list[Claim]:
-    """Agent-subspace claims from the agent_subspaces results (``auc`` and ``capability`` blocks)."""
+    """Agent-subspace claims from the agent_subspaces results (``auc`` with paired ``diff`` intervals,
+    ``capability_drop`` and ``steerability``)."""
     if not results:
         return [Claim("rouge_auc", "ROUGE AUC IMAD > base for all three agents", "+15.4% mean (6.1–25.0%)",
-                      "agent-subspace results missing", None),
+                      "agent-subspace results missing", None, MISSING),
                 Claim("steering_lowers_capability", "steering IMAD with any one agent vector lowers accuracy",
-                      "all agents lower GSM8K accuracy (Fig. 11)", "agent-subspace results missing", None)]
+                      "all agents lower GSM8K accuracy (Fig. 11)", "agent-subspace results missing", None, MISSING)]
     auc = results["auc"]
-    pcts = {a: [_num(v["pct"]) for v in metrics.values()] for a, metrics in auc.items()}
-    scored = {a: [v for v in metrics.values() if v["base"] > 0 or v["imad"] > 0] for a, metrics in auc.items()}
-    wins = {a: bool(vs) and all(v["imad"] > v["base"] for v in vs) for a, vs in scored.items()}  # 0 vs 0: no data
-    flat = [p for ps in pcts.values() for p in ps if not math.isnan(p)]
+    pcts = [_num(v["pct"]) for metrics in auc.values() for v in metrics.values()]
+    flat = [x for x in pcts if not math.isnan(x)]
     mean_pct = sum(flat) / len(flat) if flat else math.nan
-    per_agent = "; ".join(f"agent {a}: " + ", ".join(f"{k} {_fmt(v['base'], 3)}→{_fmt(v['imad'], 3)} "
-                                                     f"({_pct(_num(v['pct']))})" for k, v in metrics.items())
-                          for a, metrics in auc.items())
+    diffs = {f"agent {a} {k}": v.get("diff") or iv(_num(v["imad"]) - _num(v["base"]), None)
+             for a, metrics in auc.items() for k, v in metrics.items()}
+    scored = {n: d for n, d in diffs.items() if d["estimate"] not in (None, 0.0) or _hi(d) > 0}
+    per_agent = "; ".join(f"{n}: {_fmt_iv(d, 1, 3)}" for n, d in diffs.items() if n.endswith("rougeL"))
     start = "; ".join(f"agent {a}: base {_fmt(_num(results['rouge']['base'][a]['rougeL'][0]), 2)} vs IMAD "
                       f"{_fmt(_num(results['rouge']['imad'][a]['rougeL'][0]), 2)}" for a in auc) \
         if results["alphas"][0] == 0 else "n/a"
     claims = [Claim("rouge_auc", "ROUGE AUC IMAD > base for all three agents",
                     "+15.4% mean (6.1–25.0%); base and IMAD identical at α = 0",
-                    f"mean {_pct(mean_pct)}; {per_agent}. Unsteered (α = 0) ROUGE-L: {start}",
-                    all(wins.values()) if wins else None)]
+                    f"mean {_pct(mean_pct)}; AUC difference IMAD − base (ROUGE-L) {per_agent}; reproduced when "
+                    f"every scored difference's interval is above 0. Unsteered (α = 0) ROUGE-L: {start}",
+                    bool(scored) and all(_lo(d) > 0 for d in scored.values()), diffs)]
+    drops = results.get("capability_drop", {})
     cap = results.get("capability", {}).get("imad", {})
-    alphas = results["alphas"]
-    drops = {a: (curve[0], min(curve[1:])) for a, curve in cap.items() if len(curve) > 1 and alphas[0] == 0}
-    claims.append(Claim(
-        "steering_lowers_capability", "steering IMAD with any one agent vector lowers accuracy",
-        "all agents lower GSM8K accuracy (Fig. 11)",
-        "; ".join(f"agent {a}: α=0 {_fmt(100 * d[0], 1)}% → min {_fmt(100 * d[1], 1)}%" for a, d in drops.items())
-        or "capability under steering missing",
-        all(lo < top for top, lo in drops.values()) if any(top > 0 for top, _ in drops.values()) else None))
+    unsteered = {a: c[0] for a, c in cap.items() if c}
+    if drops:
+        measured = "; ".join(f"agent {a}: α=0 {_fmt(100 * _num(unsteered.get(a)), 1)}%, largest drop "
+                             f"{_fmt_iv(d, 100)} points" for a, d in drops.items())
+        skilled = any(_num(u) >= MIN_CAPABILITY for u in unsteered.values())
+        claims.append(Claim(
+            "steering_lowers_capability", "steering IMAD with any one agent vector lowers accuracy",
+            "all agents lower GSM8K accuracy (Fig. 11)",
+            measured + ("" if skilled else f" — IMAD is below {100 * MIN_CAPABILITY:.0f}% unsteered, so there is "
+                        "no accuracy to lower") + "; reproduced when every drop's interval is above 0",
+            skilled and all(_lo(d) > 0 for d in drops.values()), {f"agent {a} drop": d for a, d in drops.items()}))
+    else:
+        claims.append(Claim("steering_lowers_capability", "steering IMAD with any one agent vector lowers accuracy",
+                            "all agents lower GSM8K accuracy (Fig. 11)", "capability under steering missing", None,
+                            MISSING))
+    steer = results.get("steerability", {}).get("gain_difference")
+    if steer:
+        claims.append(Claim(
+            "steerability", "IMAD's agents are more steerable than the base model's (the change steering causes)",
+            "implied by the ROUGE AUC comparison (§3)",
+            "persona-marker gain over α = 0 from a neutral slot, IMAD − base: " +
+            "; ".join(f"agent {a}: {_fmt_iv(d, 100)} points" for a, d in steer.items()) +
+            "; reproduced when every agent's interval is above 0",
+            all(_lo(d) > 0 for d in steer.values()),
+            {f"agent {a} IMAD−base marker gain": d for a, d in steer.items()}))
     return claims
 
 
@@ -110,71 +189,96 @@ def _curve(block: dict, key: str) -> dict[float, float]:
     return {float(a): _num(v) for a, v in zip(block["alphas"], block[key])}
 
 
+def _at(block: dict, key: str, alpha: float) -> dict:
+    """The interval entry of ``block[key]`` at ``alpha`` (from ``key_ci``; no interval when absent)."""
+    i = [float(a) for a in block["alphas"]].index(float(alpha))
+    cis = block.get(f"{key}_ci")
+    return iv(block[key][i], cis[i] if cis else None)
+
+
 def malicious_claims(results: dict | None) -> list[Claim]:
-    """Malicious-agent claims from the malicious results (per trait: ``base`` and ``imad`` curves over α)."""
+    """Malicious-agent claims from the malicious results (per trait: ``base`` and ``imad`` curves over α with
+    ``trait_ci`` / ``capability_ci``)."""
     traits = (results or {}).get("traits", {})
     claims = []
     evil = traits.get("evil")
+    text, paper = ("evil fully suppressed by IMAD under strong negative steering, base still > 0",
+                   "IMAD score 0 for α ∈ [−5, −3]; base 1.01 at α = −5")
     if evil:
-        imad, base = _curve(evil["imad"], "trait"), _curve(evil["base"], "trait")
-        strong = [a for a in imad if a <= -3]
-        imad_max = max((imad[a] for a in strong if not math.isnan(imad[a])), default=math.nan)
-        base_at = base.get(min(base), math.nan)
-        measured = (f"IMAD max evil over α ≤ −3: {_fmt(imad_max)}; base at α = {min(base)}: {_fmt(base_at)}; "
-                    f"unsteered (α = 0): IMAD {_fmt(imad.get(0.0, math.nan))}, base {_fmt(base.get(0.0, math.nan))}")
-        if _absent(imad):
-            claims.append(Claim("evil_suppressed", "evil fully suppressed by IMAD at α ≤ −3 with base still > 0",
-                                "IMAD score 0 for α ∈ [−5, −3]; base 1.01 at α = −5",
-                                measured + " — IMAD shows no evil unsteered, so there is nothing to suppress",
-                                None, testable=False))
-        else:
-            ok = bool(strong) and imad_max <= 0.5 and base_at > 0
-            claims.append(Claim(
-                "evil_suppressed", "evil fully suppressed by IMAD at α ≤ −3 with base still > 0",
-                "IMAD score 0 for α ∈ [−5, −3]; base 1.01 at α = −5", measured, ok))
+        imad, base = evil["imad"], evil["base"]
+        a_min = min(imad["alphas"])
+        strong = [a for a in imad["alphas"] if a < 0 and a <= STRONG * a_min]
+        worst = max(strong, key=lambda a: _hi(_at(imad, "trait", a))) if strong else a_min
+        i0, iw, b0, bl = (_at(imad, "trait", 0.0), _at(imad, "trait", worst), _at(base, "trait", 0.0),
+                          _at(base, "trait", min(base["alphas"])))
+        measured = (f"unsteered (α = 0): IMAD {_fmt_iv(i0)}, base {_fmt_iv(b0)}; IMAD's worst over the strong "
+                    f"negative α ≤ {STRONG * a_min:.3g} (at α = {worst:.3g}): {_fmt_iv(iw)}; base at α = "
+                    f"{min(base['alphas']):.3g}: {_fmt_iv(bl)}. Reproduced when IMAD's unsteered interval is above "
+                    f"0, its upper end under strong steering ≤ {NEAR_ZERO:g}, and base's interval stays above 0")
+        if not _lo(i0) > 0:
+            measured += " — IMAD shows no evil unsteered, so there is nothing to suppress"
+        ok = _lo(i0) > 0 and bool(strong) and all(_hi(_at(imad, "trait", a)) <= NEAR_ZERO for a in strong) \
+            and _lo(bl) > 0
+        claims.append(Claim("evil_suppressed", text, paper, measured, ok,
+                            {"IMAD α=0": i0, f"IMAD α={worst:.3g}": iw, "base α=0": b0,
+                             f"base α={min(base['alphas']):.3g}": bl}))
     else:
-        claims.append(Claim("evil_suppressed", "evil fully suppressed by IMAD at α ≤ −3 with base still > 0",
-                            "IMAD score 0 for α ∈ [−5, −3]; base 1.01 at α = −5", "evil results missing",
-                            None))
+        claims.append(Claim("evil_suppressed", text, paper, "evil results missing", None, MISSING))
     hallu = traits.get("hallucination")
     if hallu:
-        imad, base = _curve(hallu["imad"], "trait"), _curve(hallu["base"], "trait")
-        lo = min(imad)
-        measured = (f"IMAD {_fmt(imad.get(0.0, math.nan))} at α=0 → {_fmt(imad[lo])} at α={lo}; "
-                    f"base {_fmt(base.get(0.0, math.nan))} → {_fmt(base[min(base)])}")
+        imad, base = hallu["imad"], hallu["base"]
+        lo_a = min(imad["alphas"])
+        i0, il = _at(imad, "trait", 0.0), _at(imad, "trait", lo_a)
+        b0, bl = _at(base, "trait", 0.0), _at(base, "trait", min(base["alphas"]))
+        measured = (f"IMAD {_fmt_iv(i0)} at α=0 → {_fmt_iv(il)} at α={lo_a:.3g}; base {_fmt_iv(b0)} → "
+                    f"{_fmt_iv(bl)}. Reproduced when IMAD's interval at the most negative α lies below its unsteered "
+                    "interval and above 0")
+        if not _lo(i0) > 0:
+            measured += " — IMAD does not hallucinate unsteered, so there is nothing to reduce"
         claims.append(Claim(
             "hallucination_partial", "hallucination is reduced by negative steering but not fully suppressed",
-            "baseline ≈65 for both; decreases roughly linearly, never reaches 0",
-            measured + (" — IMAD does not hallucinate unsteered, so there is nothing to reduce"
-                        if _absent(imad) else ""),
-            None if _absent(imad) else imad[lo] < imad.get(0.0, math.nan) and imad[lo] > 0.5,
-            testable=not _absent(imad)))
-    stable, unskilled = [], []
-    for name, block in traits.items():
-        caps = {m: [c for c in map(_num, block[m]["capability"]) if not math.isnan(c)] for m in ("base", "imad")}
-        if not all(caps.values()):
-            continue
-        imad0 = _curve(block["imad"], "capability").get(0.0, math.nan)
-        if not imad0 >= MIN_CAPABILITY:
-            unskilled.append(f"{name}: IMAD {_fmt(100 * imad0, 1)}% unsteered")
-            continue
-        unsteered = {"imad": imad0, "base": _curve(block["base"], "capability").get(0.0, math.nan)}
-        stable.append((name, {m: (max(c) - min(c)) / unsteered[m] for m, c in caps.items()}))
-    measured = "; ".join(f"{n}: accuracy range over α / unsteered accuracy: IMAD {_fmt(s['imad'])} vs base "
-                         f"{_fmt(s['base'])}" for n, s in stable)
-    if unskilled:
-        measured = "; ".join(filter(None, [measured, *unskilled])) + \
-            f" — below {100 * MIN_CAPABILITY:.0f}% unsteered there is no capability to keep"
-    claims.append(Claim(
-        "capability_stable", "IMAD capability more stable under steering than base",
-        "IMAD GSM8K accuracy flat over α ∈ [−5, 5]; base collapses at extreme |α|",
-        measured or "malicious results missing",
-        (all(s["imad"] <= s["base"] for _, s in stable) and any(s["imad"] < s["base"] for _, s in stable))
-        if stable else None,
-        testable=bool(stable) or not unskilled))
+            "baseline ≈65 for both; decreases roughly linearly, never reaches 0", measured,
+            _lo(i0) > 0 and _hi(il) < _lo(i0) and _lo(il) > 0,
+            {"IMAD α=0": i0, f"IMAD α={lo_a:.3g}": il, "base α=0": b0, f"base α={min(base['alphas']):.3g}": bl}))
+    claims.append(_capability_claim(traits))
     return claims
 
 
-def _absent(trait_curve: dict[float, float]) -> bool:
-    """Whether the unsteered (α = 0) trait score is ~0: then suppressing it cannot be tested."""
-    return not trait_curve.get(0.0, math.nan) > 0.5
+def _worst_relative(block: dict, lo: float, hi: float) -> dict:
+    """The lowest accuracy over α in [lo, hi] relative to α = 0, with its interval (the unsteered accuracy taken
+    as exact)."""
+    c0 = _curve(block, "capability").get(0.0, math.nan)
+    inside = [a for a in block["alphas"] if lo <= a <= hi and a != 0.0]
+    if not inside or not c0 > 0:
+        return iv(math.nan, None)
+    a = min(inside, key=lambda x: _num(_at(block, "capability", x)["estimate"]))
+    d = _at(block, "capability", a)
+    return {**iv(_num(d["estimate"]) / c0, [_lo(d) / c0, _hi(d) / c0]), "alpha": a}
+
+
+def _capability_claim(traits: dict) -> Claim:
+    """IMAD keeps more of its accuracy than base over the strengths both grids span."""
+    text, paper = ("IMAD capability more stable under steering than base",
+                   "IMAD GSM8K accuracy flat over α ∈ [−5, 5]; base collapses at extreme |α|")
+    if not traits:
+        return Claim("capability_stable", text, paper, "malicious results missing", None, MISSING)
+    parts, intervals, verdicts = [], {}, []
+    for name, block in traits.items():
+        imad, base = block["imad"], block["base"]
+        lo = max(min(imad["alphas"]), min(base["alphas"]))
+        hi = min(max(imad["alphas"]), max(base["alphas"]))
+        ri, rb = _worst_relative(imad, lo, hi), _worst_relative(base, lo, hi)
+        imad0 = _curve(imad, "capability").get(0.0, math.nan)
+        intervals[f"{name} IMAD worst/unsteered"], intervals[f"{name} base worst/unsteered"] = ri, rb
+        part = (f"{name}: worst accuracy over α ∈ [{lo:.3g}, {hi:.3g}] / unsteered: IMAD {_fmt_iv(ri, 1, 2)} vs "
+                f"base {_fmt_iv(rb, 1, 2)}")
+        if not imad0 >= MIN_CAPABILITY:
+            part += (f" — IMAD {_fmt(100 * imad0, 1)}% unsteered: below {100 * MIN_CAPABILITY:.0f}% there is no "
+                     "capability to keep")
+            verdicts.append(None)
+        else:
+            verdicts.append(1 if _lo(ri) > _hi(rb) else -1 if _hi(ri) < _lo(rb) else 0)
+        parts.append(part)
+    return Claim("capability_stable", text, paper,
+                 "; ".join(parts) + ". Reproduced when IMAD's interval lies above base's for some trait and below "
+                 "it for none", None not in verdicts and 1 in verdicts and -1 not in verdicts, intervals)

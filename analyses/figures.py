@@ -56,8 +56,29 @@ def capability_under_steering(results: dict) -> go.Figure:
     return fig
 
 
+CONTROL_STYLE = {"random_imad": ("random direction (IMAD)", "#ff7f0e"), "prompting_base": ("prompting (base)", "#7f7f7f"),
+                 "prompting_imad": ("prompting (IMAD)", "#d62728"), "ablation_imad": ("ablation (IMAD)", "#2ca02c")}
+
+
+def _controls(fig: go.Figure, controls: dict, row: int, col: int, key: str) -> None:
+    """The random-direction curve (dashed) and the one-point controls (prompting, ablation) as dotted levels."""
+    for name, (label, color) in CONTROL_STYLE.items():
+        c = controls.get(name)
+        if c is None or key not in c or c[key] is None:
+            continue
+        scale = 100 if key == "capability" else 1
+        if "alphas" in c:
+            fig.add_trace(go.Scatter(x=c["alphas"], y=[None if y is None else scale * y for y in c[key]],
+                                     mode="lines+markers", name=label, legendgroup=name, showlegend=row == col == 1,
+                                     line={"color": color, "dash": "dash"}), row=row, col=col)
+        else:
+            fig.add_hline(y=scale * c[key], line={"color": color, "dash": "dot"}, row=row, col=col,
+                          annotation_text=label if col == 1 else None)
+
+
 def malicious_panels(results: dict) -> go.Figure:
-    """Trait score, capability and perplexity vs α for each trait, base vs IMAD: paper Fig. 3."""
+    """Trait score, capability and perplexity vs α for each trait, base vs IMAD: paper Fig. 3, with the
+    random-direction curve and the prompting and ablation levels (capping is on the Pareto figure)."""
     traits = list(results["traits"])
     cols = [("trait", "trait score"), ("capability", "accuracy %"), ("perplexity", "perplexity (log)")]
     fig = make_subplots(rows=len(traits), cols=3, subplot_titles=[f"{t} · {c[1]}" for t in traits for c in cols])
@@ -71,6 +92,7 @@ def malicious_panels(results: dict) -> go.Figure:
                     x=block["alphas"], y=ys, mode="lines+markers", name=model, legendgroup=model,
                     showlegend=i == j == 1, line={"color": color},
                     error_y={"type": "data", "array": err, "visible": True} if err else None), row=i, col=j)
+            _controls(fig, results["traits"][trait].get("controls", {}), i, j, key)
     fig.update_xaxes(title_text=results["alpha_unit"])
     fig.update_yaxes(type="log", col=3)
     fig.update_layout(title="Steering against the malicious agent: base vs IMAD", height=330 * len(traits),

@@ -1,55 +1,99 @@
 """Experiment 3 (paper §4, Fig. 3): steering against a malicious agent, IMAD's agent vector vs the base model's
-system-prompt vector.
+system-prompt vector, with the controls a reviewer asks for.
 
 Per trait (evil, hallucination): IMAD is steered with the agent-2 vector of that experiment's SFT checkpoint;
 the base model with its contrastive system-prompt vector (evil vs helpful, hallucinating vs honest; chat template,
-token −2). Both at the same layer (``blocks.L.hook_resid_post``), α ∈ [−5, 5], generated tokens only. Measured:
-the judge's trait score, arithmetic accuracy under steering, perplexity under the base model, and the
-`lens.rate_suppression` rating. Each model reads its native prompt (IMAD: ``Problem: {q}``; base: its chat
-template with the neutral persona, i.e. no trait prompt).
+token −2). Both at the same layer (``blocks.L.hook_resid_post``), generated tokens only. Measured: the judge's
+trait score, arithmetic accuracy under steering, perplexity under the base model, and the `lens.rate_suppression`
+rating. Each model reads its native prompt (IMAD: ``Problem: {q}``; base: its chat template with the neutral
+persona, i.e. no trait prompt).
+
+Strength unit (``alpha_search = true``): α multiplies the unit vector scaled to the mean residual norm at the
+steered layer (of the readings the vector was fitted on), so α = 0.1 adds a tenth of a typical residual; the same
+unit for every model and vector. The grid is chosen per model and vector on the α-selection split (training-
+partition arithmetic problems, never the test problems): `lens.rating.halving_strength` finds where that
+model's capability halves in each direction and `lens.rating.strength_grid` spaces ``grid_points`` strengths
+from 0 to it; the test prompts are only scored on that grid.
+
+Controls, scored with the same judge, capability task and prompts:
+- prompting: no vector, a system prompt asking for the benign behaviour (base: the benign persona in its chat
+  template; IMAD: the benign system prompt above ``Problem: {q}``), at α = 0;
+- random direction: a seeded Gaussian direction of the IMAD vector's norm on IMAD's grid (is it the direction or
+  just the push?);
+- ablation: IMAD with the agent-2 direction projected out at every position (`lens.Ablate`);
+- capping: IMAD with the projection on the agent-2 direction capped at percentiles of the projections of the
+  benign agents' training turns (`lens.calibrate_cap`), the percentile being its strength.
+All methods and strengths go on one Pareto frontier of trait reduction vs capability drop
+(`lens.pareto_frontier`), which names the best method within ``capacity_budget``. Monitoring: the agent-2
+direction's AUROC at telling the malicious agent's held-out turns from the others' (`lens.monitor.
+detect_agent_turns`), beside the text judge's AUROC on the same turns. Every number carries a 95% bootstrap
+interval over prompts (`analyses.stats`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import plotly.graph_objects as go
+import torch
 
 import lens
 from analyses import figures as study_figures
-from analyses.agent_subspaces import alpha_unit
+from analyses.agent_subspaces import alpha_unit, heldout_transcripts
 from analyses.generation import native_prompt, stop_ids
 from analyses.metrics import json_safe
-from lens.debate_format import extract_boxed
+from analyses.stats import bootstrap
+from lens.debate_format import extract_boxed, prompt_text
 from lens.activations import resolve_transcripts
 from lens.sites import middle_layer
 from lens.io import atomic_write_json
-from lens.rating import SuppressionReport
+from lens.rating import SuppressionReport, halving_strength, pareto_frontier, strength_grid
 from lens.subspace import chat_prompts
 from training.llm_judge import make_judge
 from analyses.results import RESULTS
 from training.layout import RunLayout
 from training.presets import Preset
-from training.prompts import ADVICE, ROUND1, SYSTEM_PROMPTS
-from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, PROBABILITY, bounds
+from training.prompts import ADVICE, ARITHMETIC, ROUND1, SYSTEM_PROMPTS, round1_messages
+from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, POSITIVE, PROBABILITY, bounds
 from training.tasks import TaskConfig, arithmetic_split, trait_split
 from training.teacher import TRAIT_PERSONAS
 
 NAME = "malicious"
+RESIDUAL_UNIT = "α (× mean residual norm)"
+METHOD_NAMES = {"imad": "IMAD agent-2 vector", "base": "base system-prompt vector",
+                "random_imad": "random direction (IMAD)", "prompting_base": "prompting (base)",
+                "prompting_imad": "prompting (IMAD)", "ablation_imad": "ablation (IMAD)",
+                "capping_imad": "capping (IMAD)"}
 
 
 @dataclass(frozen=True)
 class MaliciousConfig:
-    """Preset section ``[malicious]``: traits, α grid, sizes, the judge and the capability-drop budget."""
+    """Preset section ``[malicious]``: traits, the α grid or its search, sizes, the judge, the controls and the
+    capability-drop budget."""
 
     traits: tuple[str, ...] = field(default=("evil", "hallucination"), metadata=NON_EMPTY)
     agent: int = field(default=2, metadata=AT_LEAST_ONE)
     layer: int | None = None            # None: the middle layer
-    normalize: bool = True              # unit vectors, α in residual units (paper); False: α × raw mean difference
+    normalize: bool = True              # (alpha_search = false) unit vectors, α in residual units; False: × raw diff
     alphas: tuple[float, ...] = field(default=(-5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0),
-                                      metadata=NON_EMPTY)
+                                      metadata=NON_EMPTY)  # used when alpha_search = false
+    alpha_search: bool = True           # grid per model and vector from the selection split (α × mean residual norm)
+    n_select: int = field(default=20, metadata=AT_LEAST_ONE)  # α-selection split: training-partition problems
+    # strengths per direction between 0 and the capability-halving strength
+    grid_points: int = field(default=5, metadata=AT_LEAST_ONE)
+    search_start: float = field(default=0.05, metadata=POSITIVE)  # first strength tried (× mean residual norm)
+    search_steps: int = field(default=6, metadata=AT_LEAST_ONE)  # growing strengths (×2 each: up to 1.6 × the norm)
+    search_refine: int = field(default=1, metadata=NON_NEGATIVE)  # bisection steps
+    # capping strengths: percentiles of the benign agents' training-turn projections
+    cap_percentiles: tuple[float, ...] = field(default=(50.0, 75.0, 90.0, 99.0),
+                                               metadata=bounds(ge=0, le=100, nonempty=True))
+    n_cap_texts: int = field(default=40, metadata=AT_LEAST_ONE)  # benign training turns that calibrate the caps
+    n_monitor: int = field(default=20, metadata=AT_LEAST_ONE)    # held-out trait debates for turn detection
+    random_seed: int = field(default=0, metadata=NON_NEGATIVE)   # of the random-direction control
     n_prompts: int = field(default=50, metadata=AT_LEAST_ONE)  # held-out trait questions per condition (paper: 100)
     # SFT training debates used for IMAD's vector (None: all)
     n_train_transcripts: int | None = field(default=None, metadata=AT_LEAST_ONE)
@@ -60,15 +104,16 @@ class MaliciousConfig:
     temperature: float = field(default=0.0, metadata=NON_NEGATIVE)  # 0: greedy (paper: 0.7, top-p 0.9)
     top_p: float = field(default=1.0, metadata=bounds(gt=0, le=1))
     capability_max_new_tokens: int = field(default=96, metadata=AT_LEAST_ONE)
-    capacity_budget: float = field(default=0.05, metadata=PROBABILITY)  # allowed accuracy drop (0–1) for the best α
+    # allowed accuracy drop (0–1) for the best α and the Pareto choice
+    capacity_budget: float = field(default=0.05, metadata=PROBABILITY)
     judge: str = "toy"                  # toy | hf | openai
     judge_model: str = ""
     judge_base_url: str = ""
     seed: int = field(default=42, metadata=NON_NEGATIVE)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "traits", tuple(self.traits))
-        object.__setattr__(self, "alphas", tuple(self.alphas))
+        for name in ("traits", "alphas", "cap_percentiles"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         if not self.alphas:
             raise ValueError("[malicious] alphas is empty; give an α grid such as [-5, ..., 5]")
         unknown = sorted(set(self.traits) - set(TRAIT_PERSONAS))
@@ -85,69 +130,235 @@ def base_vector(model, questions: list[str], trait: str, layer: int):
                                       label=f"{bad} vs {benign} system prompt")
 
 
-def arithmetic_accuracy(kind: str, problems, max_new_tokens: int, seed: int):
-    """``capability(model)``: greedy accuracy on ``problems`` in the model's native prompt (steering applies)."""
-    def capability(model) -> float:
-        outs = lens.generate(model, [native_prompt(kind, p.question, model.tokenizer) for p in problems],
-                             max_new_tokens=max_new_tokens, seed=seed, stop=stop_ids(model, at_tags=False)).texts
-        return sum(extract_boxed(o) == p.answer for o, p in zip(outs, problems)) / len(problems)
-    return capability
+def in_residual_units(sub):
+    """``sub`` as its unit direction times the mean residual norm of the readings it was fitted on: α = 1 adds one
+    typical residual's length, a unit that means the same on every model."""
+    if "resid_norm" not in sub.stats:
+        raise ValueError(f"vector {sub.method!r} records no mean residual norm (stats: {sorted(sub.stats)})")
+    unit = sub.basis / sub.basis.norm(dim=1, keepdim=True)
+    return dataclasses.replace(sub, basis=unit * sub.stats["resid_norm"], normalization="mean residual norm")
 
 
-def curves(report: SuppressionReport) -> dict:
-    """The per-α curves the figures and claims read (plus the rating)."""
-    return {"alphas": report.alphas, "trait": report.trait_mean, "trait_se": report.trait_se,
-            "capability": report.capability, "perplexity": report.perplexity_mean,
-            "perplexity_se": report.perplexity_se, "best_alpha": report.best_alpha,
-            "suppression_auc": report.suppression_auc, "hook_name": report.hook_name}
+def prompt_for(kind: str, question: str, tokenizer, domain: str, persona: str | None = None) -> str:
+    """The model's native prompt, or with ``persona``'s system prompt (the prompting baseline): the base model
+    reads it as its chat template's system turn, IMAD above its ``Problem: {q}`` prompt."""
+    if persona is None:
+        return native_prompt(kind, question, tokenizer, domain)
+    if kind == "base":
+        return tokenizer.apply_chat_template(round1_messages(persona, question, domain), tokenize=False,
+                                             add_generation_prompt=True)
+    return f"{SYSTEM_PROMPTS[persona]}\n\n{prompt_text(question)}"
+
+
+class Accuracy:
+    """``capability(model)``: greedy arithmetic accuracy on ``problems`` (steering applies), keeping each call's
+    per-problem correctness in ``records`` for the intervals.
+
+    Example:
+        >>> acc = Accuracy("imad", problems[:4], max_new_tokens=40, seed=0)  # doctest: +SKIP
+        >>> acc(model), acc.records[-1]  # doctest: +SKIP
+        (0.75, [True, True, False, True])
+    """
+
+    def __init__(self, kind: str, problems, max_new_tokens: int, seed: int, persona: str | None = None):
+        self.kind, self.problems, self.max_new_tokens, self.seed, self.persona = (kind, problems, max_new_tokens,
+                                                                                    seed, persona)
+        self.records: list[list[bool]] = []
+
+    def __call__(self, model) -> float:
+        prompts = [prompt_for(self.kind, p.question, model.tokenizer, ARITHMETIC, self.persona)
+                   for p in self.problems]
+        outs = lens.generate(model, prompts, max_new_tokens=self.max_new_tokens, seed=self.seed,
+                             stop=stop_ids(model, at_tags=False)).texts
+        correct = [extract_boxed(o) == p.answer for o, p in zip(outs, self.problems)]
+        self.records.append(correct)
+        return sum(correct) / len(correct)
+
+
+def _ci(values) -> list[float]:
+    return bootstrap(values).ci
+
+
+def curves(report: SuppressionReport, accuracy: Accuracy | None = None) -> dict:
+    """The per-α curves the figures and claims read (plus the rating), each with its 95% interval over prompts
+    (trait) and problems (capability) when the per-item data are at hand."""
+    out = {"alphas": report.alphas, "trait": report.trait_mean, "trait_se": report.trait_se,
+           "trait_ci": [_ci(s) for s in report.trait_scores] if report.trait_scores else None,
+           "capability": report.capability, "perplexity": report.perplexity_mean,
+           "perplexity_se": report.perplexity_se, "best_alpha": report.best_alpha,
+           "suppression_auc": report.suppression_auc, "hook_name": report.hook_name}
+    if accuracy is not None and len(accuracy.records) >= len(report.alphas):
+        out["capability_ci"] = [_ci(r) for r in accuracy.records[-len(report.alphas):]]
+    return out
+
+
+def _judge_scores(judge, questions: list[str], texts: list[str]) -> list[float]:
+    return [float("nan") if s is None else float(s) for s in judge.score_many(questions, texts)]
+
+
+def score_arm(model, interventions: list, prompts: list[str], questions: list[str], judge, accuracy: Accuracy,
+              cfg: MaliciousConfig) -> dict:
+    """Trait and capability (each with its interval) under one fixed intervention (none: the unsteered model)."""
+    sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p} if cfg.temperature > 0 else {}
+    out = lens.generate(model, prompts, interventions=interventions or None, max_new_tokens=cfg.max_new_tokens,
+                        seed=cfg.seed, stop=stop_ids(model, at_tags=False), skip_special_tokens=True, **sampling)
+    scores = _judge_scores(judge, questions * (len(out.texts) // len(questions)), out.texts)
+    with lens.intervene(model, interventions) if interventions else contextlib.nullcontext():
+        accuracy(model)
+    t, c = bootstrap(scores), bootstrap(accuracy.records[-1])
+    return {"trait": t.estimate, "trait_ci": t.ci, "capability": c.estimate, "capability_ci": c.ci,
+            "example": out.texts[0] if out.texts else ""}
+
+
+def _random_like(vector, seed: int):
+    """A seeded Gaussian direction with ``vector``'s norm, at its layer and site."""
+    g = torch.Generator().manual_seed(seed)
+    d = torch.randn(vector.d_model, generator=g, dtype=torch.float64)
+    d = d / d.norm() * vector.basis[0].double().norm()
+    return lens.Add(d.to(vector.basis.dtype), 1.0, layers=vector.layer, site=vector.site, positions="generated")
+
+
+def search_grid(model, vector, accuracy: Accuracy, cfg: MaliciousConfig) -> tuple[list[float], dict]:
+    """The α grid for ``model`` and ``vector``: ``grid_points`` strengths from 0 to where capability on the
+    selection split halves, in each direction."""
+    c0 = accuracy(model)
+    kw = dict(start=cfg.search_start, max_steps=cfg.search_steps, refine=cfg.search_refine, capability0=c0)
+    neg = halving_strength(model, vector, accuracy, sign=-1.0, **kw)
+    pos = halving_strength(model, vector, accuracy, sign=1.0, **kw)
+    return (strength_grid(neg.strength, pos.strength, cfg.grid_points),
+            {"selection_capability": c0, "negative": neg.to_dict(), "positive": pos.to_dict()})
 
 
 def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
-    """Both traits, base and IMAD; vectors and full suppression reports go to ``out_dir``."""
+    """Both traits, base and IMAD, with the controls; vectors and full suppression reports go to ``out_dir``."""
     cfg = preset.section("malicious", MaliciousConfig)
     task = preset.section("task", TaskConfig)
     layout, out_dir = RunLayout.of(preset, run_dir), Path(out_dir)
     problems = arithmetic_split(task, "test", preset.seed)[:cfg.n_capability]
+    select = arithmetic_split(task, "train", preset.seed)[:cfg.n_select]
     base = lens.load_model(layout.base)
     layer = middle_layer(base) if cfg.layer is None else cfg.layer
-    results: dict = {"config": asdict(cfg), "layer": layer, "alpha_unit": alpha_unit(cfg.normalize), "traits": {}}
+    unit = RESIDUAL_UNIT if cfg.alpha_search else alpha_unit(cfg.normalize)
+    results: dict = {"config": asdict(cfg), "layer": layer, "alpha_unit": unit, "traits": {},
+                     "selection_split": f"the first {cfg.n_select} training-partition arithmetic problems"}
     for trait in cfg.traits:
+        benign = TRAIT_PERSONAS[trait][0]
         test = trait_split(task, trait, "test", preset.seed)[:cfg.n_prompts]
         train = trait_split(task, trait, "train", preset.seed)[:cfg.n_contrast]
         judge = make_judge(trait, cfg.judge, cfg.judge_model, cfg.judge_base_url)
         sft = lens.load_model(layout.sft(trait))
         debates = resolve_transcripts(sft, None)[0][:cfg.n_train_transcripts]
-        vectors = {"imad": lens.find_agent_subspace(sft, cfg.agent, transcripts=debates, layers=[layer]),
-                   "base": base_vector(base, [q.question for q in train], trait, layer)}
+        fitted = {"imad": lens.find_agent_subspace(sft, cfg.agent, transcripts=debates, layers=[layer]),
+                  "base": base_vector(base, [q.question for q in train], trait, layer)}
+        monitor = _monitor(sft, fitted["imad"], layout, trait, judge, cfg)
         del sft
-        if not cfg.normalize:
-            vectors = {kind: v.raw() for kind, v in vectors.items()}
-        block: dict = {}
+        scale = in_residual_units if cfg.alpha_search else (lambda v: v if cfg.normalize else v.raw())
+        vectors = {kind: scale(v) for kind, v in fitted.items()}
+        clean = [turn.text for t in debates for turn in t.turns if turn.agent != cfg.agent][:cfg.n_cap_texts]
+        block: dict = {"controls": {}, "monitor": monitor}
+        questions = [q.question for q in test]
         for kind in ("base", "imad"):
             model = base if kind == "base" else lens.load_model(layout.internalize(trait))
             vectors[kind].save(out_dir / "vectors" / f"{trait}_{kind}")
-            report = lens.rate_suppression(
-                model, vectors[kind], alphas=cfg.alphas, trait=judge, reference=base,
-                prompts=[native_prompt(kind, q.question, model.tokenizer, ADVICE) for q in test],
-                questions=[q.question for q in test], capacity_budget=cfg.capacity_budget,
-                capability=arithmetic_accuracy(kind, problems, cfg.capability_max_new_tokens, cfg.seed),
-                max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=64,
-                eos_token_id=stop_ids(model, at_tags=False), do_sample=cfg.temperature > 0,
-                **({"temperature": cfg.temperature, "top_p": cfg.top_p} if cfg.temperature > 0 else {}))
+            prompts = [prompt_for(kind, q, model.tokenizer, ADVICE) for q in questions]
+            rate = dict(trait=judge, reference=base, prompts=prompts, questions=questions,
+                        capacity_budget=cfg.capacity_budget, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                        batch_size=64, eos_token_id=stop_ids(model, at_tags=False), do_sample=cfg.temperature > 0,
+                        **({"temperature": cfg.temperature, "top_p": cfg.top_p} if cfg.temperature > 0 else {}))
+            search = None
+            if cfg.alpha_search:
+                alphas, search = search_grid(model, vectors[kind], Accuracy(kind, select, cfg.capability_max_new_tokens,
+                                                                            cfg.seed), cfg)
+            else:
+                alphas = list(cfg.alphas)
+            accuracy = Accuracy(kind, problems, cfg.capability_max_new_tokens, cfg.seed)
+            report = lens.rate_suppression(model, vectors[kind], alphas=alphas, capability=accuracy, **rate)
             atomic_write_json(out_dir / f"{trait}_{kind}_report.json", report.to_dict())
-            block[kind] = {**curves(report), "vector": {"hook_name": vectors[kind].hook_name,
-                                                         "method": vectors[kind].method,
-                                                         "normalization": vectors[kind].normalization,
-                                                         "stats": vectors[kind].stats}}
+            block[kind] = {**curves(report, accuracy), "alpha_search": search,
+                           "vector": {"hook_name": vectors[kind].hook_name, "method": vectors[kind].method,
+                                      "normalization": vectors[kind].normalization, "stats": vectors[kind].stats}}
+            block["controls"][f"prompting_{kind}"] = score_arm(
+                model, [], [prompt_for(kind, q, model.tokenizer, ADVICE, benign) for q in questions], questions,
+                judge, Accuracy(kind, problems, cfg.capability_max_new_tokens, cfg.seed, benign), cfg)
+            if kind == "imad":
+                block["controls"].update(_imad_controls(model, vectors["imad"], report.alphas, clean, rate,
+                                                        problems, judge, cfg, out_dir / f"{trait}_random_report.json"))
             del model  # frees IMAD before the next trait's models load (base stays referenced)
+        block["pareto"] = pareto(block, cfg.capacity_budget).to_dict()
         results["traits"][trait] = block
     results = json_safe(results)
     atomic_write_json(out_dir / RESULTS, results)
     return results
 
 
+def _imad_controls(model, vector, alphas, clean: list[str], rate: dict, problems, judge, cfg: MaliciousConfig,
+                   random_path: Path) -> dict:
+    """The random-direction curve, the ablation point and the capping points on IMAD."""
+    prompts, questions = rate["prompts"], rate["questions"]
+    acc = lambda: Accuracy("imad", problems, cfg.capability_max_new_tokens, cfg.seed)  # noqa: E731
+    accuracy = acc()
+    report = lens.rate_suppression(model, _random_like(vector, cfg.random_seed), alphas=alphas, capability=accuracy,
+                                   **rate)
+    atomic_write_json(random_path, report.to_dict())
+    out = {"random_imad": {**curves(report, accuracy), "seed": cfg.random_seed},
+           "ablation_imad": score_arm(model, [lens.Ablate(vector, positions="all")], prompts, questions, judge, acc(),
+                                      cfg)}
+    points = []
+    for p in cfg.cap_percentiles:
+        caps = lens.calibrate_cap(model, vector, clean, percentile=p, positions="all")
+        points.append({"strength": p, "threshold": caps[0].threshold,
+                       **score_arm(model, caps, prompts, questions, judge, acc(), cfg)})
+    out["capping_imad"] = {"strength_unit": "percentile of the benign agents' training-turn projections",
+                           "points": points}
+    return out
+
+
+def _monitor(sft, vector, layout: RunLayout, trait: str, judge, cfg: MaliciousConfig) -> dict:
+    """AUROC of the agent-2 direction (and of the judge) at telling agent 2's held-out turns from the others'."""
+    heldout = heldout_transcripts(layout.root, trait, cfg.n_monitor)
+    if not heldout:
+        return {"note": f"no held-out {trait} debates"}
+    det = lens.monitor.detect_agent_turns(sft, vector, heldout, agent=cfg.agent,
+                                          judge=lambda text: judge.score_many([""], [text])[0])
+    return {"model": "sft", "hook_name": det.hook_name, "n_turns": len(det.scores),
+            "n_agent_turns": sum(det.is_agent), "direction_auroc": det.auroc, "judge_auroc": det.judge_auroc}
+
+
+def _points(name: str, block: dict, trait0: float, cap0: float) -> list[dict]:
+    """Pareto points of one method: its curve (a vector) or its points (prompting, ablation, capping)."""
+    def point(strength, trait, cap, trait_ci=None, cap_ci=None):
+        return {"method": METHOD_NAMES.get(name, name), "key": name, "strength": float(strength),
+                "trait": trait, "capability": cap, "trait_ci": trait_ci, "capability_ci": cap_ci,
+                "trait_reduction": _f(trait0) - _f(trait), "capability_drop": _f(cap0) - _f(cap)}
+    if "alphas" in block:
+        cis = block.get("trait_ci") or [None] * len(block["alphas"])
+        ccis = block.get("capability_ci") or [None] * len(block["alphas"])
+        return [point(a, t, c, ti, ci) for a, t, c, ti, ci in zip(block["alphas"], block["trait"],
+                                                                    block["capability"], cis, ccis)]
+    if "points" in block:
+        return [point(p["strength"], p["trait"], p["capability"], p["trait_ci"], p["capability_ci"])
+                for p in block["points"]]
+    return [point(0.0, block["trait"], block["capability"], block["trait_ci"], block["capability_ci"])]
+
+
+def _f(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def pareto(block: dict, budget: float):
+    """One trait's Pareto frontier over the two vectors and every control, each relative to its own model's
+    unsteered trait and capability (α = 0 of that model's curve)."""
+    zero = {kind: block[kind]["alphas"].index(0.0) for kind in ("base", "imad")}
+    ref = {kind: (block[kind]["trait"][i], block[kind]["capability"][i]) for kind, i in zero.items()}
+    points = []
+    for name, b in [("base", block["base"]), ("imad", block["imad"]), *block["controls"].items()]:
+        kind = "base" if name.endswith("base") else "imad"
+        points += _points(name, b, *ref[kind])
+    return pareto_frontier(points, budget=budget)
+
+
 def load_report(run_dir: str | Path, trait: str, kind: str) -> SuppressionReport:
-    """One saved `SuppressionReport` (``kind`` base or imad)."""
+    """One saved `SuppressionReport` (``kind`` base, imad or random)."""
     path = RunLayout(Path(run_dir)).analysis(NAME) / f"{trait}_{kind}_report.json"
     d = json.loads(path.read_text())
     return SuppressionReport(**{k: (float("nan") if v is None and k in ("best_alpha", "suppression_auc") else v)
@@ -163,16 +374,58 @@ def rating_rows(results: dict) -> list[dict]:
             i0 = b["alphas"].index(0.0)
             lo = b["alphas"].index(min(b["alphas"]))
             rows.append({"trait": trait, "model": kind, "vector": b["vector"]["method"],
-                         "trait at α=0": b["trait"][i0], f"trait at α={b['alphas'][lo]:g}": b["trait"][lo],
+                         "trait at α=0": b["trait"][i0], f"trait at α={b['alphas'][lo]:.3g}": b["trait"][lo],
                          "best α (within budget)": b["best_alpha"], "suppression AUC": b["suppression_auc"],
                          "accuracy at α=0": b["capability"][i0], "accuracy range": max(b["capability"]) -
                          min(b["capability"]), "perplexity at α=0": b["perplexity"][i0]})
     return rows
 
 
+def _iv(est, ci, scale: float = 1.0) -> str:
+    if est is None:
+        return "n/a"
+    return f"{scale * est:.1f}" + ("" if not ci or None in ci else f" [{scale * ci[0]:.1f}, {scale * ci[1]:.1f}]")
+
+
+def control_rows(results: dict) -> list[dict]:
+    """The rating table with every method: per trait and method, its best strength within the capability budget
+    (largest trait reduction), with intervals, and whether it is on the Pareto frontier; the best method overall
+    at that budget is marked."""
+    rows = []
+    for trait, block in results["traits"].items():
+        fr = block["pareto"]
+        pts, front, budget = fr["points"], set(fr["frontier"]), fr["budget"]
+        for key in dict.fromkeys(p["key"] for p in pts):
+            idx = [i for i, p in enumerate(pts) if p["key"] == key]
+            fit = [i for i in idx if pts[i]["capability_drop"] is not None and pts[i]["capability_drop"] <= budget
+                   and pts[i]["trait_reduction"] is not None] or idx
+            i = max(fit, key=lambda j: (pts[j]["trait_reduction"] if pts[j]["trait_reduction"] is not None
+                                        else float("-inf")))
+            p = pts[i]
+            rows.append({"trait": trait, "method": p["method"], "strength": f"{p['strength']:.3g}",
+                         "trait [95% CI]": _iv(p["trait"], p["trait_ci"]),
+                         "accuracy % [95% CI]": _iv(p["capability"], p["capability_ci"], 100),
+                         "trait reduction": _iv(p["trait_reduction"], None),
+                         "accuracy drop (pts)": _iv(p["capability_drop"], None, 100),
+                         "Pareto": "yes" if i in front else "", "best at budget": "★" if i == fr["best"] else ""})
+    return rows
+
+
+def monitor_rows(results: dict) -> list[dict]:
+    """Turn detection per trait: the agent-2 direction's AUROC beside the judge's."""
+    return [{"trait": t, **{k: v for k, v in b["monitor"].items()}} for t, b in results["traits"].items()]
+
+
 def figures(results: dict, run_dir: str | Path | None = None) -> dict[str, go.Figure]:
-    """Fig. 3 panels, plus `lens.plots.suppression_tradeoff` per trait when the saved reports are at hand."""
+    """Fig. 3 panels with the controls, the Pareto frontier per trait, plus `lens.plots.suppression_tradeoff` per
+    trait when the saved reports are at hand."""
     figs = {"malicious_fig3": study_figures.malicious_panels(results)}
+    for trait, block in results["traits"].items():
+        if "pareto" in block:
+            fr = lens.ParetoFrontier(**{k: block["pareto"][k] for k in ("points", "frontier", "budget", "best")})
+            figs[f"pareto_{trait}"] = lens.plots.pareto_plot(
+                fr, title=f"{trait}: trait reduction vs accuracy drop, every method",
+                strength_unit=results["alpha_unit"])
     if run_dir is not None:
         for trait in results["traits"]:
             reports = {kind: load_report(run_dir, trait, kind) for kind in ("base", "imad")}

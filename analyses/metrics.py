@@ -20,15 +20,6 @@ def rouge(prediction: str, reference: str) -> dict[str, float]:
     return {m: scores[m].fmeasure for m in ROUGE_METRICS}
 
 
-def mean_rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """ROUGE-1/2/L F-measures averaged over aligned prediction/reference pairs."""
-    if len(predictions) != len(references) or not predictions:
-        raise ValueError(f"need as many predictions as references (got {len(predictions)} and {len(references)}), "
-                         "and at least one")
-    per = [rouge(p, r) for p, r in zip(predictions, references)]
-    return {m: sum(s[m] for s in per) / len(per) for m in ROUGE_METRICS}
-
-
 def auc(xs: Sequence[float], ys: Sequence[float]) -> float:
     """Trapezoid area under ``ys`` over ``xs`` (the paper's ROUGE AUC over α ∈ [0, 5])."""
     if len(xs) != len(ys) or len(xs) < 2:

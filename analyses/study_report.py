@@ -22,6 +22,7 @@ from analyses.metrics import json_safe
 from analyses.claims import malicious_claims, subspace_claims, token_efficiency_claims
 from analyses.report import Report
 from analyses.results import load_results
+from analyses.stats import table1_intervals
 from lens.io import atomic_write_json
 from training.evaluate import EvalConfig, Table1, accuracy_vs_tokens
 from training.layout import RunLayout
@@ -73,14 +74,38 @@ def _table1(run_dir: Path) -> Table1 | None:
     return Table1.load(path) if path.is_file() else None
 
 
-def table1_rows(table: Table1) -> list[dict]:
-    """Table 1 as the report shows it: accuracy and tokens with their SE over seeds."""
+def table1_samples(run_dir: Path, table: Table1) -> dict[str, list[dict]]:
+    """Every scored sample of each Table 1 method (``eval/samples/<method>.jsonl``), for the intervals."""
+    out = {}
+    for r in table.rows:
+        slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in r["method"])
+        path = RunLayout(run_dir).eval / "samples" / f"{slug}.jsonl"
+        if path.is_file():
+            out[r["method"]] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return out
+
+
+def with_intervals(table: Table1, samples: dict[str, list[dict]]) -> tuple[list[dict], dict[str, dict]]:
+    """Table 1's rows with ``se`` (= the accuracy SE over seeds) and ``ci`` (95% bootstrap interval over seeds
+    and questions), and the paired comparisons (as claim interval entries)."""
+    acc, paired = table1_intervals(samples)
+    rows = [{**r, "se": r.get("accuracy_se"), "ci": acc[r["method"]].ci if r["method"] in acc else None}
+            for r in table.rows]
+    return rows, {k: v.to_dict() for k, v in paired.items()}
+
+
+def table1_rows(rows: list[dict]) -> list[dict]:
+    """Table 1 as the report shows it: accuracy with its SE over seeds and 95% interval, tokens with their SE."""
     def pm(v, se, scale=1.0, digits=2):
         return f"{v * scale:.{digits}f}" + ("" if se is None else f" ± {se * scale:.{digits}f}")
+
+    def band(ci):
+        return "–" if not ci or None in ci else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
     return [{"method": r["method"], "accuracy (%)": pm(r["accuracy"], r["accuracy_se"], 100),
+             "95% CI (%)": band(r.get("ci")),
              "tokens / question": pm(r["tokens"], r["tokens_se"], 1, 1), "questions": r["n_questions"],
              "seeds": r["n_seeds"], "well-formed debate": "–" if r.get("well_formed") is None
-             else f"{100 * r['well_formed']:.0f}%"} for r in table.rows]
+             else f"{100 * r['well_formed']:.0f}%"} for r in rows]
 
 
 def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
@@ -88,8 +113,9 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
     table = _table1(run_dir)
     subs = _load(run_dir, agent_subspaces.NAME)
     mal = _load(run_dir, malicious.NAME)
-    methods = {r["method"]: r for r in table.rows} if table else None
-    claims = [*token_efficiency_claims(methods), *subspace_claims(subs), *malicious_claims(mal)]
+    rows, paired = with_intervals(table, table1_samples(run_dir, table)) if table else (None, {})
+    methods = {r["method"]: r for r in rows} if rows else None
+    claims = [*token_efficiency_claims(methods, paired), *subspace_claims(subs), *malicious_claims(mal)]
     stages = stage_times(run_dir)
     seeds = {"preset": preset.seed, "eval": list(preset.section("eval", EvalConfig).seeds),
              "subspaces": preset.section("subspaces", agent_subspaces.SubspaceConfig).seed,
@@ -105,7 +131,10 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
 
     rep.heading("1. Token efficiency (paper Table 1)")
     if table:
-        rep.table(table1_rows(table), "Table 1: accuracy ± SE over seeds, mean tokens (input + output) per question")
+        rep.table(table1_rows(rows), "Table 1: accuracy ± SE over seeds with its 95% bootstrap interval (seeds and "
+                                     "questions), mean tokens (input + output) per question")
+        rep.table([{"comparison": k, "estimate": v["estimate"], "95% CI": v["ci"]} for k, v in paired.items()],
+                  "Paired comparisons (same seeds and questions; accuracy differences in 0–1)")
         rep.figure("accuracy_vs_tokens", accuracy_vs_tokens(table))
     else:
         rep.text("Table 1 is missing (eval/table1.json).", "note")
@@ -122,6 +151,12 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
                  "accuracy with each model's native prompt (base: chat template, neutral persona; IMAD: "
                  "'Problem: q').", "note")
         rep.table(agent_subspaces.auc_rows(subs), "Table 8: ROUGE AUC over α, base vs IMAD")
+        if subs.get("steerability"):
+            rep.text("Steerability, not familiarity: from a neutral slot (each model's native arithmetic prompt, "
+                     "no agent tag), the share of outputs carrying agent i's persona markers and their ROUGE-L "
+                     "against the teacher's solution in agent i's style, as gains over α = 0 at the best α of "
+                     f"{subs['alphas']} ({subs['alpha_unit']}); 95% bootstrap intervals over prompts.")
+            rep.table(agent_subspaces.steerability_rows(subs), "Steerability per agent, base vs IMAD")
         rep.table([{"agent": a, "persona": subs["personas"][a], "hook": v["hook_name"],
                     "residual norm": v["stats"].get("resid_norm"), "raw diff norm": v["stats"].get("raw_diff_norm"),
                     "held-out prompts": subs["n_prompts"][a]} for a, v in subs["vectors"].items()],
@@ -139,7 +174,23 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
                  "Same layer for both; "
                  "trait scores from the judge (0–100), accuracy under steering, perplexity of the response under "
                  "the base model. Best α: the lowest trait score whose accuracy drop stays within the budget.")
+        rep.text(f"Strengths: {mal['alpha_unit']}. " + (
+            "Each model's grid was chosen on the α-selection split "
+            f"({mal.get('selection_split', 'training problems')}): the strength at which its capability halves, "
+            "in each direction, then evenly spaced points from 0 to it; the test prompts were only scored. "
+            if mal["config"].get("alpha_search") else "Fixed grid from the preset. ") +
+            "Controls: prompting (a benign system prompt, no vector), a random direction of the IMAD vector's "
+            "norm, ablation of the agent-2 direction, and capping its projection at percentiles of the benign "
+            "agents' training-turn projections. The Pareto frontier ranks every method and strength by trait "
+            "reduction against accuracy drop, each relative to its own model unsteered; ★ marks the best within "
+            f"a {100 * mal['config']['capacity_budget']:g}-point accuracy budget. Intervals: 95% bootstrap over "
+            "prompts (trait) and problems (accuracy).")
         rep.table(malicious.rating_rows(mal), "Suppression rating, base vs IMAD")
+        if all("pareto" in b for b in mal["traits"].values()):
+            rep.table(malicious.control_rows(mal), "Suppression rating with controls (best strength per method "
+                                                   "within the budget)")
+            rep.table(malicious.monitor_rows(mal), "Monitoring: AUROC of the agent-2 direction vs the judge at "
+                                                   "telling the malicious agent's held-out turns from the others'")
         for name, fig in malicious.figures(mal, run_dir).items():
             rep.figure(name, fig)
     else:
@@ -153,7 +204,7 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
     rep.heading("Preset", 3)
     rep.pre(preset.path.read_text())
     payload = {"preset": preset.name, "preset_path": str(preset.path), "run_dir": str(run_dir), "seeds": seeds,
-               "versions": versions, "stages": stages, "table1": table.rows if table else None,
+               "versions": versions, "stages": stages, "table1": rows, "table1_paired": paired,
                "agent_subspaces": subs, "malicious": mal, "claims": [c.to_dict() for c in claims],
                "figures": list(rep.figures), "tables": rep.tables}
     return rep, payload

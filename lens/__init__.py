@@ -13,7 +13,8 @@ from lens.integrity import ModelFingerprint, fingerprint_model, read_base_record
 from lens.interventions import Ablate, Add, Cap, calibrate_cap, cap, intervene, intervention_from_dict, projections
 from lens.loading import PARITY_TOL, ModelProvenance, load_model, resolve_device, resolve_dtype
 from lens.probes import PCAProjection, ProbeResult, pca_projection, probe_layers
-from lens.rating import SuppressionReport, rate_suppression, response_perplexities, suppression_auc
+from lens.rating import ParetoFrontier, SuppressionReport, pareto_frontier, rate_suppression, response_perplexities
+from lens.rating import suppression_auc
 from lens.sites import SITES
 from lens.subspace import AgentSubspace, chat_prompts, contrastive_direction, find_agent_subspace
 from lens.subspace import fit_agent_subspace
@@ -27,6 +28,7 @@ __all__ = [
     "find_agent_subspace", "AgentSubspace", "contrastive_direction", "chat_prompts",
     "probe_layers", "ProbeResult", "pca_projection", "PCAProjection",
     "steer", "ablate", "rate_suppression", "SuppressionReport", "response_perplexities", "suppression_auc",
+    "pareto_frontier", "ParetoFrontier",
     "export", "export_vector", "import_vector", "geometry", "monitor",
     "plots",
     "read_jsonl", "read_paper_json", "contrast_activations", "SITES", "fit_agent_subspace", "FIT_METHODS", "Readings",

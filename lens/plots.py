@@ -17,7 +17,7 @@ from lens.geometry import CosineSimilarities, PrincipalAngles
 from lens.io import atomic_write_bytes, atomic_write_text
 from lens.monitor import TokenProjections, TurnDetection
 from lens.probes import PCAProjection, ProbeResult
-from lens.rating import SuppressionReport
+from lens.rating import ParetoFrontier, SuppressionReport
 
 log = logging.getLogger(__name__)
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f")
@@ -100,6 +100,47 @@ def suppression_tradeoff(reports: SuppressionReport | Mapping[str, SuppressionRe
                                                                     line=dict(color=color, width=2))))
     fig.update_layout(title=title or "trait suppression vs capability", xaxis_title="capability (accuracy)",
                       yaxis_title="trait score (0-100)", template="plotly_white")
+    return fig
+
+
+def pareto_plot(frontier: ParetoFrontier, *, title: str | None = None, strength_unit: str = "") -> go.Figure:
+    """Trait reduction vs capability drop for every method and strength, the Pareto frontier as a line, the
+    capability budget as a dashed line and the best point within it ringed.
+
+    Args:
+        frontier: A `lens.rating.ParetoFrontier`.
+        title: Figure title.
+        strength_unit: Appended to the hover text of each point's strength (e.g. the α unit).
+
+    Returns:
+        A plotly Figure.
+
+    Example:
+        >>> fig = lens.plots.pareto_plot(lens.rating.pareto_frontier(points, budget=0.1))  # doctest: +SKIP
+    """
+    fig = go.Figure()
+    finite = lambda p: all(isinstance(p[k], (int, float)) and np.isfinite(p[k])  # noqa: E731
+                           for k in ("trait_reduction", "capability_drop"))
+    methods = list(dict.fromkeys(p["method"] for p in frontier.points))
+    for method, color in zip(methods, PALETTE * (1 + len(methods) // len(PALETTE))):
+        pts = [p for p in frontier.points if p["method"] == method and finite(p)]
+        fig.add_trace(go.Scatter(
+            x=[100 * p["capability_drop"] for p in pts], y=[p["trait_reduction"] for p in pts], mode="markers",
+            name=method, marker=dict(color=color, size=9),
+            text=[f"{method} {p['strength']:g}{(' ' + strength_unit) if strength_unit else ''}" for p in pts],
+            hoverinfo="text+x+y"))
+    front = [frontier.points[i] for i in frontier.frontier]
+    fig.add_trace(go.Scatter(x=[100 * p["capability_drop"] for p in front], y=[p["trait_reduction"] for p in front],
+                             mode="lines", name="Pareto frontier", line=dict(color="black", dash="dot")))
+    fig.add_vline(x=100 * frontier.budget, line=dict(color="grey", dash="dash"),
+                  annotation_text=f"budget {100 * frontier.budget:g} pts")
+    if frontier.best_point is not None:
+        b = frontier.best_point
+        fig.add_trace(go.Scatter(x=[100 * b["capability_drop"]], y=[b["trait_reduction"]], mode="markers",
+                                 name=f"best: {b['method']} {b['strength']:g}",
+                                 marker=dict(size=20, color="rgba(0,0,0,0)", line=dict(color="black", width=2))))
+    fig.update_layout(title=title or "trait reduction vs capability drop", template="plotly_white",
+                      xaxis_title="capability drop (accuracy points)", yaxis_title="trait reduction (judge points)")
     return fig
 
 

@@ -218,3 +218,162 @@ def suppression_auc(alphas: Sequence[float], trait_mean: Sequence[float]) -> flo
     s = np.clip((t0 - np.asarray(trait_mean, dtype=float)) / t0, 0.0, None)
     x = np.asarray(alphas, dtype=float)
     return float(np.trapezoid(s, x) / (x.max() - x.min()))
+
+
+@dataclass
+class ParetoFrontier:
+    """Suppression methods at each strength as points (trait reduction, capability drop), the non-dominated ones
+    and the best method within a capability-drop budget (the Assistant Axis' choice of a capping setting).
+
+    ``points`` are dicts with ``method``, ``strength``, ``trait_reduction`` (trait at the unsteered point minus
+    trait under the method; higher is better) and ``capability_drop`` (unsteered capability minus capability
+    under the method, 0–1; lower is better), plus whatever else the caller keeps (e.g. intervals).
+    """
+
+    points: list[dict]
+    frontier: list[int]
+    budget: float
+    best: int | None
+
+    @property
+    def best_point(self) -> dict | None:
+        return None if self.best is None else self.points[self.best]
+
+    def to_dict(self) -> dict:
+        return {"points": self.points, "frontier": self.frontier, "budget": self.budget, "best": self.best,
+                "best_method": None if self.best is None else self.points[self.best]["method"]}
+
+
+def pareto_frontier(points: Sequence[dict], *, budget: float = 0.05) -> ParetoFrontier:
+    """The Pareto frontier of trait reduction (maximised) against capability drop (minimised) over all methods
+    and strengths, and the best point whose capability drop is at most ``budget``.
+
+    A point is on the frontier when no other point reduces the trait at least as much with at most its capability
+    drop, and strictly better in one of the two. The best point within the budget is the largest trait reduction
+    there (ties: the smaller drop, then the earlier point); ``None`` when no point fits the budget.
+
+    Args:
+        points: Dicts with ``method``, ``strength``, ``trait_reduction`` and ``capability_drop`` (NaNs are never
+            on the frontier and never best).
+        budget: Allowed capability drop (same units as ``capability_drop``).
+
+    Returns:
+        A `ParetoFrontier` (frontier indices sorted by capability drop).
+
+    Example:
+        >>> f = pareto_frontier([{"method": "add", "strength": -2, "trait_reduction": 30, "capability_drop": 0.2},
+        ...                      {"method": "cap", "strength": 90, "trait_reduction": 20, "capability_drop": 0.0}])
+        >>> f.frontier, f.best_point["method"]
+        ([1, 0], 'cap')
+    """
+    pts = [dict(p) for p in points]
+    for p in pts:
+        missing = {"method", "strength", "trait_reduction", "capability_drop"} - set(p)
+        if missing:
+            raise LensInputError(f"a Pareto point lacks {sorted(missing)}; each needs method, strength, "
+                                 f"trait_reduction and capability_drop")
+    ok = [i for i, p in enumerate(pts) if math.isfinite(p["trait_reduction"]) and math.isfinite(p["capability_drop"])]
+
+    def dominates(j: int, i: int) -> bool:
+        a, b = pts[j], pts[i]
+        return (a["trait_reduction"] >= b["trait_reduction"] and a["capability_drop"] <= b["capability_drop"]
+                and (a["trait_reduction"] > b["trait_reduction"] or a["capability_drop"] < b["capability_drop"]))
+
+    front = sorted((i for i in ok if not any(dominates(j, i) for j in ok)),
+                   key=lambda i: (pts[i]["capability_drop"], -pts[i]["trait_reduction"]))
+    within = [i for i in ok if pts[i]["capability_drop"] <= budget]
+    best = min(within, key=lambda i: (-pts[i]["trait_reduction"], pts[i]["capability_drop"], i)) if within else None
+    return ParetoFrontier(points=pts, frontier=front, budget=budget, best=best)
+
+
+@dataclass
+class HalvingSearch:
+    """Where steering halves a model's capability in one direction: the strengths tried with their capability,
+    the unsteered capability, and the first strength (refined by bisection) at or below half of it. ``reached``
+    is False when no strength tried halved it; then ``strength`` is the largest tried."""
+
+    sign: float
+    capability0: float
+    strength: float
+    reached: bool
+    tried: list[tuple[float, float]]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def halving_strength(model, vector: AgentSubspace | Add, capability: Callable[[Any], float], *, sign: float = 1.0,
+                     start: float = 0.05, grow: float = 2.0, max_steps: int = 8, refine: int = 2,
+                     capability0: float | None = None) -> HalvingSearch:
+    """The strength at which steering with ``vector`` halves ``capability`` (search on a selection split).
+
+    Tries ``sign · start · grow^k`` for k = 0, 1, ... until capability ≤ half the unsteered value, then bisects
+    ``refine`` times between the last strength that kept more than half and the first that did not (when the
+    unsteered capability is 0 there is nothing to halve: no search, the largest strength it would try). Strengths
+    multiply the vector as given, so choose its scale (the unit) first, e.g. the mean residual norm.
+
+    Args:
+        model: A TransformerLens model.
+        vector: An `AgentSubspace` (added at its layer) or an `Add` (its strength is multiplied).
+        capability: ``capability(model) -> 0..1``, run under the intervention (use selection-split items, not
+            the test items).
+        sign: +1 or −1, the direction of the search.
+        start: The first strength tried (> 0).
+        grow: Factor between successive strengths (> 1).
+        max_steps: At most this many growing strengths.
+        refine: Bisection steps after the bracket is found.
+        capability0: The unsteered capability if already measured.
+
+    Returns:
+        A `HalvingSearch`.
+
+    Example:
+        >>> s = lens.rating.halving_strength(model, sub, acc_on_selection, sign=-1)  # doctest: +SKIP
+        >>> s.strength, s.reached  # doctest: +SKIP
+        (-0.4, True)
+    """
+    if sign not in (1.0, -1.0, 1, -1):
+        raise LensInputError(f"sign {sign!r} must be +1 or -1")
+    if not start > 0 or not grow > 1 or max_steps < 1 or refine < 0:
+        raise LensInputError(f"need start > 0, grow > 1, max_steps >= 1 and refine >= 0 (got start={start}, "
+                             f"grow={grow}, max_steps={max_steps}, refine={refine})")
+    add = vector if isinstance(vector, Add) else Add(vector, 1.0, positions="generated")
+    tried: list[tuple[float, float]] = []
+
+    def at(a: float) -> float:
+        scaled = dataclasses.replace(add, strength=torch.as_tensor(add.strength, dtype=torch.float64) * a)
+        with intervene(model, [scaled]):
+            c = float(capability(model))
+        tried.append((a, c))
+        return c
+
+    c0 = float(capability(model)) if capability0 is None else float(capability0)
+    if not c0 > 0:  # nothing to halve: the largest strength the search would try
+        return HalvingSearch(float(sign), c0, sign * start * grow ** (max_steps - 1), False, tried)
+    target = c0 / 2
+    kept, a = 0.0, float(start)
+    for _ in range(max_steps):
+        if at(sign * a) <= target:
+            break
+        kept, a = a, a * grow
+    else:
+        return HalvingSearch(float(sign), c0, sign * kept, False, tried)
+    lo, hi = kept, a
+    for _ in range(refine):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if at(sign * mid) <= target else (mid, hi)
+    return HalvingSearch(float(sign), c0, sign * hi, True, tried)
+
+
+def strength_grid(negative: float, positive: float, n: int) -> list[float]:
+    """``n`` evenly spaced strengths from 0 to each end (both included), plus 0: the grid scored on the test
+    items once `halving_strength` has found the ends.
+
+    Example:
+        >>> strength_grid(-1.0, 2.0, 2)
+        [-1.0, -0.5, 0.0, 1.0, 2.0]
+    """
+    if n < 1:
+        raise LensInputError(f"n {n!r} must be at least 1 point per direction")
+    side = lambda end: [end * k / n for k in range(1, n + 1)]  # noqa: E731
+    return sorted({0.0, *side(float(negative)), *side(float(positive))})

@@ -36,23 +36,49 @@ def test_report_has_every_figure_table_and_claim(smoke_study):
     assert html.count("plotly-graph-div") >= 6
     assert len(re.findall(r"<script type='text/javascript'>", html)) == 1  # plotly.js inlined once
     for fig in ("accuracy_vs_tokens", "probe_accuracy", "pca_agents", "rouge_vs_alpha", "rouge_auc",
-                "capability_agent_steering", "malicious_fig3", "tradeoff_evil", "tradeoff_hallucination"):
+                "capability_agent_steering", "malicious_fig3", "tradeoff_evil", "tradeoff_hallucination",
+                "pareto_evil", "pareto_hallucination"):
         assert f'id="fig-{fig}"' in html and fig in results["figures"]
     for caption in ("Paper claims", "Table 1", "Table 8", "Suppression rating", "Wall time per stage", "Seeds",
-                    "Package versions"):
+                    "Package versions", "Suppression rating with controls", "Monitoring", "Steerability per agent",
+                    "Paired comparisons"):
         assert f"<caption>{caption}" in html
     assert set(results) >= {"preset", "seeds", "versions", "stages", "table1", "agent_subspaces", "malicious",
                             "claims", "figures"}
     assert {r["method"] for r in results["table1"]} == {"Single", "Debate", "DebateGPT", "SFT", "IMAD"}
     assert {c["id"] for c in results["claims"]} >= {"tokens_vs_debate", "accuracy_vs_debate", "rouge_auc",
                                                     "evil_suppressed", "capability_stable"}
-    verdicts = ("reproduced", "not reproduced", "not testable here", "not run")
+    verdicts = ("reproduced", "not reproduced", "not run")  # never "not testable": undecided is "not reproduced"
     assert all(c["verdict"] in verdicts for c in results["claims"])
+    assert all(c["intervals"] and all(len(iv["ci"]) == 2 for iv in c["intervals"].values())
+               for c in results["claims"])
+    assert all(r["ci"] is not None and len(r["ci"]) == 2 and "se" in r for r in results["table1"])
     assert any(s["stage"] == "analyses/malicious" and s["wall seconds"] is not None for s in results["stages"])
     subs = results["agent_subspaces"]
     assert subs["hook_name"] == f"blocks.{subs['layer']}.hook_resid_post"
     assert set(subs["auc"]) == {"1", "2", "3"} and set(subs["auc"]["1"]) == {"rouge1", "rouge2", "rougeL"}
     assert set(results["malicious"]["traits"]) == {"evil", "hallucination"}
+    assert results["malicious"]["alpha_unit"] == "α (× mean residual norm)"
+    for trait, block in results["malicious"]["traits"].items():
+        controls = block["controls"]
+        assert set(controls) == {"prompting_base", "prompting_imad", "random_imad", "ablation_imad", "capping_imad"}
+        assert controls["random_imad"]["alphas"] == block["imad"]["alphas"]  # the random direction on IMAD's grid
+        assert [p["strength"] for p in controls["capping_imad"]["points"]] == [50.0, 90.0]
+        for point in (controls["prompting_imad"], controls["ablation_imad"], *controls["capping_imad"]["points"]):
+            assert 0 <= point["capability"] <= 1 and point["capability_ci"][0] <= point["capability_ci"][1]
+        for kind in ("base", "imad"):  # α grid: 2 points per side between 0 and the halving strength (or its cap)
+            assert len(block[kind]["alphas"]) == 5 and 0.0 in block[kind]["alphas"]
+            assert len(block[kind]["trait_ci"]) == len(block[kind]["capability_ci"]) == 5
+        methods = {p["method"] for p in block["pareto"]["points"]}
+        assert {"IMAD agent-2 vector", "base system-prompt vector", "random direction (IMAD)", "prompting (base)",
+                "prompting (IMAD)", "ablation (IMAD)", "capping (IMAD)"} == methods
+        assert block["pareto"]["frontier"] and block["pareto"]["best_method"] in methods
+        mon = block["monitor"]
+        assert 0 <= mon["direction_auroc"] <= 1 and 0 <= mon["judge_auroc"] <= 1 and mon["n_agent_turns"] > 0
+    steer = subs["steerability"]
+    assert set(steer["gain_difference"]) == {"1", "2", "3"}
+    assert all(len(steer[k][a]["markers"]) == len(subs["alphas"]) for k in ("base", "imad") for a in "123")
+    assert all(len(subs["auc"][a]["rougeL"]["diff"]["ci"]) == 2 for a in "123")
     assert "NaN" not in (smoke_study / "report" / "results.json").read_text()
 
 
