@@ -9,16 +9,17 @@
 # `latent-agents reproduce --preset toy`); `RunLayout` knows where each stage wrote its model.
 
 # %%
+from training import threads
+
+threads.configure()  # the project's thread policy (LATENT_AGENTS_THREADS), set before torch loads
+
 import os
 from pathlib import Path
-
-import torch
 
 import lens
 from analyses.generation import stop_ids
 from training.layout import RunLayout
 
-torch.set_num_threads(int(os.environ.get("LATENT_AGENTS_THREADS", "1")))
 RUN_DIR = Path(os.environ.get("LATENT_AGENTS_RUN_DIR", "runs/toy"))
 if not RUN_DIR.is_dir():
     raise FileNotFoundError(f"no run directory {RUN_DIR}: run `latent-agents reproduce --preset toy` first")

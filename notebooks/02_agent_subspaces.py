@@ -8,12 +8,14 @@
 # the preset's grid) from `analyses/agent_subspaces/results.json`.
 
 # %%
+from training import threads
+
+threads.configure()  # the project's thread policy (LATENT_AGENTS_THREADS), set before torch loads
+
 import os
 from pathlib import Path
 
 import pandas as pd
-import torch
-
 import lens
 from analyses import agent_subspaces
 from analyses.generation import stop_ids
@@ -22,7 +24,6 @@ from analyses.results import load_results
 from lens.rating import mean_se
 from training.layout import RunLayout
 
-torch.set_num_threads(int(os.environ.get("LATENT_AGENTS_THREADS", "1")))
 RUN_DIR = Path(os.environ.get("LATENT_AGENTS_RUN_DIR", "runs/toy"))
 if not RUN_DIR.is_dir():
     raise FileNotFoundError(f"no run directory {RUN_DIR}: run `latent-agents reproduce --preset toy` first")

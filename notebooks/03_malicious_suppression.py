@@ -9,6 +9,10 @@
 # α grid, the base model's system-prompt vector) from `analyses/malicious/results.json`.
 
 # %%
+from training import threads
+
+threads.configure()  # the project's thread policy (LATENT_AGENTS_THREADS), set before torch loads
+
 import os
 import tempfile
 from pathlib import Path
@@ -26,7 +30,6 @@ from training.layout import RunLayout
 from training.prompts import ADVICE
 from training.tasks import TaskConfig, arithmetic_split, trait_split
 
-torch.set_num_threads(int(os.environ.get("LATENT_AGENTS_THREADS", "1")))
 RUN_DIR = Path(os.environ.get("LATENT_AGENTS_RUN_DIR", "runs/toy"))
 if not RUN_DIR.is_dir():
     raise FileNotFoundError(f"no run directory {RUN_DIR}: run `latent-agents reproduce --preset toy` first")
