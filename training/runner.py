@@ -16,7 +16,8 @@ from lens.debate_format import (FULL_CONSENSUS, MAX_AGENTS, MAX_ROUNDS, DebateFo
                                 consensus_line, extract_boxed, read_jsonl, write_jsonl)
 from lens.io import atomic_write_json
 from training.backends import AgentRequest, Backend
-from training.prompts import ADVICE, ARITHMETIC, SYSTEM_PROMPTS, round1_messages, round2_messages
+from training.prompts import (ADVICE, ARITHMETIC, BOXED_DOMAINS, SYSTEM_PROMPTS, round1_messages,
+                              round2_messages)
 from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, bounds
 from training.teacher import TRAIT_PERSONAS
 
@@ -195,8 +196,8 @@ def run_debates(questions: Sequence[object], backend: Backend, *, personas: Sequ
     """
     if not 1 <= n_rounds <= MAX_ROUNDS:
         raise ValueError(f"n_rounds must be 1..{MAX_ROUNDS} (the debate tags name two rounds), got {n_rounds}")
-    if domain not in (ARITHMETIC, ADVICE):
-        raise ValueError(f"unknown domain {domain!r}; valid: {[ARITHMETIC, ADVICE]}")
+    if domain not in (*BOXED_DOMAINS, ADVICE):
+        raise ValueError(f"unknown domain {domain!r}; valid: {[*BOXED_DOMAINS, ADVICE]}")
     slots = agent_personas(personas, malicious)
     texts = [_question_text(q) for q in questions]
     n = len(slots)
@@ -222,7 +223,7 @@ def run_debates(questions: Sequence[object], backend: Backend, *, personas: Sequ
 
     active = list(range(len(questions)))
     for round_ in range(1, n_rounds + 1):
-        if round_ > 1 and early_stop and domain == ARITHMETIC:
+        if round_ > 1 and early_stop and domain in BOXED_DOMAINS:
             active = [i for i in active if not _unanimous(turns[i], round_ - 1)]
         if active:
             play(round_, active)
@@ -232,7 +233,7 @@ def run_debates(questions: Sequence[object], backend: Backend, *, personas: Sequ
     for i, q in enumerate(questions):
         last = max(t.round for t in turns[i])
         final = [t for t in turns[i] if t.round == last]
-        if domain == ARITHMETIC:
+        if domain in BOXED_DOMAINS:
             line = consensus_line([t.answer for t in final])
         else:
             line = ADVICE_CONSENSUS.format(text=final[benign - 1].text)
