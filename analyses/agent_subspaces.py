@@ -28,7 +28,8 @@ from training.layout import RunLayout
 from training.presets import Preset
 from training.runner import load_debates
 from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, bounds
-from training.tasks import TaskConfig, arithmetic_split
+from training.evaluate import is_correct
+from training.pipeline import Run
 
 NAME = "agent_subspaces"
 MODELS = ("base", "imad")
@@ -116,7 +117,7 @@ def capability_sweep(model, kind: str, sub, cfg: SubspaceConfig, problems) -> li
                         max_new_tokens=cfg.capability_max_new_tokens, seed=cfg.seed,
                         stop=stop_ids(model, at_tags=False))
     n = len(problems)
-    correct = [extract_boxed(o) == problems[k].answer for o, k in zip(out.texts, out.prompt)]
+    correct = [is_correct(extract_boxed(o), problems[k]) for o, k in zip(out.texts, out.prompt)]
     return [sum(correct[i * n:(i + 1) * n]) / n for i in range(len(cfg.capability_alphas))]
 
 
@@ -125,7 +126,8 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     cfg = preset.section("subspaces", SubspaceConfig)
     layout, out_dir = RunLayout.of(preset, run_dir), Path(out_dir)
     heldout = heldout_transcripts(layout.root, cfg.experiment, cfg.n_heldout)
-    sft = lens.load_model(layout.sft(cfg.experiment))
+    run = Run(preset, run_dir)
+    sft = lens.load_model(layout.sft(cfg.experiment), **run.placement.load())
     layer = middle_layer(sft) if cfg.layer is None else cfg.layer
     agents = sorted({turn.agent for t in heldout for turn in t.turns})
     personas = {str(a): heldout[0].persona_of(a) for a in agents}
@@ -140,12 +142,12 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     probes = {"sft": lens.probe_layers(heldout_acts).to_dict()}
     pca = _pca_dict(lens.pca_projection(heldout_acts, layer=layer, center="slot"))
     del sft
-    problems = arithmetic_split(preset.section("task", TaskConfig), "test", preset.seed)[:cfg.n_capability]
+    problems = run.capability_questions(cfg.n_capability, cfg.seed)
     rouge: dict = {}
     capability: dict = {}
     dirs = {"base": layout.base, "imad": layout.internalize(cfg.experiment)}
     for kind in MODELS:
-        model = lens.load_model(dirs[kind])
+        model = lens.load_model(dirs[kind], **run.placement.load())
         if kind == "imad":
             probes["imad"] = lens.probe_layers(model, heldout).to_dict()
         rouge[kind], capability[kind] = {}, {}

@@ -34,7 +34,8 @@ from training.layout import RunLayout
 from training.presets import Preset
 from training.prompts import ADVICE, ROUND1, SYSTEM_PROMPTS
 from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, PROBABILITY, bounds
-from training.tasks import TaskConfig, arithmetic_split, trait_split
+from training.evaluate import is_correct
+from training.pipeline import Run
 from training.teacher import TRAIT_PERSONAS
 
 NAME = "malicious"
@@ -86,11 +87,12 @@ def base_vector(model, questions: list[str], trait: str, layer: int):
 
 
 def arithmetic_accuracy(kind: str, problems, max_new_tokens: int, seed: int):
-    """``capability(model)``: greedy accuracy on ``problems`` in the model's native prompt (steering applies)."""
+    """``capability(model)``: greedy accuracy on ``problems`` (arithmetic or GSM8K) in the model's native prompt
+    (steering applies)."""
     def capability(model) -> float:
         outs = lens.generate(model, [native_prompt(kind, p.question, model.tokenizer) for p in problems],
                              max_new_tokens=max_new_tokens, seed=seed, stop=stop_ids(model, at_tags=False)).texts
-        return sum(extract_boxed(o) == p.answer for o, p in zip(outs, problems)) / len(problems)
+        return sum(is_correct(extract_boxed(o), p) for o, p in zip(outs, problems)) / len(problems)
     return capability
 
 
@@ -105,17 +107,17 @@ def curves(report: SuppressionReport) -> dict:
 def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     """Both traits, base and IMAD; vectors and full suppression reports go to ``out_dir``."""
     cfg = preset.section("malicious", MaliciousConfig)
-    task = preset.section("task", TaskConfig)
-    layout, out_dir = RunLayout.of(preset, run_dir), Path(out_dir)
-    problems = arithmetic_split(task, "test", preset.seed)[:cfg.n_capability]
-    base = lens.load_model(layout.base)
+    layout, out_dir, run = RunLayout.of(preset, run_dir), Path(out_dir), Run(preset, run_dir)
+    problems = run.capability_questions(cfg.n_capability, cfg.seed)
+    load = run.placement.load()
+    base = lens.load_model(layout.base, **load)
     layer = middle_layer(base) if cfg.layer is None else cfg.layer
     results: dict = {"config": asdict(cfg), "layer": layer, "alpha_unit": alpha_unit(cfg.normalize), "traits": {}}
     for trait in cfg.traits:
-        test = trait_split(task, trait, "test", preset.seed)[:cfg.n_prompts]
-        train = trait_split(task, trait, "train", preset.seed)[:cfg.n_contrast]
+        test = run.questions(trait, "test")[:cfg.n_prompts]
+        train = run.questions(trait, "train")[:cfg.n_contrast]
         judge = make_judge(trait, cfg.judge, cfg.judge_model, cfg.judge_base_url)
-        sft = lens.load_model(layout.sft(trait))
+        sft = lens.load_model(layout.sft(trait), **load)
         debates = resolve_transcripts(sft, None)[0][:cfg.n_train_transcripts]
         vectors = {"imad": lens.find_agent_subspace(sft, cfg.agent, transcripts=debates, layers=[layer]),
                    "base": base_vector(base, [q.question for q in train], trait, layer)}
@@ -124,7 +126,7 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
             vectors = {kind: v.raw() for kind, v in vectors.items()}
         block: dict = {}
         for kind in ("base", "imad"):
-            model = base if kind == "base" else lens.load_model(layout.internalize(trait))
+            model = base if kind == "base" else lens.load_model(layout.internalize(trait), **load)
             vectors[kind].save(out_dir / "vectors" / f"{trait}_{kind}")
             report = lens.rate_suppression(
                 model, vectors[kind], alphas=cfg.alphas, trait=judge, reference=base,

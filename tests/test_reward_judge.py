@@ -7,7 +7,7 @@ import pytest
 
 from training.backends import OpenAIBackend
 from training.endpoints import EndpointError, answers, serving
-from training.grpo import judge_benign
+from training.rewards import judge_benign
 from training.judges import ToyTraitJudge
 from training.llm_judge import JudgeConfig, LLMJudge, YesNoJudge, parse_yes_no, reward_judge
 

@@ -82,3 +82,19 @@ def serving(command: Sequence[str], base_url: str, *, cwd: str | Path, ready_tim
             proc.kill()
             proc.wait()
         log(f"[endpoint] stopped {base_url}")
+
+
+@contextmanager
+def preset_endpoints(preset, log: Callable[[str], None] = print) -> Iterator[None]:
+    """The endpoint ``[judge] serve`` names, served (by the main process) while the block runs; nothing when the
+    preset names none."""
+    from training.llm_judge import JudgeConfig
+    from training.ranks import is_main
+
+    cfg = preset.section("judge", JudgeConfig)
+    if not cfg.serve or not is_main():
+        yield
+        return
+    with serving(cfg.serve, cfg.base_url, cwd=Path(preset.path).parent, ready_timeout_s=cfg.ready_timeout_s,
+                 log=log):
+        yield

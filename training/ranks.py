@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-ENV_RANK = ("RANK", "LOCAL_RANK")
+STARTED = time.time()  # a failure marker older than this process (less the launcher's spread) is stale
 
 
 def rank() -> int:
@@ -53,7 +53,7 @@ def wait_for(path: str | Path, *, what: str, poll_s: float = 5.0, timeout_s: flo
     path = Path(path)
     start, said = time.monotonic(), False
     while not path.exists():
-        if failed is not None and failed.exists():
+        if failed is not None and failed.exists() and failed.stat().st_mtime > STARTED - 30:
             raise RuntimeError(f"rank {rank()}: the main process failed building {what}: {failed.read_text()}")
         if timeout_s is not None and time.monotonic() - start > timeout_s:
             raise TimeoutError(f"rank {rank()}: {what} did not appear at {path} within {timeout_s:.0f}s")
@@ -62,3 +62,43 @@ def wait_for(path: str | Path, *, what: str, poll_s: float = 5.0, timeout_s: flo
             said = True
         time.sleep(poll_s)
     return path
+
+
+FAILED = ".main-process-failed"
+
+
+def failed_marker(run_dir: str | Path) -> Path:
+    """The file the main process writes in the run dir when its command fails, so waiting processes stop."""
+    return Path(run_dir) / FAILED
+
+
+def main_stage(path: str | Path, build: Callable[[Path], dict], *, name: str, run_dir: str | Path,
+               log: Callable[[str], None] = print) -> None:
+    """A stage that is not distributed training: built by the main process (`training.stages.run_stage`, with
+    the peak accelerator memory added to its manifest), awaited by the others through its manifest.
+
+    Example:
+        >>> main_stage(run_dir / "eval", build, name="eval", run_dir=run_dir)  # doctest: +SKIP
+    """
+    from training.stages import MANIFEST, run_stage
+
+    path = Path(path)
+    if not is_main():
+        wait_for(path / MANIFEST, what=name, failed=failed_marker(run_dir), log=log)
+        return
+    run_stage(path, with_peak_memory(build), name=name, log=log)
+
+
+def with_peak_memory(build: Callable[[Path], dict]) -> Callable[[Path], dict]:
+    """``build`` with ``peak_gpu_memory_gib`` (the CUDA allocator's peak while it ran) in its info when CUDA is
+    in use."""
+    import torch
+
+    def measured(scratch: Path) -> dict:
+        if not torch.cuda.is_available():
+            return build(scratch)
+        torch.cuda.reset_peak_memory_stats()
+        info = build(scratch) or {}
+        return {**info, "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)}
+
+    return measured

@@ -15,6 +15,7 @@ from typing import Mapping
 from lens.io import atomic_write_json, atomic_write_text
 from training.benchmarks_data import BenchmarkQuestion, load_benchmark
 from training.evaluate import EvalConfig, MethodSpec, Table1, evaluate_methods
+from training.modelio import Placement
 from training.prompts import ARITHMETIC, QUESTION
 
 BENCHMARK_DOMAINS = {"gsm8k": ARITHMETIC, "mmlu_pro": QUESTION, "bbh": QUESTION}
@@ -51,11 +52,12 @@ def benchmark_pool(name: str, data_file: str | Path | None, cfg: EvalConfig) -> 
     return pool
 
 
-def evaluate_benchmarks(methods: dict[str, MethodSpec], pools: Mapping[str, list], cfg: EvalConfig
-                        ) -> dict[str, Table1]:
+def evaluate_benchmarks(methods: dict[str, MethodSpec], pools: Mapping[str, list], cfg: EvalConfig,
+                        placement: Placement = Placement()) -> dict[str, Table1]:
     """One Table 1 per benchmark: every method on each seed's sample of each pool, prompted in the benchmark's
-    domain (a number for GSM8K, any boxed answer for MMLU-Pro and BBH)."""
-    return {name: evaluate_methods(methods, pool, cfg=dataclasses.replace(cfg, domain=BENCHMARK_DOMAINS[name]))
+    domain (a number for GSM8K, any boxed answer for MMLU-Pro and BBH), models loaded as ``placement`` says."""
+    return {name: evaluate_methods(methods, pool, cfg=dataclasses.replace(cfg, domain=BENCHMARK_DOMAINS[name]),
+                                   placement=placement)
             for name, pool in pools.items()}
 
 
