@@ -49,7 +49,8 @@ def serving(command: Sequence[str], base_url: str, *, cwd: str | Path, ready_tim
         log: start/stop lines.
 
     Example:
-        >>> with serving(["vllm", "serve", "m", "--port", "8000"], "http://127.0.0.1:8000/v1", cwd="."):  # doctest: +SKIP
+        >>> vllm = ["vllm", "serve", "m", "--port", "8000"]
+        >>> with serving(vllm, "http://127.0.0.1:8000/v1", cwd="."):  # doctest: +SKIP
         ...     run_everything()
     """
     host = urlparse(base_url).hostname
