@@ -36,14 +36,8 @@ class Placement:
     @classmethod
     def of(cls, preset) -> Placement:
         """The placement ``preset``'s ``[model]`` section asks for, ``auto`` resolved on this machine."""
-        model = preset.data.get("model", {})
-        device = str(model.get("device", "cpu"))
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = str(model.get("dtype", "float32"))
-        if dtype == "auto":
-            dtype = "bfloat16" if device.startswith("cuda") else "float32"
-        return cls(device, dtype, bool(model.get("gradient_checkpointing", False)))
+        model = preset.model
+        return cls(model.resolved_device(), model.resolved_dtype(), model.gradient_checkpointing)
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -395,7 +395,7 @@ class Run:
                 pools = {name: benchmark_pool(name, self.input_path(f) if f else None, cfg)
                          for name, f in cfg.benchmarks.items()}
                 tables = evaluate_benchmarks(methods, pools, cfg, self.placement)
-                save_benchmarks(tables, scratch / "benchmarks")
+                save_benchmarks(tables, scratch / "benchmarks", static_images=False)  # HTML; table1.json's has both
                 table = next(iter(tables.values()))
                 info["benchmarks"] = {name: len(pool) for name, pool in pools.items()}
             else:
