@@ -67,7 +67,7 @@ print(f"{'stage':32} {'wall s':>8} {'peak GPU GiB':>13} {'size MiB':>9}")
 for m in sorted(run.rglob("stage.json")):
     d = json.loads(m.read_text())
     peak = d.get("peak_gpu_memory_gib")
-    size = d.get("size_bytes")
+    size = sum(f.stat().st_size for f in m.parent.rglob("*") if f.is_file())
     print(f"{d.get('stage', m.parent.name):32} {d.get('wall_seconds', float('nan')):8.1f} "
-          f"{'-' if peak is None else f'{peak:.2f}':>13} {'-' if size is None else f'{size / 2**20:.1f}':>9}")
+          f"{'-' if peak is None else f'{peak:.2f}':>13} {size / 2**20:9.1f}")
 PY

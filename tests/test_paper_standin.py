@@ -62,7 +62,7 @@ def test_paper_standin_end_to_end(tmp_path, monkeypatch):
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(spy))
     monkeypatch.chdir(tmp_path)
-    preset = load_preset(STANDIN, BF16)
+    preset = load_preset(STANDIN, [*BF16, "sft.per_device_train_batch_size=2"])  # the preset SFT ran with
     with preset_endpoints(preset):
         report = reproduce(preset, two)
     assert report.is_file()
