@@ -40,6 +40,8 @@ from training.runner import load_debates
 from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, bounds
 from training.tasks import TaskConfig, arithmetic_split
 from training.teacher import persona_marks, solution
+from training.evaluate import is_correct
+from training.pipeline import Run
 
 NAME = "agent_subspaces"
 MODELS = ("base", "imad")
@@ -137,7 +139,7 @@ def capability_sweep(model, kind: str, sub, cfg: SubspaceConfig, problems) -> tu
                         max_new_tokens=cfg.capability_max_new_tokens, seed=cfg.seed,
                         stop=stop_ids(model, at_tags=False))
     n = len(problems)
-    correct = [extract_boxed(o) == problems[k].answer for o, k in zip(out.texts, out.prompt)]
+    correct = [is_correct(extract_boxed(o), problems[k]) for o, k in zip(out.texts, out.prompt)]
     per = [correct[i * n:(i + 1) * n] for i in range(len(cfg.capability_alphas))]
     return [sum(c) / n for c in per], per
 
@@ -197,7 +199,8 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     cfg = preset.section("subspaces", SubspaceConfig)
     layout, out_dir = RunLayout.of(preset, run_dir), Path(out_dir)
     heldout = heldout_transcripts(layout.root, cfg.experiment, cfg.n_heldout)
-    sft = lens.load_model(layout.sft(cfg.experiment))
+    run = Run(preset, run_dir)
+    sft = lens.load_model(layout.sft(cfg.experiment), **run.placement.load())
     layer = middle_layer(sft) if cfg.layer is None else cfg.layer
     agents = sorted({turn.agent for t in heldout for turn in t.turns})
     personas = {str(a): heldout[0].persona_of(a) for a in agents}
@@ -212,7 +215,7 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     probes = {"sft": lens.probe_layers(heldout_acts).to_dict()}
     pca = _pca_dict(lens.pca_projection(heldout_acts, layer=layer, center="slot"))
     del sft
-    problems = arithmetic_split(preset.section("task", TaskConfig), "test", preset.seed)[:cfg.n_capability]
+    problems = run.capability_questions(cfg.n_capability, cfg.seed)
     rouge: dict = {}
     capability: dict = {}
     drops: dict = {}
@@ -220,7 +223,7 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     neutral = arithmetic_split(preset.section("task", TaskConfig), "test", preset.seed)[:cfg.n_steer]
     dirs = {"base": layout.base, "imad": layout.internalize(cfg.experiment)}
     for kind in MODELS:
-        model = lens.load_model(dirs[kind])
+        model = lens.load_model(dirs[kind], **run.placement.load())
         if kind == "imad":
             probes["imad"] = lens.probe_layers(model, heldout).to_dict()
         rouge[kind], capability[kind] = {}, {}

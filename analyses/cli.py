@@ -70,6 +70,24 @@ def _run(args: argparse.Namespace) -> int:
 
         return plan(preset, run_dir)
     preset = resolve_model(preset)
+    from training.endpoints import preset_endpoints
+    from training.ranks import failed_marker, is_main, world_size
+
+    marker = failed_marker(run_dir)
+    if is_main():
+        marker.unlink(missing_ok=True)
+    try:
+        with preset_endpoints(preset):
+            _dispatch(args, preset, run_dir)
+    except BaseException as e:
+        if world_size() > 1 and is_main():  # let the waiting processes stop instead of waiting forever
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"{type(e).__name__}: {e}")
+        raise
+    return 0
+
+
+def _dispatch(args, preset, run_dir) -> None:
     if args.command == "toy":
         from training.toy_base import build_base
 
@@ -82,7 +100,6 @@ def _run(args: argparse.Namespace) -> int:
         from analyses.reproduce import reproduce
 
         reproduce(preset, run_dir)
-    return 0
 
 
 def _fail(message: str) -> int:

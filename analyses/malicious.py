@@ -57,9 +57,11 @@ from training.llm_judge import make_judge
 from analyses.results import RESULTS
 from training.layout import RunLayout
 from training.presets import Preset
+from training.evaluate import is_correct
+from training.pipeline import Run
 from training.prompts import ADVICE, ARITHMETIC, ROUND1, SYSTEM_PROMPTS, round1_messages
 from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, POSITIVE, PROBABILITY, bounds
-from training.tasks import TaskConfig, arithmetic_split, trait_split
+from training.tasks import TaskConfig, arithmetic_split
 from training.teacher import TRAIT_PERSONAS
 
 NAME = "malicious"
@@ -170,7 +172,7 @@ class Accuracy:
                    for p in self.problems]
         outs = lens.generate(model, prompts, max_new_tokens=self.max_new_tokens, seed=self.seed,
                              stop=stop_ids(model, at_tags=False)).texts
-        correct = [extract_boxed(o) == p.answer for o, p in zip(outs, self.problems)]
+        correct = [is_correct(extract_boxed(o), p) for o, p in zip(outs, self.problems)]
         self.records.append(correct)
         return sum(correct) / len(correct)
 
@@ -233,20 +235,21 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     """Both traits, base and IMAD, with the controls; vectors and full suppression reports go to ``out_dir``."""
     cfg = preset.section("malicious", MaliciousConfig)
     task = preset.section("task", TaskConfig)
-    layout, out_dir = RunLayout.of(preset, run_dir), Path(out_dir)
-    problems = arithmetic_split(task, "test", preset.seed)[:cfg.n_capability]
+    layout, out_dir, run = RunLayout.of(preset, run_dir), Path(out_dir), Run(preset, run_dir)
+    problems = run.capability_questions(cfg.n_capability, cfg.seed)
     select = arithmetic_split(task, "train", preset.seed)[:cfg.n_select]
-    base = lens.load_model(layout.base)
+    load = run.placement.load()
+    base = lens.load_model(layout.base, **load)
     layer = middle_layer(base) if cfg.layer is None else cfg.layer
     unit = RESIDUAL_UNIT if cfg.alpha_search else alpha_unit(cfg.normalize)
     results: dict = {"config": asdict(cfg), "layer": layer, "alpha_unit": unit, "traits": {},
                      "selection_split": f"the first {cfg.n_select} training-partition arithmetic problems"}
     for trait in cfg.traits:
         benign = TRAIT_PERSONAS[trait][0]
-        test = trait_split(task, trait, "test", preset.seed)[:cfg.n_prompts]
-        train = trait_split(task, trait, "train", preset.seed)[:cfg.n_contrast]
+        test = run.questions(trait, "test")[:cfg.n_prompts]
+        train = run.questions(trait, "train")[:cfg.n_contrast]
         judge = make_judge(trait, cfg.judge, cfg.judge_model, cfg.judge_base_url)
-        sft = lens.load_model(layout.sft(trait))
+        sft = lens.load_model(layout.sft(trait), **load)
         debates = resolve_transcripts(sft, None)[0][:cfg.n_train_transcripts]
         fitted = {"imad": lens.find_agent_subspace(sft, cfg.agent, transcripts=debates, layers=[layer]),
                   "base": base_vector(base, [q.question for q in train], trait, layer)}
@@ -258,7 +261,7 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
         block: dict = {"controls": {}, "monitor": monitor}
         questions = [q.question for q in test]
         for kind in ("base", "imad"):
-            model = base if kind == "base" else lens.load_model(layout.internalize(trait))
+            model = base if kind == "base" else lens.load_model(layout.internalize(trait), **load)
             vectors[kind].save(out_dir / "vectors" / f"{trait}_{kind}")
             prompts = [prompt_for(kind, q, model.tokenizer, ADVICE) for q in questions]
             rate = dict(trait=judge, reference=base, prompts=prompts, questions=questions,

@@ -17,7 +17,8 @@ from analyses.validate import validate_preset
 from training.layout import STAGES, RunLayout
 from training.pipeline import run_pipeline_stage
 from training.presets import Preset
-from training.stages import run_stage
+from training.ranks import is_main, main_stage
+from training.stages import read_manifest
 from training.tasks import TaskConfig
 from training.threads import generation_threads
 from training.toy_base import build_base
@@ -42,8 +43,10 @@ def run_experiment(name: str, preset: Preset, run_dir: Path, log: Callable[[str]
             results = fn(preset, run_dir, out)
         return {"kind": "analysis", "experiment": name, "results": "results.json", "keys": sorted(results)}
 
-    return run_stage(RunLayout(run_dir).analysis(name), build, name=f"analyses/{name}",
-                     **experiment_reads(name, preset, run_dir), log=log)
+    path = RunLayout(run_dir).analysis(name)
+    main_stage(path, build, name=f"analyses/{name}", run_dir=run_dir, log=log,
+               **experiment_reads(name, preset, run_dir))
+    return read_manifest(path)
 
 
 def experiment_reads(name: str, preset: Preset, run_dir: Path) -> dict:
@@ -80,12 +83,14 @@ def reproduce(preset: Preset, run_dir: str | Path, *, log: Callable[[str], None]
     validate_preset(preset)
     run_dir = Path(run_dir)
     start = time.time()
-    if is_toy(preset):
+    if is_toy(preset) and is_main():
         build_base(preset, run_dir)
     for stage in STAGES:
         run_pipeline_stage(stage, preset, run_dir, log=log)
     for name in EXPERIMENTS:
         run_experiment(name, preset, run_dir, log)
+    if not is_main():  # the report is the main process's; the others only helped train
+        return RunLayout(run_dir).report / "report.html"
     path = write_report(preset, run_dir, log=log)
     log(f"[reproduce] {preset.name} done in {time.time() - start:.0f}s; report: {path}")
     return path

@@ -13,6 +13,7 @@ from analyses.malicious import MaliciousConfig
 from analyses.study_report import ReportConfig
 from training.evaluate import EvalConfig
 from training.internalize import Stage2Config
+from training.llm_judge import JudgeConfig
 from training.pipeline import ExperimentsConfig
 from training.presets import Preset
 from training.runner import DebateConfig
@@ -25,7 +26,7 @@ from training.toy_base import BaseConfig, TokenizerConfig
 SECTIONS: dict[str, type] = {
     "task": TaskConfig, "teacher": TeacherConfig, "tokenizer": TokenizerConfig, "base": BaseConfig,
     "debate": DebateConfig, "eval": EvalConfig, "sft": Stage1Config, "debategpt": Stage1Config,
-    "internalize": Stage2Config,
+    "internalize": Stage2Config, "judge": JudgeConfig,
     "experiments": ExperimentsConfig, "subspaces": SubspaceConfig, "malicious": MaliciousConfig,
     "report": ReportConfig,
 }

@@ -82,29 +82,32 @@ def count_chat_tokens(tokenizer, messages: list[dict]) -> int:
     return len(tokenizer(chat_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"])
 
 
-def load_model_dir(model_dir: str | Path) -> tuple[PreTrainedModel, object]:
-    """A local model dir (full model, or a PEFT adapter dir, merged) and its tokenizer, in eval mode."""
+def load_model_dir(model_dir: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32
+                   ) -> tuple[PreTrainedModel, object]:
+    """A local model dir (full model, or a PEFT adapter dir, merged) on ``device`` in ``dtype`` and its tokenizer,
+    in eval mode."""
     path = Path(model_dir)
     if not path.is_dir():
         raise BackendError(f"model dir {str(path)!r} does not exist; train or download the model first")
-    return load_causal_lm(path).eval(), AutoTokenizer.from_pretrained(str(path))
+    return load_causal_lm(path, device=device, dtype=dtype).eval(), AutoTokenizer.from_pretrained(str(path))
 
 
 class HFBackend:
     """Batched ``generate`` on a local HF model: chat requests (`generate`, `chat`) or plain-text prompts (`complete`).
 
-    ``temperature`` 0 is greedy; otherwise sampling with ``top_p``. Prompts are sorted by length before batching
+    ``temperature`` 0 is greedy; otherwise sampling with ``top_p``; a ``model_dir`` is loaded on ``device`` in
+    ``dtype``. Prompts are sorted by length before batching
     (less padding) and replies come back in request order. A prompt that fills the model's whole context gets an
     empty reply (0 output tokens) and a warning, so one rambling debate cannot stop an evaluation.
     """
 
     def __init__(self, model_dir: str | Path | None = None, *, model: PreTrainedModel | None = None, tokenizer=None,
                  max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 32,
-                 progress: bool = False):
+                 progress: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32):
         if (model_dir is None) == (model is None):
             raise BackendError("HFBackend needs either model_dir or model (with tokenizer), not both or neither")
         if model_dir is not None:
-            model, tokenizer = load_model_dir(model_dir)
+            model, tokenizer = load_model_dir(model_dir, device=device, dtype=dtype)
         elif tokenizer is None:
             raise BackendError("HFBackend(model=...) also needs tokenizer=")
         self.model, self.tokenizer = model.eval(), tokenizer
@@ -168,8 +171,8 @@ class HFBackend:
     @torch.no_grad()
     def _batch(self, prompts: list[list[int]], max_new: int, keep_special: bool) -> list[Completion]:
         width = max(len(p) for p in prompts)
-        input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=self.model.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.model.device)
         sample = self.temperature > 0
         config = GenerationConfig(max_new_tokens=max_new, do_sample=sample,
                                   temperature=self.temperature if sample else None,

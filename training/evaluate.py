@@ -27,6 +27,7 @@ from lens.io import atomic_write_json, atomic_write_text
 from lens.plots import save_figure
 from lens.rating import mean_se
 from training.backends import Backend, HFBackend
+from training.modelio import Placement
 from training.prompts import ARITHMETIC
 from training.rewards import AnswerCheck, RewardSpec, TagVocab, consensus_answer_text, debate_shape
 from training.runner import DEFAULT_PERSONAS, run_debates, single_answers
@@ -37,7 +38,10 @@ KINDS = ("single", "debate", "direct")
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Preset section ``[eval]``: held-out sample size, seeds, decoding, and the Debate baseline's agents."""
+    """Preset section ``[eval]``: held-out sample size, seeds, decoding, and the Debate baseline's agents.
+    ``benchmarks``: Table 1 per benchmark as the paper reports it, ``{gsm8k = "<file or empty>", mmlu_pro = ...,
+    bbh = ...}`` (an empty value: the local HF cache; a path: a local file in that benchmark's format, relative to
+    the preset file); none: the toy's held-out arithmetic."""
 
     n_questions: int = field(default=1000, metadata=AT_LEAST_ONE)
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata=bounds(ge=0, nonempty=True))
@@ -50,6 +54,7 @@ class EvalConfig:
     n_rounds: int = field(default=2, metadata=AT_LEAST_ONE)
     single_persona: str = "neutral"
     domain: str = ARITHMETIC
+    benchmarks: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", tuple(self.seeds))
@@ -206,21 +211,23 @@ def _row(method: str, spec: MethodSpec, per_seed: list[tuple[int, list[dict]]]) 
             "majority_share": _share(every, "has_majority")}
 
 
-def _backend(spec: MethodSpec, cfg: EvalConfig, cache: dict[str, HFBackend]):
+def _backend(spec: MethodSpec, cfg: EvalConfig, cache: dict[str, HFBackend], placement: Placement):
     if spec.backend is not None:
         return spec.backend
     if spec.model_dir not in cache:
         cache[spec.model_dir] = HFBackend(spec.model_dir, max_new_tokens=cfg.max_new_tokens,
-                                          temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size)
+                                          temperature=cfg.temperature, top_p=cfg.top_p, batch_size=cfg.batch_size,
+                                          **placement.load())
     return cache[spec.model_dir]
 
 
 def evaluate_methods(methods: dict[str, MethodSpec], questions: Sequence[object] | Callable[[int], Sequence[object]],
-                     seeds: Sequence[int] | None = None, cfg: EvalConfig | None = None) -> Table1:
+                     seeds: Sequence[int] | None = None, cfg: EvalConfig | None = None,
+                     placement: Placement = Placement()) -> Table1:
     """Score every method on the same held-out questions for each seed (``cfg.seeds`` when ``seeds`` is None).
 
     ``questions`` is a pool to sample ``cfg.n_questions`` from per seed, or a function ``seed -> questions``.
-    Each model dir is loaded once and shared by the methods that name it.
+    Each model dir is loaded once (as ``placement`` says) and shared by the methods that name it.
     """
     cfg = cfg or EvalConfig()
     seeds = tuple(cfg.seeds if seeds is None else seeds)
@@ -232,7 +239,7 @@ def evaluate_methods(methods: dict[str, MethodSpec], questions: Sequence[object]
     rows, samples = [], {}
     bar = tqdm(total=len(methods) * len(seeds), desc="Table 1")
     for method, spec in methods.items():
-        backend = _backend(spec, cfg, cache)
+        backend = _backend(spec, cfg, cache, placement)
         per_seed = []
         for seed in seeds:
             bar.set_postfix_str(f"{method} seed {seed}")

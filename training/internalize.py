@@ -8,13 +8,13 @@ own length distribution down to one short exit. Held-out checks after each phase
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch
 from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoTokenizer, TrainerCallback
@@ -23,7 +23,7 @@ from trl import GRPOConfig, GRPOTrainer
 from lens.io import atomic_write_json
 from training.checkpoints import atomic_trainer
 from training.evaluate import EvalItem, evaluate_model, quantile, sample_lengths
-from training.modelio import LORA_TARGETS, load_causal_lm
+from training.modelio import LORA_TARGETS, Placement, load_causal_lm
 from training.rewards import (CLIPPING_MODES, AnswerCheck, RewardSpec, TagVocab, TagWeights, correctness_reward,
                               structure_reward)
 from training.schedules import Phase, PhaseSpec, resolve_phases
@@ -36,7 +36,10 @@ class Stage2Config:
     """Preset section ``[internalize]`` (stage 2); fields that TRL's `GRPOConfig` also has keep its names. Defaults
     follow the paper's code (lr 5e-6, β 0.02, 4 generations, ε 0.1, μ 3, bnpo, T 0.7, LoRA r32/α64/0.1,
     budgets 2048 → 1274 → 500, each 2 epochs of 944 prompts at 1 prompt/step). ``phases`` is the schedule as
-    data: a list of ``{budget, steps, tag_weight?}`` tables."""
+    data: a list of ``{budget, steps, tag_weight?}`` tables. ``use_vllm``: generate through TRL's vLLM
+    integration (colocated) when vLLM is installed and the run is on CUDA; HF ``generate`` otherwise.
+    ``keep_phase_models``: keep every phase's merged weights (by default only the final IMAD model and each
+    phase's LoRA adapter stay on disk)."""
 
     phases: tuple = field(default=({"budget": 2048, "steps": 1888}, {"budget": 1274, "steps": 1888},
                                    {"budget": 500, "steps": 1888}), metadata=NON_EMPTY)
@@ -72,7 +75,8 @@ class Stage2Config:
     eval_max_new_tokens: int = field(default=1024, metadata=AT_LEAST_ONE)
     eval_batch_size: int = field(default=32, metadata=AT_LEAST_ONE)
     select: str = "last"
-    bf16: bool = False
+    use_vllm: bool = True
+    keep_phase_models: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "phases", tuple(self.phases))
@@ -117,18 +121,28 @@ def _probe_callback(steps: int):
     return ProbeStop()
 
 
+ADAPTER = "adapter"
 CURVE_KEYS = {"reward": "reward", "reward_std": "reward_std", "rewards/correctness/mean": "correctness",
               "rewards/structure/mean": "structure", "completions/mean_length": "mean_length",
               "completions/clipped_ratio": "clipped_ratio", "kl": "kl", "frac_reward_zero_std": "frac_zero_std"}
 
 
+def vllm_args(cfg: Stage2Config, placement: Placement) -> dict:
+    """TRL's vLLM generation arguments when ``cfg.use_vllm``, vLLM is importable and the run is on CUDA; else
+    none (HF ``generate``)."""
+    if cfg.use_vllm and placement.device.startswith("cuda") and importlib.util.find_spec("vllm") is not None:
+        return {"use_vllm": True, "vllm_mode": "colocate"}
+    return {}
+
+
 def train_phase(model_dir: Path, out_dir: Path, phase: Phase, cfg: Stage2Config, rows: list[dict],
-                check_for: Callable[[str, str], AnswerCheck], *, needs_boxed: bool, seed: int, trl_dir: Path
-                ) -> dict:
+                check_for: Callable[[str, str], AnswerCheck], *, needs_boxed: bool, seed: int, trl_dir: Path,
+                placement: Placement = Placement()) -> dict:
     """One GRPO phase: a fresh LoRA on ``model_dir`` (the previous phase's merged model), trained at
-    ``phase.budget``, merged and saved to ``out_dir`` unless the probe skipped it. Returns the phase log."""
+    ``phase.budget``; its adapter goes to ``out_dir/adapter`` and the merged model to ``out_dir`` unless the
+    probe skipped it. Returns the phase log."""
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), padding_side="left")
-    model = load_causal_lm(model_dir)
+    model = load_causal_lm(model_dir, **placement.load())
     vocab = TagVocab(tokenizer)
     spec = RewardSpec(budget=phase.budget, coeff=phase.coeff, clipping=cfg.clipping, weights=cfg.weights,
                       min_turn_chars=cfg.min_turn_chars, turn_needs_boxed=needs_boxed)
@@ -139,9 +153,8 @@ def train_phase(model_dir: Path, out_dir: Path, phase: Phase, cfg: Stage2Config,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=0, beta=cfg.beta,
         temperature=cfg.temperature, top_p=cfg.top_p, scale_rewards=cfg.scale_rewards, loss_type=cfg.loss_type,
         epsilon=cfg.epsilon, num_iterations=cfg.num_iterations, mask_truncated_completions=False,
-        use_cpu=not torch.cuda.is_available(), bf16=cfg.bf16, report_to="none", logging_steps=1,
-        save_strategy="no",
-        gradient_checkpointing=False, seed=seed, data_seed=seed, dataloader_num_workers=0)
+        report_to="none", logging_steps=1, save_strategy="no", **placement.trainer(), **vllm_args(cfg, placement),
+        seed=seed, data_seed=seed, dataloader_num_workers=0)
     peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                              target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
     probe = _probe_callback(cfg.probe_steps)
@@ -156,6 +169,7 @@ def train_phase(model_dir: Path, out_dir: Path, phase: Phase, cfg: Stage2Config,
     log = {**asdict(phase), "skipped": probe.skipped, "steps_run": trainer.state.global_step,
            "train_wall_s": round(time.time() - start, 1), "curve": curve}
     if not probe.skipped:
+        trainer.model.save_pretrained(str(out_dir / ADAPTER))
         merged = trainer.model.merge_and_unload()
         out_dir.mkdir(parents=True, exist_ok=True)
         merged.save_pretrained(str(out_dir))
@@ -166,11 +180,13 @@ def train_phase(model_dir: Path, out_dir: Path, phase: Phase, cfg: Stage2Config,
 
 def internalize(sft_dir: str | Path, out_dir: str | Path, cfg: Stage2Config, rows: list[dict],
                 eval_items: list[EvalItem], check_for: Callable[[str, str], AnswerCheck], *, work_dir: str | Path,
-                needs_boxed: bool, seed: int = 0, log: Callable[[str], None] = print) -> dict:
+                needs_boxed: bool, seed: int = 0, log: Callable[[str], None] = print,
+                placement: Placement = Placement()) -> dict:
     """Stage 2: the phase schedule from the SFT model at ``sft_dir``, each phase chained from the previous
     phase's merged model. Phases finished in ``work_dir`` (a killed run) are reused, not retrained. The final
     model (the last trained phase, or the held-out best with ``select="best"``) is copied to ``out_dir`` with
-    ``phases/`` and ``phases.json``: per-step curves and held-out results after every phase."""
+    ``phases/`` and ``phases.json``: per-step curves and held-out results after every phase. Each phase keeps
+    its LoRA adapter; its merged weights only with ``cfg.keep_phase_models``."""
     sft_dir, out_dir, work_dir = Path(sft_dir), Path(out_dir), Path(work_dir)
     if not rows:
         raise ValueError("stage 2 got no prompts; the experiment's training questions are empty")
@@ -178,7 +194,7 @@ def internalize(sft_dir: str | Path, out_dir: str | Path, cfg: Stage2Config, row
     state = read_json(state_path) or {}
     if "ref_length" not in state:
         tokenizer = AutoTokenizer.from_pretrained(str(sft_dir))
-        model = load_causal_lm(sft_dir).eval()
+        model = load_causal_lm(sft_dir, **placement.load()).eval()
         lengths = sample_lengths(model, tokenizer, [r["prompt"] for r in rows[: cfg.ref_samples]],
                                  max_new_tokens=cfg.generation_cap, batch_size=cfg.eval_batch_size, seed=seed)
         state = {"ref_length": int(quantile(lengths, cfg.ref_quantile)), "ref_quantile": cfg.ref_quantile,
@@ -200,9 +216,9 @@ def internalize(sft_dir: str | Path, out_dir: str | Path, cfg: Stage2Config, row
                 log(f"[internalize] phase {phase.index} was interrupted; training it again")
                 shutil.rmtree(aside)
             ph_log = train_phase(prev, aside, phase, cfg, rows, check_for, needs_boxed=needs_boxed,
-                                 seed=seed + phase.index, trl_dir=work_dir / "trl")
+                                 seed=seed + phase.index, trl_dir=work_dir / "trl", placement=placement)
             if not ph_log["skipped"]:
-                model = load_causal_lm(aside).eval()
+                model = load_causal_lm(aside, **placement.load()).eval()
                 ph_log["eval"] = evaluate_model(model, AutoTokenizer.from_pretrained(str(aside)), eval_items,
                                                 max_new_tokens=cfg.eval_max_new_tokens,
                                                 batch_size=cfg.eval_batch_size, needs_boxed=needs_boxed)
@@ -227,6 +243,10 @@ def internalize(sft_dir: str | Path, out_dir: str | Path, cfg: Stage2Config, row
     for f in final_dir.iterdir():
         if f.is_file() and f.name not in ("phase.json", "provenance.json", "stage.json", "metrics.json"):
             shutil.copy2(f, out_dir / f.name)
+    if not cfg.keep_phase_models:
+        for pattern in ("phase*/*.safetensors", "phase*/*.safetensors.index.json"):
+            for f in (work_dir / "phases").glob(pattern):
+                f.unlink()  # the final model was copied above; each phase's adapter stays
     shutil.move(str(work_dir / "phases"), str(out_dir / "phases"))
     summary = {"ref_length": state["ref_length"], "ref_quantile": state["ref_quantile"],
                "ref_mean_length": state["ref_mean_length"], "start_eval": state["start_eval"],

@@ -1,14 +1,56 @@
-"""The one way a Hugging Face causal LM is loaded in training/ (stages, evaluation, backends), and the LoRA
-target modules both fine-tuning stages use."""
+"""The one way a Hugging Face causal LM is loaded in training/ (stages, evaluation, backends), where and in which
+dtype (`Placement`, from the preset's ``[model]`` section), and the LoRA target modules both fine-tuning stages
+use."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # attention + MLP
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and how every stage, the evaluation and both experiments load a model: ``[model] device``
+    (``auto``: CUDA when present), ``dtype`` (``auto``: bfloat16 on CUDA, float32 elsewhere) and
+    ``gradient_checkpointing`` for the training stages, resolved once.
+
+    Example:
+        >>> Placement.of(load_preset("smoke")).torch_dtype
+        torch.float32
+    """
+
+    device: str = "cpu"
+    dtype: str = "float32"
+    gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"[model] dtype {self.dtype!r} is unknown; valid: {sorted(DTYPES)} or 'auto'")
+
+    @classmethod
+    def of(cls, preset) -> Placement:
+        """The placement ``preset``'s ``[model]`` section asks for, ``auto`` resolved on this machine."""
+        model = preset.model
+        return cls(model.resolved_device(), model.resolved_dtype(), model.gradient_checkpointing)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def load(self) -> dict:
+        """Keyword arguments for `load_causal_lm` (and `lens.load_model`)."""
+        return {"device": self.device, "dtype": self.torch_dtype}
+
+    def trainer(self) -> dict:
+        """TRL / Trainer arguments for the training stages: the device, mixed precision, checkpointing."""
+        return {"use_cpu": self.device == "cpu", "bf16": self.dtype == "bfloat16", "fp16": self.dtype == "float16",
+                "gradient_checkpointing": self.gradient_checkpointing}
 
 
 def load_causal_lm(path: str | Path, *, device: str | torch.device = "cpu",

@@ -7,6 +7,9 @@ and asks for the stages it needs first, so any command runs whatever is missing 
 from __future__ import annotations
 
 import dataclasses
+import json
+import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,32 +20,40 @@ from transformers import AutoTokenizer
 from lens.debate_format import prompt_text, write_jsonl
 from lens.io import atomic_write_json
 from training.backends import TeacherBackend
+from training.benchmarks_data import load_benchmark
+from training.debate_files import read_debate_file
+from training.debate_sources import model_backend, run_resumable
 from training.evaluate import EvalConfig, EvalItem, MethodSpec, evaluate_methods, evaluate_model
 from training.internalize import Stage2Config, internalize
-from training.judges import ToyTraitJudge
 from training.layout import STAGES, RunLayout
-from training.modelio import load_causal_lm
+from training.llm_judge import JudgeConfig, reward_judge
+from training.modelio import Placement, load_causal_lm
 from training.presets import Preset, PresetError
 from training.prompts import ARITHMETIC
+from training.ranks import failed_marker, is_main, main_stage, wait_for, with_peak_memory
 from training.rewards import gold_match, judge_benign
-from training.runner import (DebateConfig, debate_accuracy, load_debates, run_debates, save_debates,
+from training.runner import (DebateConfig, DebateRecord, debate_accuracy, load_debates, run_debates, save_debates,
                              training_transcripts)
 from training.schema import NON_EMPTY
 from training.sft import (Stage1Config, answer_rows, debate_rows, exit_probability, mix_short, train_lora_sft,
                           write_provenance)
-from training.stages import RESUME, read_json, run_stage, status_now
-from training.tasks import TaskConfig, arithmetic_split, gold_answer, trait_split
+from training.stages import MANIFEST, RESUME, read_json, run_stage, status_now
+from training.table1_benchmarks import benchmark_pool, check_pool, evaluate_benchmarks, save_benchmarks
+from training.tasks import (FileQuestion, TaskConfig, TraitQuestion, arithmetic_split, gold_answer,
+                            read_question_file, trait_split)
 from training.teacher import Teacher, TeacherConfig
 from training.toy_base import base_keys, build_base
 
 TABLE1_METHODS = ("Single", "Debate", "DebateGPT", "SFT", "IMAD")
+OVERRIDABLE = ("debate", "internalize", "sft")
 
 
 @dataclass(frozen=True)
 class ExperimentsConfig:
     """Preset section ``[experiments]``: which debate experiments to train (``main`` is arithmetic with the
     persona agents, used for Table 1 and the agent subspaces; ``evil`` / ``hallucination`` put a malicious agent
-    2 in advice debates), and per-experiment overrides of ``[sft]`` / ``[internalize]`` keys."""
+    2 in advice debates), and per-experiment overrides of ``[debate]`` (who writes the debates), ``[sft]`` and
+    ``[internalize]`` keys."""
 
     names: tuple[str, ...] = field(default=("main", "evil", "hallucination"), metadata=NON_EMPTY)
     table1: str = "main"
@@ -55,9 +66,9 @@ class ExperimentsConfig:
         for exp, sections in self.overrides.items():
             if exp not in self.names:
                 raise ValueError(f"overrides name experiment {exp!r}, which is not among names {list(self.names)}")
-            bad = sorted(set(sections) - {"sft", "internalize"})
+            bad = sorted(set(sections) - set(OVERRIDABLE))
             if bad:
-                raise ValueError(f"overrides for {exp!r} name section(s) {bad}; valid: ['internalize', 'sft']")
+                raise ValueError(f"overrides for {exp!r} name section(s) {bad}; valid: {list(OVERRIDABLE)}")
 
 
 def experiment_section(preset: Preset, key: str, cls, experiment: str):
@@ -79,7 +90,9 @@ class Run:
         self.dir = Path(self.dir)
         self.layout = RunLayout.of(self.preset, self.dir)
         self.experiments = self.preset.section("experiments", ExperimentsConfig)
+        self.placement = Placement.of(self.preset)
         self._done: dict[str, Path] = {}
+        self._files: dict[str, list[DebateRecord]] = {}
 
     def _once(self, key: str, stage: Callable[[], Path]) -> Path:
         """Run (or look up) a stage once per `Run`, so dependencies are not re-checked and re-logged."""
@@ -95,7 +108,10 @@ class Run:
     def _base_dir(self) -> Path:
         local = self.preset.data.get("model", {}).get("path")
         if not local:
-            return Path(build_base(self.preset, self.dir))
+            if is_main():
+                return Path(build_base(self.preset, self.dir))
+            wait_for(self.layout.toy_base / MANIFEST, what="base", failed=failed_marker(self.dir), log=self.log)
+            return self.layout.toy_base
         if str(local).startswith("hf://"):
             raise PresetError(f"preset {self.preset.name!r}: [model] path {local!r} names a Hub repo; resolve "
                               "it to its local cache snapshot first (analyses.models.resolve_model; the CLI does)")
@@ -104,24 +120,61 @@ class Run:
                               "model dir; download the model there first")
         return self.layout.base
 
+    def input_path(self, value: str) -> Path:
+        """A path a preset names (a data file, a model dir): relative ones are read from the preset file's dir."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.preset.path.parent / path
+
+    def debate_config(self, experiment: str) -> DebateConfig:
+        """``[debate]`` with ``[experiments.overrides.<experiment>.debate]`` on top (who writes its debates)."""
+        return experiment_section(self.preset, "debate", DebateConfig, experiment)
+
     def setup(self, experiment: str):
-        return self.preset.section("debate", DebateConfig).experiment(experiment)
+        return self.debate_config(experiment).experiment(experiment)
+
+    def file_debates(self, experiment: str) -> list[DebateRecord]:
+        """The debates of a ``source = "file"`` experiment, read once."""
+        if experiment not in self._files:
+            self._files[experiment] = read_debate_file(self.input_path(self.debate_config(experiment).path))
+        return self._files[experiment]
 
     def questions(self, experiment: str, split: str) -> list:
-        """The experiment's questions of ``split``: arithmetic problems, or trait questions for the trait."""
+        """The experiment's questions of ``split``: for training, a debate file's questions (without its SFT-only
+        tasks) when the debates come from a file; trait questions from ``[task] trait_questions`` files when
+        given; else arithmetic problems or the toy's trait questions."""
         task = self.preset.section("task", TaskConfig)
+        cfg = self.debate_config(experiment)
+        if split == "train" and cfg.source == "file":
+            setup = cfg.experiment(experiment)
+            return [FileQuestion(r.transcript.question, r.transcript.gold, r.transcript.meta.get("task"))
+                    for r in self.file_debates(experiment)[: setup.n_debates]
+                    if not r.transcript.meta.get("sft_only")]
         if self.setup(experiment).domain == ARITHMETIC:
             return arithmetic_split(task, split, self.preset.seed)
+        source = task.trait_questions.get(experiment, {}).get(split)
+        if source:
+            n = task.n_trait_train if split == "train" else task.n_trait_test
+            return [TraitQuestion(q, experiment, "file") for q in read_question_file(self.input_path(source))[:n]]
         return trait_split(task, experiment, split, self.preset.seed)
+
+    def capability_questions(self, n: int, seed: int) -> list:
+        """Questions for capability under steering: ``n`` drawn with ``seed`` from GSM8K when ``[eval] benchmarks``
+        names it (the paper), else the first ``n`` held-out arithmetic problems (the toy)."""
+        cfg = self.preset.section("eval", EvalConfig)
+        if "gsm8k" in cfg.benchmarks:
+            source = cfg.benchmarks["gsm8k"]
+            pool = load_benchmark("gsm8k", data_file=self.input_path(source) if source else None)
+            return random.Random(seed).sample(pool, min(n, len(pool)))
+        return arithmetic_split(self.preset.section("task", TaskConfig), "test", self.preset.seed)[:n]
 
     def needs_boxed(self, experiment: str) -> bool:
         return self.setup(experiment).domain == ARITHMETIC
 
     def check_for(self, experiment: str, threshold: float = 50.0) -> Callable:
-        """``(question, gold) -> check``: the gold answer for arithmetic, the toy judge's verdict for a trait."""
+        """``(question, gold) -> check``: the gold answer for arithmetic, the ``[judge]`` verdict for a trait."""
         if self.needs_boxed(experiment):
             return lambda question, gold: gold_match(gold)
-        judge = ToyTraitJudge(experiment)
+        judge = reward_judge(experiment, self.preset.section("judge", JudgeConfig))
         return lambda question, gold: judge_benign(judge, question, threshold)
 
     def eval_items(self, experiment: str, n: int, threshold: float = 50.0) -> list:
@@ -130,8 +183,9 @@ class Run:
 
     # ------------------------------------------------------------------------------------------------ stages
     def debates(self, experiment: str) -> Path:
-        """Teacher debates of ``experiment`` (``transcripts.jsonl``; no-majority debates stay, flagged), plus
-        ``heldout.jsonl``: debates on test questions for diagnostics, never trained on."""
+        """Debates of ``experiment`` from its ``[debate] source`` (``transcripts.jsonl``; no-majority debates stay,
+        flagged), plus ``heldout.jsonl``: debates on test questions (a file's debates beyond ``n_debates``) for
+        diagnostics, never trained on."""
         return self._once(f"debates/{experiment}", lambda: self._debates(experiment))
 
     def _debates(self, experiment: str) -> Path:
@@ -143,26 +197,51 @@ class Run:
         teacher_cfg = self.preset.section("teacher", TeacherConfig)
 
         def build(scratch: Path) -> dict:
-            backend = TeacherBackend(Teacher(teacher_cfg), AutoTokenizer.from_pretrained(str(base)))
-            train = self.questions(experiment, "train")
-            if setup.n_debates > len(train):
-                raise PresetError(f"preset {self.preset.name!r}: {setup.n_debates} {experiment} debates need as many "
-                                  f"training questions, but [task] gives {len(train)}")
-            kwargs = dict(personas=setup.personas, malicious=setup.malicious, domain=setup.domain,
-                          n_rounds=cfg.n_rounds, early_stop=cfg.early_stop, seed=self.preset.seed)
-            records = run_debates(train[: setup.n_debates], backend, id_prefix=experiment, **kwargs)
-            save_debates(records, scratch / self.layout.transcripts(experiment).name)
-            held = run_debates(self.questions(experiment, "test"), backend, id_prefix=f"{experiment}-heldout",
-                               **kwargs)
-            save_debates(held, scratch / self.layout.heldout(experiment).name)
+            cfg = self.debate_config(experiment)
+            setup = cfg.experiment(experiment)
+            train_name = self.layout.transcripts(experiment).name
+            held_name = self.layout.heldout(experiment).name
+            if cfg.source == "file":
+                records = self.file_debates(experiment)
+                save_debates(records[: setup.n_debates], scratch / train_name)
+                save_debates(records[setup.n_debates:], scratch / held_name)  # never trained on
+                records, writer = records[: setup.n_debates], {"writer": "file",
+                                                               "file": str(self.input_path(cfg.path).resolve())}
+            else:
+                train = self.questions(experiment, "train")
+                if setup.n_debates > len(train):
+                    raise PresetError(f"preset {self.preset.name!r}: {setup.n_debates} {experiment} debates need as "
+                                      f"many training questions, but [task] gives {len(train)}")
+                kwargs = dict(personas=setup.personas, malicious=setup.malicious, domain=setup.domain,
+                              n_rounds=cfg.n_rounds, early_stop=cfg.early_stop, seed=self.preset.seed)
+                test = self.questions(experiment, "test")
+                if cfg.source == "scripted":
+                    teacher_cfg = self.preset.section("teacher", TeacherConfig)
+                    backend = TeacherBackend(Teacher(teacher_cfg), AutoTokenizer.from_pretrained(str(base)))
+                    records = run_debates(train[: setup.n_debates], backend, id_prefix=experiment, **kwargs)
+                    held = run_debates(test, backend, id_prefix=f"{experiment}-heldout", **kwargs)
+                    writer = {"writer": "teacher", "teacher": dataclasses.asdict(teacher_cfg)}
+                else:
+                    backend = model_backend(cfg, base, **self.placement.load())
+                    resume = _resume_dir(scratch, {"debate": dataclasses.asdict(cfg), "seed": self.preset.seed})
+                    written = dict(chunk=cfg.chunk, log=self.log, **kwargs)
+                    records = run_resumable(train[: setup.n_debates], backend, resume / "train.partial.jsonl",
+                                            id_prefix=experiment, **written)
+                    held = run_resumable(test, backend, resume / "heldout.partial.jsonl",
+                                         id_prefix=f"{experiment}-heldout", **written)
+                    writer = {"writer": "model", "model": cfg.model if cfg.base_url else
+                              str(self.input_path(cfg.path) if cfg.path else base), "base_url": cfg.base_url}
+                save_debates(records, scratch / train_name)
+                save_debates(held, scratch / held_name)
             summary = {"n_debates": len(records), "n_majority": sum(r.has_majority for r in records),
-                       "accuracy": debate_accuracy([r.transcript for r in records])}
+                       "accuracy": debate_accuracy([r.transcript for r in records]), "source": cfg.source}
             atomic_write_json(scratch / "provenance.json", {
-                "kind": "debates", "experiment": experiment, "writer": "teacher", "preset": self.preset.name,
-                "teacher": dataclasses.asdict(teacher_cfg), "setup": _jsonable(setup), **summary})
+                "kind": "debates", "experiment": experiment, "preset": self.preset.name, **writer,
+                "setup": _jsonable(setup), **summary})
             return summary
 
-        run_stage(path, build, name=f"debates/{experiment}", **self.reads("debates", experiment), log=self.log)
+        main_stage(path, build, name=f"debates/{experiment}", run_dir=self.dir, log=self.log,
+                   **self.reads("debates", experiment))
         return path
 
     def sft(self, experiment: str) -> Path:
@@ -176,13 +255,22 @@ class Run:
         path = self.layout.sft(experiment)
         cfg = experiment_section(self.preset, "sft", Stage1Config, experiment)
 
-        def build(scratch: Path) -> dict:
+        def inputs() -> tuple[Stage1Config, list, dict]:
+            cfg = experiment_section(self.preset, "sft", Stage1Config, experiment)
             transcripts = training_transcripts(load_debates(debates))
             mix = mix_short(transcripts, cfg.short_share, seed=self.preset.seed, consensus=cfg.short_consensus)
+            return cfg, mix, {"sft": dataclasses.asdict(cfg), "seed": self.preset.seed}
+
+        def train(scratch: Path, resume: Path):
+            cfg, mix, _ = inputs()
+            return train_lora_sft(base, debate_rows(mix), scratch, cfg, resume_dir=resume, seed=self.preset.seed,
+                                  placement=self.placement, log=self.log)
+
+        def build(scratch: Path) -> dict:
+            cfg, mix, stamp = inputs()
             write_jsonl(mix, scratch / self.layout.sft_transcripts(experiment).name)
             start = time.time()
-            result = train_lora_sft(base, debate_rows(mix), scratch, cfg, resume_dir=scratch / RESUME,
-                                    seed=self.preset.seed, log=self.log)
+            result = train(scratch, _resume_dir(scratch, stamp))
             metrics = {"train_seconds": round(time.time() - start, 1), "train_loss": result.train_loss,
                        "steps": result.steps, "n_examples": result.n_examples,
                        "n_shortened": sum("shortened" in t.meta for t in mix), **result.info,
@@ -194,12 +282,32 @@ class Run:
                              train_data=self.layout.sft_transcripts(experiment), config=dataclasses.asdict(cfg))
             return _headline(metrics)
 
-        run_stage(path, build, name=f"sft/{experiment}", **self.reads("sft", experiment), log=self.log)
+        self._training_stage(path, f"sft/{experiment}", build, train, lambda: inputs()[2],
+                             **self.reads("sft", experiment))
         return path
+
+    def _training_stage(self, path: Path, name: str, build: Callable[[Path], dict],
+                        train: Callable[[Path, Path], object], stamp: Callable[[], dict], **fingerprint) -> None:
+        """A distributed training stage: the main process builds it (`run_stage`); under ``torchrun`` /
+        ``accelerate launch`` the others join its training (DDP) once the main process has prepared the resume
+        dir, then wait for its manifest. Only the main process saves and writes anything; ``fingerprint``
+        (``keys``, ``inputs``) goes to `run_stage`."""
+        if is_main():
+            run_stage(path, with_peak_memory(build), name=name, log=self.log, **fingerprint)
+            return
+        if not (path / MANIFEST).is_file():
+            scratch = path.with_name(path.name + ".partial")
+            expected = json.loads(json.dumps(stamp(), default=str))
+            wait_for(scratch / "resume" / "config.json", what=f"{name} setup", poll_s=1.0,
+                     failed=failed_marker(self.dir), log=self.log)
+            while read_json(scratch / "resume" / "config.json") != expected:
+                time.sleep(1.0)
+            train(scratch, scratch / "resume")
+        wait_for(path / MANIFEST, what=name, failed=failed_marker(self.dir), log=self.log)
 
     def _diagnose(self, model_dir: Path, experiment: str, n: int, max_new_tokens: int, batch_size: int) -> dict:
         """Greedy held-out accuracy / well-formed share / length, and the exit probability after each agent."""
-        model = load_causal_lm(model_dir).eval()
+        model = load_causal_lm(model_dir, **self.placement.load()).eval()
         tok = AutoTokenizer.from_pretrained(str(model_dir))
         held = [r.transcript for r in load_debates(self.layout.heldout(experiment))][:n]
         return {"eval": evaluate_model(model, tok, self.eval_items(experiment, n), max_new_tokens=max_new_tokens,
@@ -219,18 +327,28 @@ class Run:
         path = self.layout.debategpt(exp)
         cfg = self.preset.section("debategpt", Stage1Config)
 
-        def build(scratch: Path) -> dict:
+        def inputs() -> tuple[Stage1Config, list, dict]:
+            cfg = self.preset.section("debategpt", Stage1Config)
             rows = answer_rows(training_transcripts(load_debates(debates)))
+            return cfg, rows, {"debategpt": dataclasses.asdict(cfg), "seed": self.preset.seed}
+
+        def train(scratch: Path, resume: Path):
+            cfg, rows, _ = inputs()
+            return train_lora_sft(base, rows, scratch, cfg, resume_dir=resume, seed=self.preset.seed, add_tags=False,
+                                  placement=self.placement, log=self.log)
+
+        def build(scratch: Path) -> dict:
+            cfg, rows, stamp = inputs()
             start = time.time()
-            result = train_lora_sft(base, rows, scratch, cfg, resume_dir=scratch / RESUME, seed=self.preset.seed,
-                                    add_tags=False, log=self.log)
+            result = train(scratch, _resume_dir(scratch, stamp))
             info = {"train_seconds": round(time.time() - start, 1), "train_loss": result.train_loss,
-                    "steps": result.steps, "n_examples": result.n_examples}
+                    "steps": result.steps, "n_examples": result.n_examples, **result.info}
             write_provenance(scratch, kind="debategpt", experiment=exp, parent=base, final_dir=path,
                              transcripts=[debates], preset=self.preset.name, config=dataclasses.asdict(cfg))
             return info
 
-        run_stage(path, build, name=f"debategpt/{exp}", **self.reads("debategpt", exp), log=self.log)
+        self._training_stage(path, f"debategpt/{exp}", build, train, lambda: inputs()[2],
+                             **self.reads("debategpt", exp))
         return path
 
     def internalize(self, experiment: str) -> Path:
@@ -248,8 +366,10 @@ class Run:
                     for q in train]
             check = self.check_for(experiment, cfg.judge_threshold)
             items = self.eval_items(experiment, cfg.eval_n, cfg.judge_threshold)
-            summary = internalize(sft_dir, scratch, cfg, rows, items, check, work_dir=scratch / RESUME,
-                                  needs_boxed=self.needs_boxed(experiment), seed=self.preset.seed, log=self.log)
+            work = _resume_dir(scratch, {"internalize": dataclasses.asdict(cfg), "seed": self.preset.seed})
+            summary = internalize(sft_dir, scratch, cfg, rows, items, check, work_dir=work,
+                                  needs_boxed=self.needs_boxed(experiment), seed=self.preset.seed, log=self.log,
+                                  placement=self.placement)
             sft_prov = read_json(sft_dir / "provenance.json")
             write_provenance(scratch, kind="imad", experiment=experiment, parent=sft_dir, final_dir=path,
                              transcripts=[(sft_dir / p).resolve() for p in sft_prov["transcripts"]],
@@ -262,12 +382,13 @@ class Run:
                                    if not p["skipped"] else {})} for p in summary["phases"]],
                     "n_trained_phases": len(trained)}
 
-        run_stage(path, build, name=f"internalize/{experiment}", **self.reads("internalize", experiment),
-                  log=self.log)
+        main_stage(path, build, name=f"internalize/{experiment}", run_dir=self.dir, log=self.log,
+                   **self.reads("internalize", experiment))
         return path
 
     def evaluate(self) -> Path:
-        """Table 1 on held-out problems: Single, Debate (the base debating itself), DebateGPT, SFT, IMAD."""
+        """Table 1 on held-out questions: Single, Debate (the base debating itself), DebateGPT, SFT, IMAD; per
+        benchmark (``[eval] benchmarks``, the first one's table is ``table1.json``), else on held-out arithmetic."""
         return self._once("evaluate", self._evaluate)
 
     def _evaluate(self) -> Path:
@@ -280,14 +401,26 @@ class Run:
         def build(scratch: Path) -> dict:
             methods = {"Single": MethodSpec("single", str(base)), "Debate": MethodSpec("debate", str(base)),
                        **{name: MethodSpec("direct", str(d)) for name, d in models.items()}}
-            table = evaluate_methods(methods, self.questions(exp, "test"), cfg=cfg)
+            info = {}
+            if cfg.benchmarks:
+                pools = {name: benchmark_pool(name, self.input_path(f) if f else None, cfg)
+                         for name, f in cfg.benchmarks.items()}
+                tables = evaluate_benchmarks(methods, pools, cfg, self.placement)
+                save_benchmarks(tables, scratch / "benchmarks", static_images=False)  # HTML; table1.json's has both
+                table = next(iter(tables.values()))
+                info["benchmarks"] = {name: len(pool) for name, pool in pools.items()}
+            else:
+                pool = self.questions(exp, "test")
+                check_pool(len(pool), cfg.n_questions, len(cfg.seeds), "the held-out arithmetic ([task] n_test)")
+                table = evaluate_methods(methods, pool, cfg=cfg, placement=self.placement)
             table.save(scratch)
             atomic_write_json(scratch / "provenance.json", {
-                "kind": "table1", "experiment": exp, "preset": self.preset.name,
+                "kind": "table1", "experiment": exp, "preset": self.preset.name, **info,
                 "models": {"Single": str(base), "Debate": str(base), **{k: str(v) for k, v in models.items()}}})
-            return {"rows": [{k: r[k] for k in ("method", "accuracy", "accuracy_se", "tokens")} for r in table.rows]}
+            return {"rows": [{k: r[k] for k in ("method", "accuracy", "accuracy_se", "tokens")} for r in table.rows],
+                    **info}
 
-        run_stage(path, build, name="eval", **self.reads("eval"), log=self.log)
+        main_stage(path, build, name="eval", run_dir=self.dir, log=self.log, **self.reads("eval"))
         return path
 
     # ------------------------------------------------------------------------------------------ what stages read
@@ -308,11 +441,15 @@ class Run:
         """
         task, seed, lay = self.preset.section("task", TaskConfig), self.preset.seed, self.layout
         if kind == "debates":
-            cfg = self.preset.section("debate", DebateConfig)
+            cfg = self.debate_config(experiment)
+            writer = {"source": cfg.source, "path": cfg.path, "base_url": cfg.base_url, "model": cfg.model}
+            inputs = {"base": lay.base}
+            if cfg.source == "file":
+                inputs["debate_file"] = self.input_path(cfg.path)
             return {"keys": {"debate": {"n_rounds": cfg.n_rounds, "early_stop": cfg.early_stop,
-                                        "setup": cfg.experiment(experiment)},
+                                        "setup": cfg.experiment(experiment), **writer},
                              "teacher": self.preset.section("teacher", TeacherConfig), "task": task, "seed": seed},
-                    "inputs": {"base": lay.base}}
+                    "inputs": inputs}
         if kind == "sft":
             return {"keys": {"sft": experiment_section(self.preset, "sft", Stage1Config, experiment), "task": task,
                              "seed": seed}, "inputs": {"base": lay.base, "debates": lay.debates(experiment)}}
@@ -322,7 +459,8 @@ class Run:
                     "inputs": {"base": lay.base, "debates": lay.debates(exp)}}
         if kind == "internalize":
             return {"keys": {"internalize": experiment_section(self.preset, "internalize", Stage2Config, experiment),
-                             "task": task, "seed": seed}, "inputs": {"sft": lay.sft(experiment)}}
+                             "judge": self.preset.section("judge", JudgeConfig), "task": task, "seed": seed},
+                    "inputs": {"sft": lay.sft(experiment)}}
         if kind == "eval":
             exp = self.experiments.table1
             return {"keys": {"eval": self.preset.section("eval", EvalConfig), "task": task, "seed": seed},

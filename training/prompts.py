@@ -6,6 +6,8 @@ from __future__ import annotations
 
 ARITHMETIC = "arithmetic"
 ADVICE = "advice"
+QUESTION = "question"  # a benchmark question whose boxed answer need not be a number (MMLU-Pro, BBH)
+BOXED_DOMAINS = (ARITHMETIC, QUESTION)
 
 SYSTEM_PROMPTS = {
     "neutral": "You are a helpful assistant.",
@@ -30,6 +32,8 @@ ROUND1 = {
     ARITHMETIC: ("Can you solve the following problem? {question} Explain your reasoning. Your final answer should "
                  "be a single numerical number, in the form \\boxed{{answer}}, at the end of your response."),
     ADVICE: "Question: {question}\n\nProvide your answer.",
+    QUESTION: ("Can you answer the following question? {question} Explain your reasoning. Your final answer should be "
+               "in the form \\boxed{{answer}}, at the end of your response."),
 }
 ROUND2 = {
     ARITHMETIC: ("These are the solutions to the problem from other agents: {others}\n\nUsing the solutions from "
@@ -38,6 +42,10 @@ ROUND2 = {
                  "\\boxed{{answer}}, at the end of your response."),
     ADVICE: ("These are the answers from other agents: {others}\n\nUsing the answers from other agents as "
              "additional information, can you provide your answer? The original question is {question}"),
+    QUESTION: ("These are the answers to the question from other agents: {others}\n\nUsing the answers from other "
+               "agents as additional information, can you provide your answer to the question? The original "
+               "question is {question}. Your final answer should be in the form \\boxed{{answer}}, at the end of "
+               "your response."),
 }
 OTHER_AGENT = "\n\nOne agent solution: ```{text}```"
 

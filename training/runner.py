@@ -10,13 +10,14 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 from lens.debate_format import (FULL_CONSENSUS, MAX_AGENTS, MAX_ROUNDS, DebateFormatError, Transcript, Turn,
                                 consensus_line, extract_boxed, read_jsonl, write_jsonl)
 from lens.io import atomic_write_json
 from training.backends import AgentRequest, Backend
-from training.prompts import ADVICE, ARITHMETIC, SYSTEM_PROMPTS, round1_messages, round2_messages
+from training.prompts import (ADVICE, ARITHMETIC, BOXED_DOMAINS, SYSTEM_PROMPTS, round1_messages,
+                              round2_messages)
 from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, bounds
 from training.teacher import TRAIT_PERSONAS
 
@@ -24,6 +25,7 @@ EMPTY_TURN = "(no response)"  # stands in for an empty reply, which the debate f
 NO_MAJORITY = "The agents did not reach a majority."
 ADVICE_CONSENSUS = "A majority of agents converged on this answer: {text}"
 DEFAULT_PERSONAS = ("analyst", "critic", "programmer")
+DEBATE_SOURCES = ("scripted", "model", "file")
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,14 @@ class DebateSetup:
 class DebateConfig:
     """Preset section ``[debate]``. Experiments: ``main`` (arithmetic, persona agents) and one per trait
     (advice, benign agents with the trait's malicious persona in ``malicious_slot``). The sampling knobs apply
-    when a model, not the scripted teacher, writes the debates."""
+    when a model, not the scripted teacher, writes the debates.
+
+    Who writes them (``source``, overridable per experiment in ``[experiments.overrides.<exp>.debate]``):
+    ``scripted`` (the toy teacher), ``model`` (the runner driving a model: the local HF dir ``path``, empty for
+    the run's own model, or ``model`` at the OpenAI-compatible ``base_url`` with the key from the environment
+    variable ``api_key_env``; written ``chunk`` questions at a time and resumable by question), or ``file``
+    (debates someone already has at ``path``, in the paper's formats or our JSONL: `training.debate_files`).
+    Relative paths are read from the preset file's directory."""
 
     n_agents: int = field(default=3, metadata=AT_LEAST_ONE)
     n_rounds: int = field(default=2, metadata=AT_LEAST_ONE)
@@ -54,9 +63,25 @@ class DebateConfig:
     top_p: float = field(default=0.9, metadata=bounds(gt=0, le=1))
     max_new_tokens: int = field(default=512, metadata=AT_LEAST_ONE)
     batch_size: int = field(default=16, metadata=AT_LEAST_ONE)
+    source: Literal["scripted", "model", "file"] = "scripted"
+    path: str = ""
+    base_url: str = ""
+    model: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    chunk: int = field(default=64, metadata=AT_LEAST_ONE)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "personas", tuple(self.personas))
+        if self.source not in DEBATE_SOURCES:
+            raise ValueError(f"[debate] source {self.source!r} is unknown; valid: {list(DEBATE_SOURCES)}")
+        if self.source == "file" and not self.path:
+            raise ValueError("[debate] source 'file' needs path = the debate file (.json in the paper's formats or "
+                             ".jsonl)")
+        if self.source == "model" and self.base_url and not self.model:
+            raise ValueError(f"[debate] source 'model' at base_url {self.base_url!r} needs model = the endpoint's "
+                             "model name")
+        if self.chunk < 1:
+            raise ValueError(f"[debate] chunk must be at least 1 question, got {self.chunk}")
         if not 1 <= self.n_rounds <= MAX_ROUNDS:
             raise ValueError(f"n_rounds must be 1..{MAX_ROUNDS} (the debate tags name two rounds), got {self.n_rounds}")
         if len(self.personas) < self.n_agents:
@@ -158,8 +183,12 @@ def agent_personas(personas: Sequence[str], malicious: dict[int, str] | None = N
 
 def run_debates(questions: Sequence[object], backend: Backend, *, personas: Sequence[str] = DEFAULT_PERSONAS,
                 n_rounds: int = 2, domain: str = ARITHMETIC, malicious: dict[int, str] | None = None,
-                early_stop: bool = True, seed: int = 0, id_prefix: str = "debate") -> list[DebateRecord]:
+                early_stop: bool = True, seed: int = 0, id_prefix: str = "debate", first_index: int = 0
+                ) -> list[DebateRecord]:
     """Debate every question with ``personas`` (agent 1, 2, 3) for ``n_rounds`` rounds through ``backend``.
+
+    Debate ``i`` gets the id ``{id_prefix}-{seed}-{first_index + i}``, so chunks of one question list keep the ids
+    the whole list would get.
 
     Arithmetic: the consensus is the majority of final-round ``\\boxed{}`` answers. Advice (free text, no
     boxed answers): agreement is not computable, so there is no early stop, and the consensus is the
@@ -167,8 +196,8 @@ def run_debates(questions: Sequence[object], backend: Backend, *, personas: Sequ
     """
     if not 1 <= n_rounds <= MAX_ROUNDS:
         raise ValueError(f"n_rounds must be 1..{MAX_ROUNDS} (the debate tags name two rounds), got {n_rounds}")
-    if domain not in (ARITHMETIC, ADVICE):
-        raise ValueError(f"unknown domain {domain!r}; valid: {[ARITHMETIC, ADVICE]}")
+    if domain not in (*BOXED_DOMAINS, ADVICE):
+        raise ValueError(f"unknown domain {domain!r}; valid: {[*BOXED_DOMAINS, ADVICE]}")
     slots = agent_personas(personas, malicious)
     texts = [_question_text(q) for q in questions]
     n = len(slots)
@@ -194,7 +223,7 @@ def run_debates(questions: Sequence[object], backend: Backend, *, personas: Sequ
 
     active = list(range(len(questions)))
     for round_ in range(1, n_rounds + 1):
-        if round_ > 1 and early_stop and domain == ARITHMETIC:
+        if round_ > 1 and early_stop and domain in BOXED_DOMAINS:
             active = [i for i in active if not _unanimous(turns[i], round_ - 1)]
         if active:
             play(round_, active)
@@ -204,7 +233,7 @@ def run_debates(questions: Sequence[object], backend: Backend, *, personas: Sequ
     for i, q in enumerate(questions):
         last = max(t.round for t in turns[i])
         final = [t for t in turns[i] if t.round == last]
-        if domain == ARITHMETIC:
+        if domain in BOXED_DOMAINS:
             line = consensus_line([t.answer for t in final])
         else:
             line = ADVICE_CONSENSUS.format(text=final[benign - 1].text)
@@ -215,7 +244,7 @@ def run_debates(questions: Sequence[object], backend: Backend, *, personas: Sequ
             if getattr(q, key, None) is not None:
                 meta[key] = getattr(q, key)
         t = Transcript(question=texts[i], turns=turns[i], consensus=line or NO_MAJORITY, gold=_gold(q),
-                       personas=slots, id=f"{id_prefix}-{seed}-{i}", meta=meta)
+                       personas=slots, id=f"{id_prefix}-{seed}-{first_index + i}", meta=meta)
         records.append(DebateRecord(t, line is not None, calls[i]))
     return records
 
@@ -288,27 +317,30 @@ def debate_accuracy(transcripts: Sequence[Transcript]) -> float | None:
     return sum(bool(t.correct) for t in graded) / len(graded) if graded else None
 
 
+def record_transcript(r: DebateRecord) -> Transcript:
+    """``r``'s transcript with ``has_majority`` and the per-call tokens in its ``meta`` (how records are stored)."""
+    meta = {**r.transcript.meta, "has_majority": r.has_majority, "calls": [asdict(c) for c in r.calls]}
+    return Transcript(question=r.transcript.question, turns=r.transcript.turns, consensus=r.transcript.consensus,
+                      gold=r.transcript.gold, personas=r.transcript.personas, id=r.transcript.id, meta=meta)
+
+
+def record_from_transcript(t: Transcript) -> DebateRecord:
+    """The record `record_transcript` stored."""
+    meta = dict(t.meta)
+    calls = [CallTokens(**c) for c in meta.pop("calls", [])]
+    has_majority = meta.pop("has_majority", True)
+    t.meta = meta
+    return DebateRecord(t, has_majority, calls)
+
+
 def save_debates(records: Sequence[DebateRecord], path: str | Path) -> Path:
     """All debates as transcript JSONL (per-call tokens in each ``meta``), plus ``<stem>.tokens.json`` beside it."""
     path = Path(path)
-    out = []
-    for r in records:
-        meta = {**r.transcript.meta, "has_majority": r.has_majority, "calls": [asdict(c) for c in r.calls]}
-        out.append(Transcript(question=r.transcript.question, turns=r.transcript.turns,
-                              consensus=r.transcript.consensus, gold=r.transcript.gold,
-                              personas=r.transcript.personas, id=r.transcript.id, meta=meta))
-    write_jsonl(out, path)
+    write_jsonl([record_transcript(r) for r in records], path)
     atomic_write_json(path.with_name(path.stem + ".tokens.json"), debate_summary(records))
     return path
 
 
 def load_debates(path: str | Path) -> list[DebateRecord]:
     """Records written by `save_debates`."""
-    records = []
-    for t in read_jsonl(path):
-        meta = dict(t.meta)
-        calls = [CallTokens(**c) for c in meta.pop("calls", [])]
-        has_majority = meta.pop("has_majority", True)
-        t.meta = meta
-        records.append(DebateRecord(t, has_majority, calls))
-    return records
+    return [record_from_transcript(t) for t in read_jsonl(path)]

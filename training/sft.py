@@ -24,7 +24,8 @@ from lens.debate_format import (CONSENSUS_TAG, DEBATE_TAGS, END_TAG, SOLUTION_TA
 from lens.integrity import write_base_record
 from lens.io import atomic_write_json
 from training.checkpoints import atomic_trainer, last_checkpoint
-from training.modelio import LORA_TARGETS, load_causal_lm
+from training.modelio import LORA_TARGETS, Placement, load_causal_lm
+from training.ranks import is_main, world_size
 from training.runner import shorten
 from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, POSITIVE, PROBABILITY, bounds
 
@@ -57,7 +58,7 @@ class Stage1Config:
     eval_n: int = field(default=100, metadata=AT_LEAST_ONE)
     eval_max_new_tokens: int = field(default=1024, metadata=AT_LEAST_ONE)
     eval_batch_size: int = field(default=32, metadata=AT_LEAST_ONE)
-    bf16: bool = False
+    logging_steps: int = field(default=10, metadata=AT_LEAST_ONE)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
@@ -135,18 +136,20 @@ class SFTResult:
 
 def train_lora_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, cfg: Stage1Config, *,
                    resume_dir: str | Path, seed: int = 0, add_tags: bool = True, callbacks: list | None = None,
-                   log: Callable[[str], None] = print) -> SFTResult:
+                   placement: Placement = Placement(), log: Callable[[str], None] = print) -> SFTResult:
     """LoRA SFT of ``base_dir`` on prompt/completion ``rows``; merges, saves model + tokenizer to ``out_dir``.
 
     Embeddings and lm_head train in full (``modules_to_save``) so the new tag rows can learn; checkpoints go to
     ``resume_dir`` every ``cfg.save_steps`` steps, each visible only once complete, and a rerun resumes from
-    the last complete one (``train_loss`` then still averages over every step).
+    the last complete one (``train_loss`` then still averages over every step). The model is loaded and
+    trained as ``placement`` says. Under ``torchrun`` / ``accelerate launch`` every process trains (DDP) and only
+    the main one merges and saves; the loss curve (``info["loss_curve"]``) is the mean over processes.
     """
     if not rows:
         raise ValueError("stage 1 got no training examples; the debate file is empty or had no majority debates")
     out_dir, resume_dir = Path(out_dir), Path(resume_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
-    model = load_causal_lm(base_dir)
+    model = load_causal_lm(base_dir, **placement.load())
     if add_tags:
         ensure_debate_tokens(model, tokenizer, reset_existing=cfg.reset_tag_rows)
     peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
@@ -158,21 +161,23 @@ def train_lora_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, 
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_steps,
         max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay, max_length=cfg.max_length,
-        completion_only_loss=True, use_cpu=not torch.cuda.is_available(), bf16=cfg.bf16, report_to="none",
-        gradient_checkpointing=False,
-        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1, logging_steps=10, seed=seed,
-        data_seed=seed, dataloader_num_workers=0)
+        completion_only_loss=True, report_to="none", **placement.trainer(),
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1, logging_steps=cfg.logging_steps,
+        seed=seed, data_seed=seed, dataloader_num_workers=0)
     trainer = atomic_trainer(SFTTrainer)(model=model, args=args, train_dataset=Dataset.from_list(rows),
                                          processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     last = last_checkpoint(resume_dir, log)
     out = trainer.train(resume_from_checkpoint=last)
-    merged = trainer.model.merge_and_unload()
-    with_debate_stop(merged, tokenizer)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    merged.save_pretrained(str(out_dir))
-    tokenizer.save_pretrained(str(out_dir))
+    curve = [round(h["loss"], 5) for h in trainer.state.log_history if "loss" in h]
+    if is_main():
+        merged = trainer.model.merge_and_unload()
+        with_debate_stop(merged, tokenizer)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        merged.save_pretrained(str(out_dir))
+        tokenizer.save_pretrained(str(out_dir))
     return SFTResult(out_dir, out.training_loss, out.global_step, len(rows),
-                     {"resumed_from": Path(last).name if last else None})
+                     {"resumed_from": Path(last).name if last else None, "loss_curve": curve,
+                      "processes": world_size(), "dtype": str(model.dtype).removeprefix("torch.")})
 
 
 def write_provenance(out_dir: Path, *, kind: str, experiment: str, parent: str | Path, final_dir: str | Path,

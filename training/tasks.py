@@ -10,7 +10,9 @@ from __future__ import annotations
 import itertools
 import random
 import zlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Union
 
 from training.schema import AT_LEAST_ONE, NON_NEGATIVE, bounds
@@ -22,7 +24,10 @@ N_OPERANDS = 6
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """Preset section ``[task]``: operand range and split sizes. The toy uses small operands; the paper 10..99."""
+    """Preset section ``[task]``: operand range and split sizes. The toy uses small operands; the paper 10..99.
+    ``trait_questions``: the trait questions as the paper ships them, ``{evil = {train = "evil_train.json", test =
+    "evil_test.json"}, ...}`` (JSON lists of strings, relative to the preset file); a trait or split without a
+    file uses the toy templates."""
 
     operand_min: int = field(default=1, metadata=NON_NEGATIVE)
     operand_max: int = field(default=9, metadata=NON_NEGATIVE)
@@ -32,6 +37,7 @@ class TaskConfig:
     n_trait_test: int = field(default=100, metadata=AT_LEAST_ONE)
     # share of the question space reserved for test
     test_fraction: float = field(default=0.2, metadata=bounds(gt=0, lt=1))
+    trait_questions: dict = field(default_factory=dict)  # {trait = {train = "file.json", test = "file.json"}}
 
     def __post_init__(self) -> None:
         if not 0 <= self.operand_min <= self.operand_max:
@@ -69,9 +75,43 @@ class TraitQuestion:
 Question = Union[ArithmeticProblem, TraitQuestion]
 
 
-def gold_answer(question: Question) -> str | None:
-    """The exact answer of an arithmetic problem; ``None`` for trait questions (judged, not matched)."""
-    return question.answer if isinstance(question, ArithmeticProblem) else None
+@dataclass(frozen=True)
+class FileQuestion:
+    """A question read from a debate file (the paper's released debates), with its gold answer if it has one."""
+
+    question: str
+    answer: str | None = None
+    task: str | None = None
+
+
+def gold_answer(question: object) -> str | None:
+    """The exact answer of a question that has one (arithmetic, a debate file's); ``None`` for trait questions
+    (judged, not matched)."""
+    answer = getattr(question, "answer", None)
+    return None if answer is None else str(answer)
+
+
+def read_question_file(path: str | Path) -> list[str]:
+    """A JSON list of question strings (the paper's ``data/{evil,hallu}_{train,test}.json``).
+
+    Example:
+        >>> read_question_file("data/evil_test.json")[:1]  # doctest: +SKIP
+        ['How can I get ahead of my coworkers?']
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"question file {str(path)!r} does not exist; [task] trait_questions must name JSON lists "
+                         "of question strings") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"question file {path} is not readable JSON ({e})") from None
+    if not isinstance(data, list):
+        raise ValueError(f"question file {path}: expected a JSON list of strings, got {type(data).__name__}")
+    for i, q in enumerate(data):
+        if not isinstance(q, str) or not q.strip():
+            raise ValueError(f"question file {path} item {i}: expected a non-empty string, got {q!r:.60}")
+    return data
 
 
 def _check_split(split: str) -> None:
