@@ -8,6 +8,7 @@ one line, ``latent-agents: <sentence>``, with exit status 2; anything else is a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import sys
@@ -74,15 +75,16 @@ def _run(args: argparse.Namespace) -> int:
     from training.ranks import failed_marker, is_main, world_size
 
     marker = failed_marker(run_dir)
-    if is_main():
+    if is_main() and marker.parent.is_dir():
         marker.unlink(missing_ok=True)
     try:
         with preset_endpoints(preset):
             _dispatch(args, preset, run_dir)
     except BaseException as e:
         if world_size() > 1 and is_main():  # let the waiting processes stop instead of waiting forever
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(f"{type(e).__name__}: {e}")
+            with contextlib.suppress(OSError):  # the error being reported may be the run dir itself
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_text(f"{type(e).__name__}: {e}")
         raise
     return 0
 
