@@ -14,10 +14,11 @@ import argparse
 import json
 import re
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 from training.judges import ToyTraitJudge
 from training.llm_judge import REWARD_QUESTIONS, TRAIT_DESCRIPTIONS
+from training.serve import JSONHandler
 
 _ANSWER = re.compile(r"\[ANSWER START\]\n(.*)\n\[ANSWER END\]", re.S)
 
@@ -39,15 +40,7 @@ def verdict(prompt: str) -> str:
     raise ValueError("a judge prompt for no known trait")
 
 
-class Handler(BaseHTTPRequestHandler):
-    def _send(self, status: int, obj: dict) -> None:
-        data = json.dumps(obj).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
+class Handler(JSONHandler):
     def do_GET(self) -> None:
         if self.path.rstrip("/") == "/v1/models":
             return self._send(200, {"object": "list", "data": [{"id": "standin-judge", "object": "model"}]})
