@@ -292,7 +292,7 @@ def parse_section(cls: type, raw: Any, where: str) -> Any:
         PresetError: one sentence naming the key, the value and what is valid.
 
     Example:
-        >>> parse_section(SFTConfig, {"learning_rate": 1e-4}, "preset 'mine' [sft]").learning_rate
+        >>> parse_section(Stage1Config, {"learning_rate": 1e-4}, "preset 'mine' [sft]").learning_rate
         0.0001
     """
     if not isinstance(raw, Mapping):
