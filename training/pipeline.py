@@ -298,11 +298,11 @@ class Run:
         if not (path / MANIFEST).is_file():
             scratch = path.with_name(path.name + ".partial")
             expected = json.loads(json.dumps(stamp(), default=str))
-            wait_for(scratch / "resume" / "config.json", what=f"{name} setup", poll_s=1.0,
+            wait_for(scratch / RESUME / "config.json", what=f"{name} setup", poll_s=1.0,
                      failed=failed_marker(self.dir), log=self.log)
-            while read_json(scratch / "resume" / "config.json") != expected:
+            while read_json(scratch / RESUME / "config.json") != expected:
                 time.sleep(1.0)
-            train(scratch, scratch / "resume")
+            train(scratch, scratch / RESUME)
         wait_for(path / MANIFEST, what=name, failed=failed_marker(self.dir), log=self.log)
 
     def _diagnose(self, model_dir: Path, experiment: str, n: int, max_new_tokens: int, batch_size: int) -> dict:
@@ -508,6 +508,19 @@ def run_pipeline_stage(name: str, preset: Preset, run_dir: str | Path, *, log: C
         run.debategpt()
     if name == "evaluate":
         run.evaluate()
+
+
+def _resume_dir(scratch: Path, config: dict) -> Path:
+    """The stage's resume dir, stamped with the configuration training from it (``config.json``): the other ranks
+    of a multi-process run join once the stamp matches theirs. A stamp of another configuration empties it first
+    (the stage fingerprint already keeps a changed preset from resuming; this guards direct callers)."""
+    resume = scratch / RESUME
+    stamp = resume / "config.json"
+    config = json.loads(json.dumps(config, default=str))
+    if stamp.is_file() and read_json(stamp) != config:
+        shutil.rmtree(resume)
+    atomic_write_json(stamp, config)
+    return resume
 
 
 def _headline(metrics: dict) -> dict:
