@@ -212,11 +212,27 @@ def check_endpoint(label: str, base_url: str, api_key_env: str = "OPENAI_API_KEY
 
 
 def check_judge(preset: Preset, run_dir: Path) -> list[Finding]:
-    """The ``[malicious]`` trait judge's endpoint, when it is ``openai`` (an OpenAI-compatible server)."""
-    cfg = validate_preset(preset)["malicious"]
-    if cfg.judge != "openai":
-        return []
-    return check_endpoint("[malicious] judge", cfg.judge_base_url or "https://api.openai.com/v1")
+    """The OpenAI-compatible endpoints the run talks to: the ``[malicious]`` trait judge, the ``[judge]`` GRPO
+    reward judge (unless the run starts it itself with ``serve``) and any ``[debate] source = "model"`` endpoint,
+    each checked once."""
+    sections = validate_preset(preset)
+    endpoints: dict[str, tuple[list[str], str]] = {}
+
+    def use(url: str, label: str, key_env: str) -> None:
+        endpoints.setdefault(url, ([], key_env))[0].append(label)
+
+    mal = sections["malicious"]
+    if mal.judge == "openai":
+        use(mal.judge_base_url or "https://api.openai.com/v1", "[malicious] judge", "OPENAI_API_KEY")
+    reward = sections["judge"]
+    if reward.kind == "openai" and not reward.serve:
+        use(reward.base_url, "[judge]", reward.api_key_env)
+    run = Run(preset, run_dir)
+    for exp in run.experiments.names:
+        debate = run.debate_config(exp)
+        if debate.source == "model" and debate.base_url:
+            use(debate.base_url, f"[debate] {exp}", debate.api_key_env)
+    return [f for url, (labels, key) in endpoints.items() for f in check_endpoint(", ".join(labels), url, key)]
 
 
 def check_disk(preset: Preset, run_dir: Path) -> list[Finding]:

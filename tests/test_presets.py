@@ -364,3 +364,17 @@ def test_plan_estimates_disk_from_a_local_model_without_loading_it(tiny_model_di
     assert main(["plan", "--preset", "smoke", "--run-dir", str(tmp_path / "run"),
                  "--set", f'model.path="{model_dir}"']) == 0
     assert f"model   ok    {model_dir}" in capsys.readouterr().out
+
+
+def test_plan_checks_every_endpoint_the_run_uses_once(endpoint, tmp_path, capsys, monkeypatch):
+    """The reward judge and a model-written debate source at the same URL are one check naming both users."""
+    monkeypatch.delenv("LA_TEST_KEY", raising=False)
+    sets = ['judge.kind="openai"', f'judge.base_url="{endpoint}"', 'judge.api_key_env="LA_TEST_KEY"',
+            'debate.source="model"', f'debate.base_url="{endpoint}"', 'debate.model="m"',
+            'debate.api_key_env="LA_TEST_KEY"']
+    assert main(["plan", "--preset", "smoke", "--run-dir", str(tmp_path / "run"),
+                 *(a for s in sets for a in ("--set", s))]) == 0
+    out = capsys.readouterr().out
+    users = "[judge], [debate] main, [debate] evil, [debate] hallucination"
+    assert sum(f"{endpoint} answers" in line for line in out.splitlines()) == 1
+    assert any(line.startswith(users) for line in out.splitlines())
