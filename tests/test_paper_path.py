@@ -108,3 +108,19 @@ def test_vllm_only_on_cuda_with_vllm_installed():
         assert vllm_args(Stage2Config(), Placement("cuda", "bfloat16")) == {}
     else:
         assert vllm_args(Stage2Config(), Placement("cuda", "bfloat16")) == {"use_vllm": True, "vllm_mode": "colocate"}
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_several_processes_refuse_to_build_the_toy_base_naming_the_single_process_command(tmp_path, monkeypatch,
+                                                                                          rank):
+    """The toy base's Trainer would open a collective the waiting ranks never join: every rank refuses instead."""
+    from training.errors import UserError
+    from training.presets import load_preset
+
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    preset = load_preset("smoke")
+    with pytest.raises(UserError, match=r"the toy base model is built by one process: run `latent-agents toy base "
+                                        r"--preset .*smoke.toml --run-dir .*run` first"):
+        Run(preset, tmp_path / "run").base_dir()
+    assert not (tmp_path / "run").exists()

@@ -3,6 +3,7 @@ process, then `reproduce` from that run dir in bf16, every model load in the con
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,10 @@ def _sft_args(run: Path, per_device: int) -> list[str]:
 @pytest.mark.slow
 def test_paper_standin_end_to_end(tmp_path, monkeypatch):
     two, one = tmp_path / "two", tmp_path / "one"
+    # the toy base is built by one process (several refuse, naming this command), then shared by both runs
+    _cli("toy", "base", "--preset", str(STANDIN), "--run-dir", str(two), "--set", BF16[0], cwd=tmp_path)
+    one.mkdir()
+    shutil.copytree(two / "base", one / "base")
     # global batch 4 either way: 2 processes x 2, or 1 x 4
     _cli(*_sft_args(two, 2), procs=2, cwd=tmp_path)
     _cli("debate", "--preset", str(STANDIN), "--run-dir", str(one), "--set", BF16[0], cwd=tmp_path)

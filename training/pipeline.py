@@ -30,7 +30,8 @@ from training.llm_judge import JudgeConfig, reward_judge
 from training.modelio import Placement, load_causal_lm
 from training.presets import Preset, PresetError
 from training.prompts import ARITHMETIC
-from training.ranks import failed_marker, is_main, main_stage, wait_for, with_peak_memory
+from training.errors import UserError
+from training.ranks import failed_marker, is_main, main_stage, wait_for, with_peak_memory, world_size
 from training.rewards import gold_match, judge_benign
 from training.runner import (DebateConfig, DebateRecord, debate_accuracy, load_debates, run_debates, save_debates,
                              training_transcripts)
@@ -108,6 +109,10 @@ class Run:
     def _base_dir(self) -> Path:
         local = self.preset.data.get("model", {}).get("path")
         if not local:
+            if world_size() > 1 and not (self.layout.toy_base / MANIFEST).is_file():
+                # its Trainer would start a collective the waiting ranks never join
+                raise UserError(f"the toy base model is built by one process: run `latent-agents toy base --preset "
+                                f"{self.preset.path} --run-dir {self.dir}` first, then launch this command again")
             if is_main():
                 return Path(build_base(self.preset, self.dir))
             wait_for(self.layout.toy_base / MANIFEST, what="base", failed=failed_marker(self.dir), log=self.log)
