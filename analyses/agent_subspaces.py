@@ -39,7 +39,7 @@ from training.presets import Preset
 from training.runner import load_debates
 from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, bounds
 from training.tasks import TaskConfig, arithmetic_split
-from training.teacher import persona_marks, solution
+from training.teacher import ARITHMETIC_PERSONAS, persona_marks, solution
 from training.evaluate import is_correct
 from training.pipeline import Run
 
@@ -233,7 +233,9 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
             capability[kind][str(a)], per = capability_sweep(model, kind, sub, cfg, problems)
             if kind == "imad":
                 drops[str(a)] = capability_drop(cfg.capability_alphas, per)
-        steer[kind] = steerability(model, kind, subs, personas, neutral, cfg)
+        # persona markers exist for the teacher's arithmetic personas only (a paper file's debates name none)
+        steer[kind] = steerability(model, kind, subs, {a: p for a, p in personas.items()
+                                                       if p in ARITHMETIC_PERSONAS}, neutral, cfg)
         del model
     auc_block = {str(a): {m: {**_auc_entry(cfg.alphas, rouge["base"][str(a)][m], rouge["imad"][str(a)][m]),
                               "diff": auc_difference(cfg.alphas, rouge["base"][str(a)]["per_prompt"][m],
@@ -299,6 +301,8 @@ def steerability_rows(results: dict) -> list[dict]:
         return []
     rows = []
     for a, persona in results["personas"].items():
+        if a not in st["base"]:  # no persona markers to count (the debates name no teacher persona)
+            continue
         row = {"agent": f"{a} ({persona})"}
         for kind in MODELS:
             e = st[kind][a]
