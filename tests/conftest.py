@@ -67,3 +67,19 @@ def smoke_run_dir(tmp_path_factory):
 def smoke_base_dir(smoke_run_dir):
     """The smoke toy base model dir (HF weights + tokenizer + provenance.json + base_eval.json)."""
     return smoke_run_dir / "base"
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dirs):
+    """The tiny Llama in lens (one per test module)."""
+    import lens
+
+    return lens.load_model(tiny_model_dirs["llama"])
+
+
+@pytest.fixture(scope="module")
+def transcripts():
+    """Synthetic debates whose agents end their turns with their own markers (`synthetic.synth`)."""
+    from synthetic import synth
+
+    return synth()

@@ -9,33 +9,9 @@ import pytest
 import torch
 
 import lens
-from lens.debate_format import Transcript, Turn, consensus_line, training_text, turn_spans
+from lens.debate_format import training_text, turn_spans
 
-PERSONAS = ("analyst", "critic", "programmer")
-ENDINGS = {1: "step done", 2: "CRITIQUE", 3: "m //"}
-PROMPT = "Problem: 3+4*5\n\n<|Round 1 - Initial Solutions|>\n\n<|Agent 2 Solution|>:"
-
-
-def synth(n: int = 8, agents: int = 3) -> list[Transcript]:
-    """Short debates in which every agent ends its turns with its own marker."""
-    out = []
-    for q in range(n):
-        a, b = q % 7 + 1, q % 5 + 2
-        turns = [Turn(rd, ag, f"{a}*{b}={a * b} {ENDINGS[ag]}", PERSONAS[ag - 1])
-                 for rd in (1, 2) for ag in range(1, agents + 1)]
-        out.append(Transcript(f"{a}*{b}", turns, consensus_line([str(a * b)] * agents), gold=str(a * b),
-                              personas=PERSONAS[:agents], id=f"q{q}"))
-    return out
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model_dirs):
-    return lens.load_model(tiny_model_dirs["llama"])
-
-
-@pytest.fixture(scope="module")
-def transcripts():
-    return synth()
+from synthetic import ENDINGS, PROMPT, synth
 
 
 @pytest.fixture(scope="module")

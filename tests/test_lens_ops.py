@@ -11,17 +11,7 @@ import torch
 import lens
 from lens.fitting import diff_means
 from lens.sites import site_hook
-from test_lens_analysis import PROMPT, synth
-
-
-@pytest.fixture(scope="module")
-def model(tiny_model_dirs):
-    return lens.load_model(tiny_model_dirs["llama"])
-
-
-@pytest.fixture(scope="module")
-def transcripts():
-    return synth()
+from synthetic import PROMPT, synth
 
 
 @pytest.fixture(scope="module")
