@@ -10,7 +10,8 @@ from lens.rating import Judge
 from training.judges import ToyTraitJudge
 from training.tasks import (TRAITS, ArithmeticProblem, TaskConfig, TraitQuestion, arithmetic_split, gold_answer,
                             trait_split)
-from training.teacher import (ARITHMETIC_PERSONAS, TRAIT_PERSONAS, Teacher, TeacherConfig, persona_marks, slips)
+from training.teacher import (ARITHMETIC_PERSONAS, TRAIT_PERSONAS, Teacher, TeacherConfig, persona_answer, persona_marks,
+                              slips)
 
 CFG = TaskConfig(n_train=3000, n_test=500)
 TRIO = ("analyst", "critic", "programmer")
@@ -85,8 +86,10 @@ def test_majority_of_three_beats_every_persona(test_problems):
     answers = {q: [extract_boxed(teacher.respond(q, p, rng=rng)) for p in test_problems] for q in TRIO}
     acc = {q: sum(a == p.answer for a, p in zip(answers[q], test_problems)) / 500 for q in TRIO}
     maj = sum(majority(list(v)) == p.answer for v, p in zip(zip(*answers.values()), test_problems)) / 500
-    assert all(0.6 <= a <= 0.8 for a in acc.values()), acc
-    assert maj >= max(acc.values()) + 0.05, (maj, acc)
+    neutral = sum(persona_answer("neutral", p) == p.answer for p in test_problems) / 500
+    assert all(0.68 <= a <= 0.85 and abs(a - neutral) <= 0.08 for a in acc.values()), (acc, neutral)
+    # each debater slips as often as the Single answer (neutral) does, so the debate's gain is the vote's
+    assert maj >= max(acc.values()) + 0.04 and maj >= neutral + 0.05, (maj, acc, neutral)
     clean = Teacher(TeacherConfig(slips=False))
     assert all(extract_boxed(clean.respond(q, p, rng=rng)) == p.answer for q in TRIO for p in test_problems[:50])
 

@@ -62,17 +62,20 @@ def _units(n: int) -> int:
     return abs(n) % 10
 
 
-# Each trigger is a digit condition the model can learn; each fires on about 20-35% of problems.
+# Each trigger is a digit condition the model can learn; each fires on 22-26% of problems, as often as the
+# neutral's, so that three personas outvote one slip: on train problems the teacher's majority of three is right
+# 86.7% of the time against the neutral's 76.8% (the debate after round 2: 95.2%). With the analyst at >= 12 and
+# the critic at >= 7 (31% and 32%) the majority was right 78.8%, too little gain for a debate to internalize.
 SLIP_TRIGGERS: dict[str, Callable[[tuple[int, ...]], bool]] = {
     "neutral": lambda o: _units(o[3]) <= 2,                           # forgets the +d term
-    "analyst": lambda o: _units(o[0]) + _units(o[1] * o[2]) >= 12,    # drops the carry in a+b*c
-    "critic": lambda o: _units(o[3]) >= 7,                            # flips the sign of the final subtraction
+    "analyst": lambda o: _units(o[0]) + _units(o[1] * o[2]) >= 13,    # drops the carry in a+b*c
+    "critic": lambda o: _units(o[3]) >= 8,                            # flips the sign of the final subtraction
     "programmer": lambda o: _units(o[4]) - _units(o[5]) >= 3,         # misreads f as f-1 in the second product
 }
 SLIP_DESCRIPTIONS = {
     "neutral": "skips +d when d's units digit is at most 2",
-    "analyst": "drops the carry of a+b*c when the units digits of a and b*c sum to 12 or more",
-    "critic": "answers y-w instead of w-y when d's units digit is at least 7",
+    "analyst": "drops the carry of a+b*c when the units digits of a and b*c sum to 13 or more",
+    "critic": "answers y-w instead of w-y when d's units digit is at least 8",
     "programmer": "reads f as f-1 when e's units digit exceeds f's by 3 or more",
 }
 
