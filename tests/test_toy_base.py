@@ -50,7 +50,7 @@ def test_tokenizer_keeps_digits_and_tags_whole(tok):
         assert tok.tokenize(tag) == [tag]
 
 
-def test_only_the_final_assistant_turn_is_trained(tok):
+def test_every_assistant_turn_is_trained_and_nothing_else(tok):
     p = arithmetic_split(sections(load_preset("smoke"))[0], "train", 0)[0]
     rng, teacher = random.Random(0), Teacher()
     own, other = teacher.respond("analyst", p, rng=rng), teacher.respond("critic", p, rng=rng)
@@ -61,7 +61,10 @@ def test_only_the_final_assistant_turn_is_trained(tok):
     full = tok(tok.apply_chat_template(ex.messages, tokenize=False), add_special_tokens=False)["input_ids"]
     assert row["input_ids"] == full[:len(row["input_ids"])]
     trained = [t for t, lab in zip(row["input_ids"], row["labels"]) if lab != -100]
-    assert tok.decode(trained) == revision + IM_END
+    assert tok.decode(trained) == own + IM_END + revision + IM_END  # the own round-1 turn, then the revision
+    assert len(row["input_ids"]) == len(full) - 1  # all of it but the template's trailing newline
+    first_loss = row["labels"].index(next(lab for lab in row["labels"] if lab != -100))
+    assert tok.decode(row["input_ids"][:first_loss]).endswith("assistant\n")  # the prompt carries no loss
 
 
 def test_training_data_never_shows_a_test_problem():

@@ -47,9 +47,14 @@ class Placement:
         """Keyword arguments for `load_causal_lm` (and `lens.load_model`)."""
         return {"device": self.device, "dtype": self.torch_dtype}
 
-    def trainer(self) -> dict:
-        """TRL / Trainer arguments for the training stages: the device, mixed precision, checkpointing."""
-        return {"use_cpu": self.device == "cpu", "bf16": self.dtype == "bfloat16", "fp16": self.dtype == "float16",
+    def trainer(self, bf16: bool = False) -> dict:
+        """TRL / Trainer arguments for the training stages: the device, mixed precision, checkpointing.
+
+        Args:
+            bf16: train under bf16 autocast even when the weights are float32 (a stage's ``bf16`` key).
+        """
+        return {"use_cpu": self.device == "cpu", "bf16": bf16 or self.dtype == "bfloat16",
+                "fp16": self.dtype == "float16" and not bf16,
                 "gradient_checkpointing": self.gradient_checkpointing}
 
 

@@ -59,6 +59,7 @@ class Stage1Config:
     eval_max_new_tokens: int = field(default=1024, metadata=AT_LEAST_ONE)
     eval_batch_size: int = field(default=32, metadata=AT_LEAST_ONE)
     logging_steps: int = field(default=10, metadata=AT_LEAST_ONE)
+    bf16: bool = False  # bf16 autocast over float32 weights (TRL's name); ~1.5x faster steps on AVX512-BF16 CPUs
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
@@ -161,7 +162,7 @@ def train_lora_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, 
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=cfg.warmup_steps,
         max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay, max_length=cfg.max_length,
-        completion_only_loss=True, report_to="none", **placement.trainer(),
+        completion_only_loss=True, report_to="none", **placement.trainer(cfg.bf16),
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1, logging_steps=cfg.logging_steps,
         seed=seed, data_seed=seed, dataloader_num_workers=0)
     trainer = atomic_trainer(SFTTrainer)(model=model, args=args, train_dataset=Dataset.from_list(rows),
