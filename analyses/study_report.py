@@ -32,9 +32,15 @@ from training.stages import stale_stages
 
 @dataclass(frozen=True)
 class ReportConfig:
-    """Preset section ``[report]``: whether to also write static PNG/PDF images of every figure."""
+    """Preset section ``[report]``: whether to also write static PNG/PDF images of every figure, and the preset's
+    departures from the paper's recipe (one sentence each: what differs and why), listed in the report's method
+    section and in ``results.json``."""
 
     static_images: bool = True
+    departures: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "departures", tuple(self.departures))
 
 
 PACKAGES = ("torch", "transformers", "transformer-lens", "peft", "trl", "accelerate", "scikit-learn", "plotly",
@@ -197,6 +203,10 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
         rep.text("Malicious-agent results are missing.", "note")
 
     rep.heading("How this was made")
+    departures = preset.section("report", ReportConfig).departures
+    if departures:
+        rep.heading("Departures from the paper's recipe", 3)
+        rep.table([{"departure": d} for d in departures], "What this preset does differently from the paper, and why")
     versions = package_versions()
     rep.table([{"stage": s["stage"], "wall seconds": s["wall seconds"]} for s in stages], "Wall time per stage")
     rep.table([{"seed of": k, "value": v} for k, v in seeds.items()], "Seeds")
@@ -206,7 +216,7 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
     payload = {"preset": preset.name, "preset_path": str(preset.path), "run_dir": str(run_dir), "seeds": seeds,
                "versions": versions, "stages": stages, "table1": rows, "table1_paired": paired,
                "agent_subspaces": subs, "malicious": mal, "claims": [c.to_dict() for c in claims],
-               "figures": list(rep.figures), "tables": rep.tables}
+               "figures": list(rep.figures), "tables": rep.tables, "departures": list(departures)}
     return rep, payload
 
 
