@@ -60,7 +60,27 @@ def smoke_run_dir(tmp_path_factory):
 
     run_dir = tmp_path_factory.mktemp("smoke_run")
     build_base(load_preset("smoke"), run_dir)
+    SMOKE_RUNS.append(run_dir)
     return run_dir
+
+
+SMOKE_RUNS: list = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print the smoke preset's end-to-end stage wall times (issue 12 asks CI to show them)."""
+    import json
+
+    for run_dir in SMOKE_RUNS:
+        times = {}
+        for manifest in sorted(run_dir.rglob("stage.json")):
+            wall = json.loads(manifest.read_text()).get("wall_seconds")
+            if isinstance(wall, (int, float)):
+                times[str(manifest.parent.relative_to(run_dir))] = wall
+        if times:
+            top = ", ".join(f"{k} {v:.0f} s" for k, v in sorted(times.items(), key=lambda kv: -kv[1])[:5])
+            terminalreporter.write_line(f"smoke preset end to end: {sum(times.values()):.0f} s of stage wall time "
+                                        f"over {len(times)} stages (longest: {top})")
 
 
 @pytest.fixture(scope="session")
