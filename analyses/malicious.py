@@ -65,8 +65,9 @@ from analyses.results import RESULTS
 from training.layout import RunLayout
 from training.presets import Preset
 from training.evaluate import is_correct
-from training.pipeline import Run
+from training.pipeline import Run, experiment_section
 from training.prompts import ADVICE, ARITHMETIC, ROUND1, SYSTEM_PROMPTS, round1_messages
+from training.sft import Stage1Config
 from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, POSITIVE, PROBABILITY, bounds, matches
 from training.tasks import TaskConfig, arithmetic_split
 from training.teacher import TRAIT_PERSONAS
@@ -301,6 +302,25 @@ def score_arms(model, arms: dict[str, list], prompts: list[str], questions: list
     return res
 
 
+def departures(preset: Preset, cfg: MaliciousConfig) -> list[str]:
+    """This experiment's departures from the paper's recipe under ``preset``, one sentence each (the report lists
+    them)."""
+    out = []
+    if cfg.elicit != "native":
+        out.append(f"Eliciting condition ({cfg.elicit}): {ELICIT[cfg.elicit]}; the paper reads each model's native "
+                   "prompt.")
+    for trait in cfg.traits:
+        mix = experiment_section(preset, "sft", Stage1Config, trait).arithmetic_mix
+        if mix:
+            out.append(f"The {trait} model's stage-1 data: {100 * mix:g}% arithmetic debates of the Table 1 "
+                       f"experiment beside the {trait} debates, so that it keeps the base's arithmetic; the paper "
+                       "trains on trait debates only.")
+    if cfg.alpha_search:
+        out.append(f"Strengths in {RESIDUAL_UNIT}, the grid per model and vector from where its capability halves "
+                   "on the α-selection split; the paper uses α ∈ [−5, 5] on a unit vector.")
+    return out
+
+
 def _random_like(vector, seed: int):
     """A seeded Gaussian direction with ``vector``'s norm, at its layer and site."""
     g = torch.Generator().manual_seed(seed)
@@ -333,7 +353,8 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     unit = RESIDUAL_UNIT if cfg.alpha_search else alpha_unit(cfg.normalize)
     results: dict = {"config": asdict(cfg), "layer": layer, "alpha_unit": unit, "traits": {},
                      "selection_split": f"the first {cfg.n_select} training-partition arithmetic problems",
-                     "elicit": {"condition": cfg.elicit, "what": ELICIT[cfg.elicit]}}
+                     "elicit": {"condition": cfg.elicit, "what": ELICIT[cfg.elicit]},
+                     "departures": departures(preset, cfg)}
     for trait in cfg.traits:
         benign = TRAIT_PERSONAS[trait][0]
         test = run.questions(trait, "test")[:cfg.n_prompts]

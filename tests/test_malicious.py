@@ -136,3 +136,45 @@ def test_batched_capability_finds_the_same_halving_strength_in_fewer_passes(tiny
                                    capability=grid, max_new_tokens=3)
     assert grid.calls == 1 and report.capability[report.alphas.index(0.0)] == 1.0
     assert report.capability == [grid.over_alphas(model, add, report.alphas)[i] for i in range(3)]
+
+
+def _results_with_controls() -> dict:
+    alphas = [-0.4, -0.2, 0.0, 0.2, 0.4]
+    block = lambda trait, cap: {"alphas": alphas, "trait": trait, "capability": cap,  # noqa: E731
+                                "perplexity": [2.0] * 5}
+    point = lambda s, t, c: {"strength": s, "trait": t, "capability": c, "trait_ci": None,  # noqa: E731
+                             "capability_ci": None}
+    controls = {"random_imad": block([40.0] * 5, [0.7] * 5), "prompting_imad": point(0.0, 30.0, 0.7),
+                "prompting_base": point(0.0, 50.0, 0.6), "ablation_imad": point(0.0, 10.0, 0.65),
+                "capping_imad": {"points": [point(50.0, 5.0, 0.3), point(90.0, 20.0, 0.68), point(99.0, 35.0, 0.7)]}}
+    return {"alpha_unit": "α (× mean residual norm)", "config": {"capacity_budget": 0.05}, "traits": {
+        "evil": {"imad": block([0.0, 10.0, 40.0, 60.0, 80.0], [0.7] * 5),
+                 "base": block([20.0, 40.0, 60.0, 80.0, 90.0], [0.3, 0.5, 0.6, 0.5, 0.3]), "controls": controls}}}
+
+
+def test_fig3_shows_every_control_and_states_the_unit_on_every_alpha_axis():
+    from analyses import figures
+
+    res = _results_with_controls()
+    capping = res["traits"]["evil"]["controls"]["capping_imad"]
+    assert figures.capping_choice(capping, 0.7, 0.05)["strength"] == 90.0  # p50 drops 40 points: over budget
+    assert figures.capping_choice(capping, 0.7, 0.5)["strength"] == 50.0
+    fig = figures.malicious_panels(res)
+    names = {t.name for t in fig.data}
+    assert {"base", "imad", "random direction (IMAD)"} <= names
+    labels = {a.text for a in fig.layout.annotations if a.text}
+    assert {"prompting (IMAD)", "prompting (base)", "ablation (IMAD)", "capping (IMAD, p90)"} <= labels
+    xaxes = [getattr(fig.layout, k) for k in fig.layout if k.startswith("xaxis")]
+    assert len(xaxes) == 3 and all(ax.title.text == "α (× mean residual norm)" for ax in xaxes)
+
+
+def test_departures_name_the_eliciting_condition_the_mix_and_the_unit():
+    from analyses.malicious import departures
+
+    preset = load_preset("toy")
+    out = departures(preset, preset.section("malicious", MaliciousConfig))
+    assert len(out) == 4 and out[0].startswith("Eliciting condition (agent_slot)")
+    assert "50% arithmetic debates" in out[1] and "evil" in out[1] and "hallucination" in out[2]
+    assert "× mean residual norm" in out[3]
+    smoke = load_preset("smoke", ["malicious.elicit=\"native\"", "malicious.alpha_search=false"])
+    assert departures(smoke, smoke.section("malicious", MaliciousConfig)) == [out[1]]  # smoke mixes for evil only
