@@ -1,8 +1,8 @@
 """Rate a steering vector as a trait suppressor: trait score, capability and coherence across an α grid.
 
 All α values run in one batched `lens.generate` (one α per row) where ``batch_size`` allows; capability runs the
-caller's task under the intervention for each α; coherence is the perplexity of each response under a reference
-model.
+caller's task under the intervention for each α (in one batched pass when it is a `GridCapability`); coherence is
+the perplexity of each response under a reference model.
 """
 
 from __future__ import annotations
@@ -310,7 +310,7 @@ def halving_strength(model, vector: AgentSubspace | Add, capability: Callable[[A
         model: A TransformerLens model.
         vector: An `AgentSubspace` (added at its layer) or an `Add` (its strength is multiplied).
         capability: ``capability(model) -> 0..1``, run under the intervention (use selection-split items, not
-            the test items).
+            the test items); a `GridCapability` scores all growing strengths in one batched pass.
         sign: +1 or −1, the direction of the search.
         start: The first strength tried (> 0).
         grow: Factor between successive strengths (> 1).
