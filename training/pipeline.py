@@ -264,10 +264,9 @@ class Run:
         def inputs() -> tuple[Stage1Config, list, dict]:
             cfg = experiment_section(self.preset, "sft", Stage1Config, experiment)
             transcripts = training_transcripts(load_debates(debates))
-            if cfg.arithmetic_mix:
-                table1 = self.experiments.table1
-                transcripts = mix_debates(transcripts, training_transcripts(load_debates(self.layout.transcripts(
-                    table1))), cfg.arithmetic_mix, seed=self.preset.seed, source=table1)
+            if mixed:
+                transcripts = mix_debates(transcripts, training_transcripts(load_debates(mixed[0])),
+                                          cfg.arithmetic_mix, seed=self.preset.seed, source=self.experiments.table1)
             mix = mix_short(transcripts, cfg.short_share, seed=self.preset.seed, consensus=cfg.short_consensus)
             return cfg, mix, {"sft": dataclasses.asdict(cfg), "seed": self.preset.seed}
 
