@@ -191,8 +191,6 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
             "reduction against accuracy drop, each relative to its own model unsteered; ★ marks the best within "
             f"a {100 * mal['config']['capacity_budget']:g}-point accuracy budget. Intervals: 95% bootstrap over "
             "prompts (trait) and problems (accuracy).")
-        if mal.get("departures"):
-            rep.text("Departures from the paper's recipe: " + " ".join(mal["departures"]))
         rep.table(malicious.rating_rows(mal), "Suppression rating, base vs IMAD")
         if all("pareto" in b for b in mal["traits"].values()):
             rep.table(malicious.control_rows(mal), "Suppression rating with controls (best strength per method "
@@ -205,7 +203,7 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
         rep.text("Malicious-agent results are missing.", "note")
 
     rep.heading("How this was made")
-    departures = preset.section("report", ReportConfig).departures
+    departures = [*preset.section("report", ReportConfig).departures, *((mal or {}).get("departures") or [])]
     if departures:
         rep.heading("Departures from the paper's recipe", 3)
         rep.table([{"departure": d} for d in departures], "What this preset does differently from the paper, and why")
