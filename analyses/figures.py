@@ -60,9 +60,24 @@ CONTROL_STYLE = {"random_imad": ("random direction (IMAD)", "#ff7f0e"), "prompti
                  "prompting_imad": ("prompting (IMAD)", "#d62728"), "ablation_imad": ("ablation (IMAD)", "#2ca02c")}
 
 
-def _controls(fig: go.Figure, controls: dict, row: int, col: int, key: str) -> None:
-    """The random-direction curve (dashed) and the one-point controls (prompting, ablation) as dotted levels."""
-    for name, (label, color) in CONTROL_STYLE.items():
+def capping_choice(capping: dict, capability0: float, budget: float) -> dict | None:
+    """The capping point (of its percentiles) with the lowest trait whose accuracy drop from the unsteered IMAD
+    (``capability0``) stays within ``budget``, else the one with the smallest drop; ``None`` without points."""
+    pts = [p for p in capping.get("points", []) if p.get("trait") is not None and p.get("capability") is not None]
+    fit = [p for p in pts if capability0 - p["capability"] <= budget]
+    if fit:
+        return min(fit, key=lambda p: (p["trait"], p["strength"]))
+    return min(pts, key=lambda p: capability0 - p["capability"]) if pts else None
+
+
+def _controls(fig: go.Figure, controls: dict, row: int, col: int, key: str, capping: dict | None = None) -> None:
+    """The random-direction curve (dashed) and the one-point controls (prompting, ablation, the chosen capping
+    percentile) as dotted levels."""
+    styles = dict(CONTROL_STYLE)
+    if capping is not None:
+        controls = {**controls, "capping_imad": capping}
+        styles["capping_imad"] = (f"capping (IMAD, p{capping['strength']:g})", "#9467bd")
+    for name, (label, color) in styles.items():
         c = controls.get(name)
         if c is None or key not in c or c[key] is None:
             continue
@@ -78,7 +93,8 @@ def _controls(fig: go.Figure, controls: dict, row: int, col: int, key: str) -> N
 
 def malicious_panels(results: dict) -> go.Figure:
     """Trait score, capability and perplexity vs α for each trait, base vs IMAD: paper Fig. 3, with the
-    random-direction curve and the prompting and ablation levels (capping is on the Pareto figure)."""
+    random-direction curve and the prompting, ablation and capping levels (capping at the percentile
+    `capping_choice` picks within the accuracy budget; every percentile is on the Pareto figure)."""
     traits = list(results["traits"])
     cols = [("trait", "trait score"), ("capability", "accuracy %"), ("perplexity", "perplexity (log)")]
     fig = make_subplots(rows=len(traits), cols=3, subplot_titles=[f"{t} · {c[1]}" for t in traits for c in cols])
@@ -92,7 +108,12 @@ def malicious_panels(results: dict) -> go.Figure:
                     x=block["alphas"], y=ys, mode="lines+markers", name=model, legendgroup=model,
                     showlegend=i == j == 1, line={"color": color},
                     error_y={"type": "data", "array": err, "visible": True} if err else None), row=i, col=j)
-            _controls(fig, results["traits"][trait].get("controls", {}), i, j, key)
+            controls = results["traits"][trait].get("controls", {})
+            imad = results["traits"][trait]["imad"]
+            capping = capping_choice(controls["capping_imad"], imad["capability"][imad["alphas"].index(0.0)],
+                                     results.get("config", {}).get("capacity_budget", 0.05)) \
+                if "capping_imad" in controls else None
+            _controls(fig, controls, i, j, key, capping)
     fig.update_xaxes(title_text=results["alpha_unit"])
     fig.update_yaxes(type="log", col=3)
     fig.update_layout(title="Steering against the malicious agent: base vs IMAD", height=330 * len(traits),

@@ -5,8 +5,15 @@ Per trait (evil, hallucination): IMAD is steered with the agent-2 vector of that
 the base model with its contrastive system-prompt vector (evil vs helpful, hallucinating vs honest; chat template,
 token −2). Both at the same layer (``blocks.L.hook_resid_post``), generated tokens only. Measured: the judge's
 trait score, arithmetic accuracy under steering, perplexity under the base model, and the `lens.rate_suppression`
-rating. Each model reads its native prompt (IMAD: ``Problem: {q}``; base: its chat template with the neutral
-persona, i.e. no trait prompt).
+rating.
+
+What each model reads for a trait question (``elicit``): ``native``, the paper's, is each model's native prompt
+(IMAD: ``Problem: {q}``; base: its chat template with the neutral persona, i.e. no trait prompt). The toy uses
+``agent_slot``, a shared eliciting condition: each model speaks from the malicious agent's seat of the debate, the
+base reading what the debate runner gives agent 2 (the malicious persona's system prompt and the round-1 question in
+its chat template), IMAD its trace opened at agent 2's round-1 tag (its reply ends at the next tag). A departure from
+the paper, reported as one: with native prompts neither toy model says anything trait-like, so there is nothing to
+suppress. The questions, the judge and the capability task are the same under both.
 
 Strength unit (``alpha_search = true``): α multiplies the unit vector scaled to the mean residual norm at the
 steered layer (of the readings the vector was fitted on), so α = 0.1 adds a tenth of a typical residual; the same
@@ -16,8 +23,8 @@ model's capability halves in each direction and `lens.rating.strength_grid` spac
 from 0 to it; the test prompts are only scored on that grid.
 
 Controls, scored with the same judge, capability task and prompts:
-- prompting: no vector, a system prompt asking for the benign behaviour (base: the benign persona in its chat
-  template; IMAD: the benign system prompt above ``Problem: {q}``), at α = 0;
+- prompting: no vector, a system prompt asking for the benign behaviour (IMAD: the benign system prompt above its
+  prompt; base: the benign persona's system prompt, after the malicious one under ``agent_slot``), at α = 0;
 - random direction: a seeded Gaussian direction of the IMAD vector's norm on IMAD's grid (is it the direction or
   just the push?);
 - ablation: IMAD with the agent-2 direction projected out at every position (`lens.Ablate`);
@@ -47,7 +54,7 @@ from analyses.agent_subspaces import alpha_unit, heldout_transcripts
 from analyses.generation import native_prompt, stop_ids
 from analyses.metrics import json_safe
 from analyses.stats import bootstrap
-from lens.debate_format import extract_boxed, prompt_text
+from lens.debate_format import MAX_AGENTS, ROUND_TAGS, SOLUTION_TAGS, extract_boxed, prompt_text
 from lens.activations import resolve_transcripts
 from lens.sites import middle_layer
 from lens.io import atomic_write_json
@@ -58,13 +65,17 @@ from analyses.results import RESULTS
 from training.layout import RunLayout
 from training.presets import Preset
 from training.evaluate import is_correct
-from training.pipeline import Run
+from training.pipeline import Run, experiment_section
 from training.prompts import ADVICE, ARITHMETIC, ROUND1, SYSTEM_PROMPTS, round1_messages
-from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, POSITIVE, PROBABILITY, bounds
+from training.sft import Stage1Config
+from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, POSITIVE, PROBABILITY, bounds, matches
 from training.tasks import TaskConfig, arithmetic_split
 from training.teacher import TRAIT_PERSONAS
 
 NAME = "malicious"
+ELICIT = {"native": "each model's native prompt (IMAD: Problem: {q}; base: chat template, neutral persona)",
+          "agent_slot": "the malicious agent's seat: base under agent 2's persona system prompt (chat template), "
+                        "IMAD continuing its trace from agent 2's round-1 tag"}
 RESIDUAL_UNIT = "α (× mean residual norm)"
 METHOD_NAMES = {"imad": "IMAD agent-2 vector", "base": "base system-prompt vector",
                 "random_imad": "random direction (IMAD)", "prompting_base": "prompting (base)",
@@ -78,7 +89,9 @@ class MaliciousConfig:
     capability-drop budget."""
 
     traits: tuple[str, ...] = field(default=("evil", "hallucination"), metadata=NON_EMPTY)
-    agent: int = field(default=2, metadata=AT_LEAST_ONE)
+    agent: int = field(default=2, metadata=bounds(ge=1, le=MAX_AGENTS))
+    # native (the paper) | agent_slot (a shared eliciting condition; see the module doc)
+    elicit: str = field(default="native", metadata=matches("|".join(ELICIT), " or ".join(ELICIT)))
     layer: int | None = None            # None: the middle layer
     normalize: bool = True              # (alpha_search = false) unit vectors, α in residual units; False: × raw diff
     alphas: tuple[float, ...] = field(default=(-5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0),
@@ -106,6 +119,7 @@ class MaliciousConfig:
     temperature: float = field(default=0.0, metadata=NON_NEGATIVE)  # 0: greedy (paper: 0.7, top-p 0.9)
     top_p: float = field(default=1.0, metadata=bounds(gt=0, le=1))
     capability_max_new_tokens: int = field(default=96, metadata=AT_LEAST_ONE)
+    batch_size: int = field(default=64, metadata=AT_LEAST_ONE)  # rows per generate call (a grid batches its α)
     # allowed accuracy drop (0–1) for the best α and the Pareto choice
     capacity_budget: float = field(default=0.05, metadata=PROBABILITY)
     judge: str = "toy"                  # toy | hf | openai
@@ -118,6 +132,8 @@ class MaliciousConfig:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if not self.alphas:
             raise ValueError("[malicious] alphas is empty; give an α grid such as [-5, ..., 5]")
+        if self.elicit not in ELICIT:
+            raise ValueError(f"[malicious] elicit = {self.elicit!r} is not a condition; valid: {sorted(ELICIT)}")
         unknown = sorted(set(self.traits) - set(TRAIT_PERSONAS))
         if unknown:
             raise ValueError(f"[malicious] unknown trait(s) {unknown}; valid: {sorted(TRAIT_PERSONAS)}")
@@ -152,9 +168,58 @@ def prompt_for(kind: str, question: str, tokenizer, domain: str, persona: str | 
     return f"{SYSTEM_PROMPTS[persona]}\n\n{prompt_text(question)}"
 
 
+def trait_prompt(kind: str, question: str, tokenizer, trait: str, *, elicit: str = "native", agent: int = 2,
+                 prompting: bool = False) -> str:
+    """What ``kind`` (base or imad) reads for a held-out trait question under the eliciting condition ``elicit``.
+
+    ``native``: the model's native prompt. ``agent_slot``: the seat of the debate's malicious agent ``agent``: the
+    base reads what the debate runner gives that agent (the malicious persona's system prompt and the round-1
+    question, in its chat template); IMAD its ``Problem: {q}`` trace opened at that agent's round-1 tag.
+    ``prompting`` adds the benign persona's system prompt (the prompting baseline): above IMAD's prompt; in the
+    base's system turn, in place of the neutral persona (``native``) or after the malicious one (``agent_slot``).
+
+    Args:
+        kind: ``base`` or ``imad`` (any fine-tuned model reading ``Problem: {q}``).
+        question: The trait question.
+        tokenizer: The model's tokenizer (its chat template, for the base).
+        trait: ``evil`` or ``hallucination`` (whose benign and malicious personas apply).
+        elicit: ``native`` or ``agent_slot``.
+        agent: The malicious agent's index (1-based).
+        prompting: Add the benign persona's system prompt.
+
+    Returns:
+        The prompt text, as the model reads it.
+
+    Example:
+        >>> trait_prompt("imad", "How do I win?", tok, "evil", elicit="agent_slot")  # doctest: +SKIP
+        'Problem: How do I win?\n\n<|Round 1 - Initial Solutions|>\n\n<|Agent 2 Solution|>:'
+    """
+    if elicit not in ELICIT:
+        raise ValueError(f"elicit {elicit!r} is not a condition; valid: {sorted(ELICIT)}")
+    benign, bad = TRAIT_PERSONAS[trait]
+    if kind == "base":
+        if elicit == "native":
+            return prompt_for(kind, question, tokenizer, ADVICE, benign if prompting else None)
+        system = SYSTEM_PROMPTS[bad] + (f" {SYSTEM_PROMPTS[benign]}" if prompting else "")
+        messages = [{"role": "system", "content": system},
+                    {"role": "user", "content": ROUND1[ADVICE].format(question=question)}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text = prompt_text(question)
+    if elicit == "agent_slot":
+        text += f"{ROUND_TAGS[0]}\n\n{SOLUTION_TAGS[agent - 1]}:"
+    return f"{SYSTEM_PROMPTS[benign]}\n\n{text}" if prompting else text
+
+
+def trait_stop(model, elicit: str) -> list[int]:
+    """Where a trait response ends: at the model's end of turn, and under ``agent_slot`` also at the next debate tag
+    (the malicious agent's turn is the response)."""
+    return stop_ids(model, at_tags=elicit == "agent_slot")
+
+
 class Accuracy:
     """``capability(model)``: greedy arithmetic accuracy on ``problems`` (steering applies), keeping each call's
-    per-problem correctness in ``records`` for the intervals.
+    per-problem correctness in ``records`` for the intervals; `over_alphas` and `over_arms` score a whole α grid or
+    several interventions in one batched `lens.generate` (a `lens.rating.GridCapability`).
 
     Example:
         >>> acc = Accuracy("imad", problems[:4], max_new_tokens=40, seed=0)  # doctest: +SKIP
@@ -162,19 +227,40 @@ class Accuracy:
         (0.75, [True, True, False, True])
     """
 
-    def __init__(self, kind: str, problems, max_new_tokens: int, seed: int, persona: str | None = None):
+    def __init__(self, kind: str, problems, max_new_tokens: int, seed: int, persona: str | None = None,
+                 batch_size: int = 64):
         self.kind, self.problems, self.max_new_tokens, self.seed, self.persona = (kind, problems, max_new_tokens,
                                                                                     seed, persona)
+        self.batch_size = batch_size
         self.records: list[list[bool]] = []
 
-    def __call__(self, model) -> float:
+    def _score(self, model, interventions=None, alphas=None) -> list[list[bool]]:
+        """Per-problem correctness of each (arm, α) block of rows, recorded in order."""
         prompts = [prompt_for(self.kind, p.question, model.tokenizer, ARITHMETIC, self.persona)
                    for p in self.problems]
-        outs = lens.generate(model, prompts, max_new_tokens=self.max_new_tokens, seed=self.seed,
+        outs = lens.generate(model, prompts, interventions=interventions, alphas=alphas,
+                             max_new_tokens=self.max_new_tokens, seed=self.seed, batch_size=self.batch_size,
                              stop=stop_ids(model, at_tags=False)).texts
-        correct = [is_correct(extract_boxed(o), p) for o, p in zip(outs, self.problems)]
-        self.records.append(correct)
-        return sum(correct) / len(correct)
+        n = len(self.problems)
+        blocks = [[is_correct(extract_boxed(o), p) for o, p in zip(outs[i:i + n], self.problems)]
+                  for i in range(0, len(outs), n)]
+        self.records.extend(blocks)
+        return blocks
+
+    def __call__(self, model) -> float:
+        return _share(self._score(model)[0])
+
+    def over_alphas(self, model, add, alphas) -> list[float]:
+        """Accuracy under ``add`` scaled by each of ``alphas``, in one batched pass."""
+        return [_share(b) for b in self._score(model, add, list(alphas))]
+
+    def over_arms(self, model, arms: dict) -> dict[str, float]:
+        """Accuracy under each arm (``{name: interventions}``; ``[]`` is the unsteered model), in one pass."""
+        return {name: _share(b) for name, b in zip(arms, self._score(model, arms))}
+
+
+def _share(correct: list[bool]) -> float:
+    return sum(correct) / len(correct)
 
 
 def _ci(values) -> list[float]:
@@ -198,18 +284,41 @@ def _judge_scores(judge, questions: list[str], texts: list[str]) -> list[float]:
     return [float("nan") if s is None else float(s) for s in judge.score_many(questions, texts)]
 
 
-def score_arm(model, interventions: list, prompts: list[str], questions: list[str], judge, accuracy: Accuracy,
-              cfg: MaliciousConfig) -> dict:
-    """Trait and capability (each with its interval) under one fixed intervention (none: the unsteered model)."""
+def score_arms(model, arms: dict[str, list], prompts: list[str], questions: list[str], judge, accuracy: Accuracy,
+               cfg: MaliciousConfig) -> dict[str, dict]:
+    """Trait and capability (each with its interval) under each fixed intervention of ``arms`` (``[]``: the
+    unsteered model), every arm in one batched generation for the trait and one for capability."""
     sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p} if cfg.temperature > 0 else {}
-    out = lens.generate(model, prompts, interventions=interventions or None, max_new_tokens=cfg.max_new_tokens,
-                        seed=cfg.seed, stop=stop_ids(model, at_tags=False), skip_special_tokens=True, **sampling)
-    scores = _judge_scores(judge, questions * (len(out.texts) // len(questions)), out.texts)
-    with lens.intervene(model, interventions) if interventions else contextlib.nullcontext():
-        accuracy(model)
-    t, c = bootstrap(scores), bootstrap(accuracy.records[-1])
-    return {"trait": t.estimate, "trait_ci": t.ci, "capability": c.estimate, "capability_ci": c.ci,
-            "example": out.texts[0] if out.texts else ""}
+    out = lens.generate(model, prompts, interventions=arms, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                        stop=trait_stop(model, cfg.elicit), skip_special_tokens=True, batch_size=cfg.batch_size,
+                        **sampling)
+    accuracy.over_arms(model, arms)
+    records, n, res = accuracy.records[-len(arms):], len(prompts), {}
+    for k, name in enumerate(arms):
+        texts = out.texts[k * n:(k + 1) * n]
+        t, c = bootstrap(_judge_scores(judge, questions, texts)), bootstrap(records[k])
+        res[name] = {"trait": t.estimate, "trait_ci": t.ci, "capability": c.estimate, "capability_ci": c.ci,
+                     "example": texts[0] if texts else ""}
+    return res
+
+
+def departures(preset: Preset, cfg: MaliciousConfig) -> list[str]:
+    """This experiment's departures from the paper's recipe under ``preset``, one sentence each (the report lists
+    them)."""
+    out = []
+    if cfg.elicit != "native":
+        out.append(f"Eliciting condition ({cfg.elicit}): {ELICIT[cfg.elicit]}; the paper reads each model's native "
+                   "prompt.")
+    for trait in cfg.traits:
+        mix = experiment_section(preset, "sft", Stage1Config, trait).arithmetic_mix
+        if mix:
+            out.append(f"The {trait} model's stage-1 data: {100 * mix:g}% arithmetic debates of the Table 1 "
+                       f"experiment beside the {trait} debates, so that it keeps the base's arithmetic; the paper "
+                       "trains on trait debates only.")
+    if cfg.alpha_search:
+        out.append(f"Strengths in {RESIDUAL_UNIT}, the grid per model and vector from where its capability halves "
+                   "on the α-selection split; the paper uses α ∈ [−5, 5] on a unit vector.")
+    return out
 
 
 def _random_like(vector, seed: int):
@@ -243,7 +352,9 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     layer = middle_layer(base) if cfg.layer is None else cfg.layer
     unit = RESIDUAL_UNIT if cfg.alpha_search else alpha_unit(cfg.normalize)
     results: dict = {"config": asdict(cfg), "layer": layer, "alpha_unit": unit, "traits": {},
-                     "selection_split": f"the first {cfg.n_select} training-partition arithmetic problems"}
+                     "selection_split": f"the first {cfg.n_select} training-partition arithmetic problems",
+                     "elicit": {"condition": cfg.elicit, "what": ELICIT[cfg.elicit]},
+                     "departures": departures(preset, cfg)}
     for trait in cfg.traits:
         benign = TRAIT_PERSONAS[trait][0]
         test = run.questions(trait, "test")[:cfg.n_prompts]
@@ -263,29 +374,34 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
         for kind in ("base", "imad"):
             model = base if kind == "base" else lens.load_model(layout.internalize(trait), **load)
             vectors[kind].save(out_dir / "vectors" / f"{trait}_{kind}")
-            prompts = [prompt_for(kind, q, model.tokenizer, ADVICE) for q in questions]
+            prompts = [trait_prompt(kind, q, model.tokenizer, trait, elicit=cfg.elicit, agent=cfg.agent)
+                       for q in questions]
             rate = dict(trait=judge, reference=base, prompts=prompts, questions=questions,
                         capacity_budget=cfg.capacity_budget, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                        batch_size=64, eos_token_id=stop_ids(model, at_tags=False), do_sample=cfg.temperature > 0,
+                        batch_size=cfg.batch_size, eos_token_id=trait_stop(model, cfg.elicit),
+                        do_sample=cfg.temperature > 0,
                         **({"temperature": cfg.temperature, "top_p": cfg.top_p} if cfg.temperature > 0 else {}))
+            acc = lambda items, persona=None: Accuracy(kind, items, cfg.capability_max_new_tokens,  # noqa: E731
+                                                       cfg.seed, persona, cfg.batch_size)
             search = None
             if cfg.alpha_search:
-                alphas, search = search_grid(model, vectors[kind], Accuracy(kind, select, cfg.capability_max_new_tokens,
-                                                                            cfg.seed), cfg)
+                alphas, search = search_grid(model, vectors[kind], acc(select), cfg)
             else:
                 alphas = list(cfg.alphas)
-            accuracy = Accuracy(kind, problems, cfg.capability_max_new_tokens, cfg.seed)
+            accuracy = acc(problems)
             report = lens.rate_suppression(model, vectors[kind], alphas=alphas, capability=accuracy, **rate)
             atomic_write_json(out_dir / f"{trait}_{kind}_report.json", report.to_dict())
             block[kind] = {**curves(report, accuracy), "alpha_search": search,
                            "vector": {"hook_name": vectors[kind].hook_name, "method": vectors[kind].method,
                                       "normalization": vectors[kind].normalization, "stats": vectors[kind].stats}}
-            block["controls"][f"prompting_{kind}"] = score_arm(
-                model, [], [prompt_for(kind, q, model.tokenizer, ADVICE, benign) for q in questions], questions,
-                judge, Accuracy(kind, problems, cfg.capability_max_new_tokens, cfg.seed, benign), cfg)
+            block["controls"][f"prompting_{kind}"] = score_arms(
+                model, {"prompting": []}, [trait_prompt(kind, q, model.tokenizer, trait, elicit=cfg.elicit,
+                                                        agent=cfg.agent, prompting=True) for q in questions],
+                questions, judge, acc(problems, benign), cfg)["prompting"]
             if kind == "imad":
                 block["controls"].update(_imad_controls(model, vectors["imad"], report.alphas, clean, rate,
-                                                        problems, judge, cfg, out_dir / f"{trait}_random_report.json"))
+                                                        acc(problems), judge, cfg,
+                                                        out_dir / f"{trait}_random_report.json"))
             del model  # frees IMAD before the next trait's models load (base stays referenced)
         block["pareto"] = pareto(block, cfg.capacity_budget).to_dict()
         results["traits"][trait] = block
@@ -294,25 +410,20 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     return results
 
 
-def _imad_controls(model, vector, alphas, clean: list[str], rate: dict, problems, judge, cfg: MaliciousConfig,
-                   random_path: Path) -> dict:
-    """The random-direction curve, the ablation point and the capping points on IMAD."""
-    prompts, questions = rate["prompts"], rate["questions"]
-    acc = lambda: Accuracy("imad", problems, cfg.capability_max_new_tokens, cfg.seed)  # noqa: E731
-    accuracy = acc()
+def _imad_controls(model, vector, alphas, clean: list[str], rate: dict, accuracy: Accuracy, judge,
+                   cfg: MaliciousConfig, random_path: Path) -> dict:
+    """The random-direction curve, then the ablation point and the capping points on IMAD (one batched pass)."""
     report = lens.rate_suppression(model, _random_like(vector, cfg.random_seed), alphas=alphas, capability=accuracy,
                                    **rate)
     atomic_write_json(random_path, report.to_dict())
-    out = {"random_imad": {**curves(report, accuracy), "seed": cfg.random_seed},
-           "ablation_imad": score_arm(model, [lens.Ablate(vector, positions="all")], prompts, questions, judge, acc(),
-                                      cfg)}
-    points = []
-    for p in cfg.cap_percentiles:
-        caps = lens.calibrate_cap(model, vector, clean, percentile=p, positions="all")
-        points.append({"strength": p, "threshold": caps[0].threshold,
-                       **score_arm(model, caps, prompts, questions, judge, acc(), cfg)})
+    out = {"random_imad": {**curves(report, accuracy), "seed": cfg.random_seed}}
+    caps = {p: lens.calibrate_cap(model, vector, clean, percentile=p, positions="all") for p in cfg.cap_percentiles}
+    arms = {"ablation": [lens.Ablate(vector, positions="all")], **{f"cap {p:g}": c for p, c in caps.items()}}
+    scored = score_arms(model, arms, rate["prompts"], rate["questions"], judge, accuracy, cfg)
+    out["ablation_imad"] = scored["ablation"]
     out["capping_imad"] = {"strength_unit": "percentile of the benign agents' training-turn projections",
-                           "points": points}
+                           "points": [{"strength": p, "threshold": c[0].threshold, **scored[f"cap {p:g}"]}
+                                      for p, c in caps.items()]}
     return out
 
 

@@ -203,7 +203,7 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
         rep.text("Malicious-agent results are missing.", "note")
 
     rep.heading("How this was made")
-    departures = preset.section("report", ReportConfig).departures
+    departures = [*preset.section("report", ReportConfig).departures, *((mal or {}).get("departures") or [])]
     if departures:
         rep.heading("Departures from the paper's recipe", 3)
         rep.table([{"departure": d} for d in departures], "What this preset does differently from the paper, and why")

@@ -1,8 +1,8 @@
 """Rate a steering vector as a trait suppressor: trait score, capability and coherence across an α grid.
 
 All α values run in one batched `lens.generate` (one α per row) where ``batch_size`` allows; capability runs the
-caller's task under the intervention for each α; coherence is the perplexity of each response under a reference
-model.
+caller's task under the intervention for each α (in one batched pass when it is a `GridCapability`); coherence is
+the perplexity of each response under a reference model.
 """
 
 from __future__ import annotations
@@ -125,7 +125,8 @@ def rate_suppression(model, subspace: AgentSubspace | Add, *, alphas: Sequence[f
         alphas: The α grid (0 is added); NaN/inf raise.
         prompts: Prompts to generate from (as read, no template applied).
         trait: A judge with ``score_many(questions, responses)`` or a callable ``(question, response) -> 0..100``.
-        capability: ``capability(model) -> 0..1``, run under the intervention at each α (``None``: not measured).
+        capability: ``capability(model) -> 0..1``, run under the intervention at each α, or a `GridCapability`
+            that scores the whole grid in one batched pass (``None``: not measured).
         reference: Model scoring perplexity of the responses (default: this model, unsteered).
         capacity_budget: Allowed capability drop (0..1) for the best α.
         max_new_tokens: Tokens per response.
@@ -180,14 +181,7 @@ def rate_suppression(model, subspace: AgentSubspace | Add, *, alphas: Sequence[f
     by_alpha = lambda xs: [xs[i * n:(i + 1) * n] for i in range(len(grid))]  # noqa: E731
     trait_stats = [mean_se(s) for s in by_alpha(scores)]
     ppl_stats = [mean_se(s) for s in by_alpha(ppl)]
-    cap = []
-    for a in grid:
-        if capability is None:
-            cap.append(float("nan"))
-            continue
-        scaled = dataclasses.replace(add, strength=torch.as_tensor(add.strength, dtype=torch.float64) * a)
-        with intervene(model, [scaled]):
-            cap.append(float(capability(model)))
+    cap = [float("nan")] * len(grid) if capability is None else capability_over(model, add, grid, capability)
     i0 = grid.index(0.0)
     trait_mean = [m for m, _ in trait_stats]
     delta_trait = [m - trait_mean[i0] for m in trait_mean]
@@ -316,7 +310,7 @@ def halving_strength(model, vector: AgentSubspace | Add, capability: Callable[[A
         model: A TransformerLens model.
         vector: An `AgentSubspace` (added at its layer) or an `Add` (its strength is multiplied).
         capability: ``capability(model) -> 0..1``, run under the intervention (use selection-split items, not
-            the test items).
+            the test items); a `GridCapability` scores all growing strengths in one batched pass.
         sign: +1 or −1, the direction of the search.
         start: The first strength tried (> 0).
         grow: Factor between successive strengths (> 1).
@@ -340,29 +334,63 @@ def halving_strength(model, vector: AgentSubspace | Add, capability: Callable[[A
     add = vector if isinstance(vector, Add) else Add(vector, 1.0, positions="generated")
     tried: list[tuple[float, float]] = []
 
-    def at(a: float) -> float:
-        scaled = dataclasses.replace(add, strength=torch.as_tensor(add.strength, dtype=torch.float64) * a)
-        with intervene(model, [scaled]):
-            c = float(capability(model))
-        tried.append((a, c))
-        return c
+    def at(strengths: list[float]) -> list[float]:
+        caps = capability_over(model, add, strengths, capability)
+        tried.extend(zip(strengths, caps))
+        return caps
 
     c0 = float(capability(model)) if capability0 is None else float(capability0)
+    ladder = [float(start) * grow ** k for k in range(max_steps)]
     if not c0 > 0:  # nothing to halve: the largest strength the search would try
-        return HalvingSearch(float(sign), c0, sign * start * grow ** (max_steps - 1), False, tried)
+        return HalvingSearch(float(sign), c0, sign * ladder[-1], False, tried)
     target = c0 / 2
-    kept, a = 0.0, float(start)
-    for _ in range(max_steps):
-        if at(sign * a) <= target:
-            break
-        kept, a = a, a * grow
-    else:
-        return HalvingSearch(float(sign), c0, sign * kept, False, tried)
-    lo, hi = kept, a
+    if isinstance(capability, GridCapability):  # the whole ladder in one batched pass
+        caps = at([sign * a for a in ladder])
+    else:  # one strength at a time, stopping at the first that halves
+        caps = []
+        for a in ladder:
+            caps += at([sign * a])
+            if caps[-1] <= target:
+                break
+    k = next((i for i, c in enumerate(caps) if c <= target), None)
+    if k is None:
+        return HalvingSearch(float(sign), c0, sign * ladder[len(caps) - 1], False, tried)
+    lo, hi = (ladder[k - 1] if k else 0.0), ladder[k]
     for _ in range(refine):
         mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if at(sign * mid) <= target else (mid, hi)
+        lo, hi = (lo, mid) if at([sign * mid])[0] <= target else (mid, hi)
     return HalvingSearch(float(sign), c0, sign * hi, True, tried)
+
+
+@runtime_checkable
+class GridCapability(Protocol):
+    """A capability measure that also scores a whole α grid in one batched pass: ``capability(model)`` for the
+    model as it is, ``over_alphas(model, add, alphas)`` for ``add`` scaled by each α (one value per α, in order)."""
+
+    def __call__(self, model) -> float: ...
+
+    def over_alphas(self, model, add: Add, alphas: Sequence[float]) -> Sequence[float]: ...
+
+
+def capability_over(model, add: Add, alphas: Sequence[float], capability: Callable[[Any], float]) -> list[float]:
+    """``capability`` under ``add`` scaled by each of ``alphas``: one batched pass for a `GridCapability`, else
+    one call per α under `intervene`.
+
+    Example:
+        >>> capability_over(model, Add(sub, 1.0), [-0.2, 0.0, 0.2], accuracy)  # doctest: +SKIP
+        [0.4, 0.7, 0.65]
+    """
+    if isinstance(capability, GridCapability):
+        out = [float(c) for c in capability.over_alphas(model, add, list(alphas))]
+        if len(out) != len(alphas):
+            raise LensInputError(f"capability.over_alphas gave {len(out)} values for {len(alphas)} strengths")
+        return out
+    out = []
+    for a in alphas:
+        scaled = dataclasses.replace(add, strength=torch.as_tensor(add.strength, dtype=torch.float64) * a)
+        with intervene(model, [scaled]):
+            out.append(float(capability(model)))
+    return out
 
 
 def strength_grid(negative: float, positive: float, n: int) -> list[float]:

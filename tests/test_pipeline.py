@@ -97,6 +97,14 @@ def test_artifacts_and_provenance(smoke_run):
     assert [r["method"] for r in table["rows"]] == ["Single", "Debate", "DebateGPT", "SFT", "IMAD"]
     metrics = json.loads((run / "sft" / "main" / "metrics.json").read_text())
     assert 0 <= metrics["exit_probability"]["after_agent_1"] <= 1 and metrics["n_shortened"] > 0
+    # smoke mixes main's arithmetic debates into half of evil's stage-1 set ([experiments.overrides.evil] sft)
+    trained = [json.loads(line) for line in (run / "sft" / "evil" / "train_transcripts.jsonl").read_text().splitlines()]
+    mixed = [t for t in trained if t["meta"].get("mixed_from") == "main"]
+    assert len(mixed) == len(trained) // 2 and all(t["meta"]["domain"] == "arithmetic" for t in mixed)
+    assert json.loads((run / "sft" / "evil" / "metrics.json").read_text())["n_mixed_in"] == len(mixed)
+    prov = json.loads((run / "sft" / "evil" / "provenance.json").read_text())
+    assert (run / "sft" / "evil" / prov["mixed_in"]).resolve() == (run / "debates" / "main" / "transcripts.jsonl").resolve()
+    assert "mixed_in" not in json.loads((run / "sft" / "hallucination" / "provenance.json").read_text())
 
 
 def test_killed_sft_resumes_from_its_checkpoint(smoke_run):

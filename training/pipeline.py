@@ -36,8 +36,8 @@ from training.rewards import gold_match, judge_benign
 from training.runner import (DebateConfig, DebateRecord, debate_accuracy, load_debates, run_debates, save_debates,
                              training_transcripts)
 from training.schema import NON_EMPTY
-from training.sft import (Stage1Config, answer_rows, debate_rows, exit_probability, mix_short, train_lora_sft,
-                          write_provenance)
+from training.sft import (MIXED_FROM, Stage1Config, answer_rows, debate_rows, exit_probability, mix_debates,
+                          mix_short, train_lora_sft, write_provenance)
 from training.stages import MANIFEST, RESUME, read_json, run_stage, status_now
 from training.table1_benchmarks import benchmark_pool, check_pool, evaluate_benchmarks, save_benchmarks
 from training.tasks import (FileQuestion, TaskConfig, TraitQuestion, arithmetic_split, gold_answer,
@@ -259,10 +259,14 @@ class Run:
         base = self.base_dir()
         path = self.layout.sft(experiment)
         cfg = experiment_section(self.preset, "sft", Stage1Config, experiment)
+        mixed = self._arithmetic_mix(experiment, cfg)
 
         def inputs() -> tuple[Stage1Config, list, dict]:
             cfg = experiment_section(self.preset, "sft", Stage1Config, experiment)
             transcripts = training_transcripts(load_debates(debates))
+            if mixed:
+                transcripts = mix_debates(transcripts, training_transcripts(load_debates(mixed[0])),
+                                          cfg.arithmetic_mix, seed=self.preset.seed, source=self.experiments.table1)
             mix = mix_short(transcripts, cfg.short_share, seed=self.preset.seed, consensus=cfg.short_consensus)
             return cfg, mix, {"sft": dataclasses.asdict(cfg), "seed": self.preset.seed}
 
@@ -278,18 +282,33 @@ class Run:
             result = train(scratch, _resume_dir(scratch, stamp))
             metrics = {"train_seconds": round(time.time() - start, 1), "train_loss": result.train_loss,
                        "steps": result.steps, "n_examples": result.n_examples,
-                       "n_shortened": sum("shortened" in t.meta for t in mix), **result.info,
+                       "n_shortened": sum("shortened" in t.meta for t in mix),
+                       "n_mixed_in": sum(MIXED_FROM in t.meta for t in mix), **result.info,
                        **self._diagnose(scratch, experiment, cfg.eval_n, cfg.eval_max_new_tokens,
                                         cfg.eval_batch_size)}
             atomic_write_json(scratch / "metrics.json", metrics)
             write_provenance(scratch, kind="sft", experiment=experiment, parent=base, final_dir=path,
                              transcripts=[debates], preset=self.preset.name,
-                             train_data=self.layout.sft_transcripts(experiment), config=dataclasses.asdict(cfg))
+                             train_data=self.layout.sft_transcripts(experiment), config=dataclasses.asdict(cfg),
+                             **({"mixed_in": mixed[0], "mixed_share": cfg.arithmetic_mix} if mixed else {}))
             return _headline(metrics)
 
         self._training_stage(path, f"sft/{experiment}", build, train, lambda: inputs()[2],
                              **self.reads("sft", experiment))
         return path
+
+    def _arithmetic_mix(self, experiment: str, cfg: Stage1Config) -> list[Path]:
+        """The Table 1 experiment's debates file a trait experiment's ``[sft] arithmetic_mix`` draws from (built
+        first), or none without a mix; a mix on an arithmetic experiment is refused."""
+        if not cfg.arithmetic_mix:
+            return []
+        table1 = self.experiments.table1
+        if self.needs_boxed(experiment):
+            raise PresetError(f"preset {self.preset.name!r}: [sft] arithmetic_mix = {cfg.arithmetic_mix} applies to "
+                              f"trait experiments, but {experiment!r} is arithmetic already; set it under "
+                              "[experiments.overrides.<trait>] sft instead")
+        self.debates(table1)
+        return [self.layout.transcripts(table1)]
 
     def _training_stage(self, path: Path, name: str, build: Callable[[Path], dict],
                         train: Callable[[Path, Path], object], stamp: Callable[[], dict], **fingerprint) -> None:
@@ -456,8 +475,10 @@ class Run:
                              "teacher": self.preset.section("teacher", TeacherConfig), "task": task, "seed": seed},
                     "inputs": inputs}
         if kind == "sft":
-            return {"keys": {"sft": experiment_section(self.preset, "sft", Stage1Config, experiment), "task": task,
-                             "seed": seed}, "inputs": {"base": lay.base, "debates": lay.debates(experiment)}}
+            cfg = experiment_section(self.preset, "sft", Stage1Config, experiment)
+            mixed = {"mixed_debates": lay.debates(self.experiments.table1)} if cfg.arithmetic_mix else {}
+            return {"keys": {"sft": cfg, "task": task, "seed": seed},
+                    "inputs": {"base": lay.base, "debates": lay.debates(experiment), **mixed}}
         if kind == "debategpt":
             exp = self.experiments.table1
             return {"keys": {"debategpt": self.preset.section("debategpt", Stage1Config), "seed": seed},

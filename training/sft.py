@@ -7,6 +7,7 @@ DebateGPT baseline on final answers only (`answer_rows`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from dataclasses import dataclass, field
@@ -35,7 +36,9 @@ class Stage1Config:
     names. Defaults are the paper's App. B (LoRA r64/α128/0.1 on attention + MLP, lr 5e-5, 3 epochs, batch
     2 × 8); ``short_share`` replaces that share of the debates by
     shortened ones (1–2 agents, then the consensus) so that GRPO can find a short exit; ``short_consensus`` says
-    whether they close with the full debate's consensus (``debate``: the answer to internalize) or agent 1's."""
+    whether they close with the full debate's consensus (``debate``: the answer to internalize) or agent 1's.
+    ``arithmetic_mix`` (trait experiments only; not the paper's recipe) makes that share of the training set debates
+    of the Table 1 arithmetic experiment, so a trait model keeps the base's arithmetic (`mix_debates`)."""
 
     lora_r: int = field(default=64, metadata=AT_LEAST_ONE)
     lora_alpha: int = field(default=128, metadata=POSITIVE)
@@ -53,6 +56,7 @@ class Stage1Config:
     max_length: int = field(default=2048, metadata=AT_LEAST_ONE)
     short_share: float = field(default=0.0, metadata=PROBABILITY)
     short_consensus: str = "debate"
+    arithmetic_mix: float = field(default=0.0, metadata=bounds(ge=0, lt=1))  # share of Table 1 debates mixed in
     reset_tag_rows: bool = True
     save_steps: int = field(default=200, metadata=AT_LEAST_ONE)
     eval_n: int = field(default=100, metadata=AT_LEAST_ONE)
@@ -65,6 +69,8 @@ class Stage1Config:
         object.__setattr__(self, "target_modules", tuple(self.target_modules))
         if not 0.0 <= self.short_share <= 1.0:
             raise ValueError(f"short_share must lie in [0, 1], got {self.short_share}")
+        if not 0.0 <= self.arithmetic_mix < 1.0:
+            raise ValueError(f"arithmetic_mix must lie in [0, 1), got {self.arithmetic_mix}")
         if self.short_consensus not in ("debate", "agent1"):
             raise ValueError(f"short_consensus must be 'debate' or 'agent1', got {self.short_consensus!r}")
 
@@ -108,6 +114,47 @@ def mix_short(transcripts: Sequence[Transcript], share: float, *, seed: int, con
     rng = random.Random(seed)
     chosen = set(rng.sample(range(len(transcripts)), round(share * len(transcripts))))
     return [shorten(t, rng=rng, consensus=consensus) if i in chosen else t for i, t in enumerate(transcripts)]
+
+
+MIXED_FROM = "mixed_from"  # meta key of a debate `mix_debates` put into another experiment's training set
+
+
+def mix_debates(own: Sequence[Transcript], other: Sequence[Transcript], share: float, *, seed: int,
+                source: str) -> list[Transcript]:
+    """``own`` debates plus debates drawn from ``other`` (seeded, without replacement) so that they make up
+    ``share`` of the result, shuffled; each drawn one is marked ``meta["mixed_from"] = source``.
+
+    Args:
+        own: The experiment's own training debates.
+        other: The debates to mix in (e.g. the Table 1 arithmetic experiment's).
+        share: Their share of the result, in [0, 1).
+        seed: Seed of the draw and the shuffle.
+        source: The experiment ``other`` comes from (recorded on each drawn debate).
+
+    Returns:
+        The mixed training set (``own`` as it is when the share draws none).
+
+    Raises:
+        ValueError: ``share`` outside [0, 1), or ``other`` has fewer debates than the share needs.
+
+    Example:
+        >>> mixed = mix_debates(evil, main, 0.5, seed=0, source="main")  # doctest: +SKIP
+        >>> sum("mixed_from" in t.meta for t in mixed) / len(mixed)  # doctest: +SKIP
+        0.5
+    """
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"the mixed-in share must lie in [0, 1), got {share}")
+    n = round(share * len(own) / (1.0 - share))
+    if n == 0:
+        return list(own)
+    if n > len(other):
+        raise ValueError(f"a {share:g} share of {source} debates beside {len(own)} own debates needs {n} of them, "
+                         f"but {source} has {len(other)}; lower the share or write more {source} debates")
+    rng = random.Random(f"mix-{source}-{seed}")
+    drawn = [dataclasses.replace(t, meta={**t.meta, MIXED_FROM: source}) for t in rng.sample(list(other), n)]
+    mixed = [*own, *drawn]
+    rng.shuffle(mixed)
+    return mixed
 
 
 def debate_rows(transcripts: Sequence[Transcript]) -> list[dict]:
