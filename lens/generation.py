@@ -17,8 +17,9 @@ Sampled rows draw the same distribution through another random stream.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
@@ -174,9 +175,10 @@ def generate(model, prompts: Sequence[str], *, interventions=None, alphas: Seque
         new = min(max_new_tokens, room)
         if hf is not None:
             mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=tokens.device)
-            with _applied_hf(model, hf, items, prompt_len=width):
-                out = hf.generate(tokens, attention_mask=mask, generation_config=_hf_config(
-                    new, stops, pad, temperature, top_p, top_k))
+            config = _hf_config(new, stops, pad, temperature, top_p, top_k)
+            # HF fills a field left unset (no stop tokens: eos None) from the model's own config: shadow it
+            with _applied_hf(model, hf, items, prompt_len=width), _attribute(hf, "generation_config", config):
+                out = hf.generate(tokens, attention_mask=mask, generation_config=config)
         else:
             with _applied(model, items, prompt_len=width):
                 out = model.generate(tokens, max_new_tokens=new, stop_at_eos=bool(stops),
@@ -231,6 +233,17 @@ def _hf_twin(model, arms: dict, *, required: bool):
             raise LensInputError(f"backend='hf' cannot be used: {why}; use backend='hooked' or 'auto'")
         return None
     return twin.model
+
+
+@contextmanager
+def _attribute(obj, name: str, value) -> Iterator[None]:
+    """Set ``obj.name`` for the duration of the block, then restore it."""
+    prev = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, prev)
 
 
 def _hf_config(new: int, stops: list[int], pad: int, temperature: float, top_p, top_k):

@@ -93,3 +93,10 @@ def test_backend_and_arm_prompts_bad_inputs(twin, subs, model):
 def test_keep_hf_needs_the_hooked_backend(tiny_model_dirs):
     with pytest.raises(LensLoadError, match="keep_hf=True needs backend='hooked'"):
         lens.load_model(tiny_model_dirs["llama"], keep_hf=True, backend="bridge")
+
+
+def test_hf_backend_without_stop_tokens_runs_every_row_to_the_end(twin, subs):
+    """stop=[] means no stop token on both backends (HF would otherwise take the model config's eos)."""
+    kw = dict(interventions=subs[1], alphas=[0.0, 3.0], max_new_tokens=9, stop=[])
+    hf, hooked = (lens.generate(twin, PROMPTS, backend=b, **kw) for b in ("hf", "hooked"))
+    assert all(len(t) == 9 for t in hf.tokens) and not any(hf.stopped) and hf.tokens == hooked.tokens
