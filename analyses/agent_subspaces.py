@@ -106,21 +106,31 @@ def turn_prompts(transcripts: list[Transcript], agent: int, rounds: tuple[int, .
     return prompts, refs
 
 
-def rouge_sweep(model, sub, prompts: list[str], refs: list[str], cfg: SubspaceConfig) -> dict[str, list]:
-    """ROUGE-1/2/L per α of the steered continuation against the agent's own turn (one batched sweep): the mean
-    curve per metric and, under ``per_prompt``, each prompt's scores per α (for paired intervals); contexts too
-    long to leave room for a continuation are skipped (the same ones for every model sharing the tokenizer)."""
-    keep = fits_context(model, prompts, margin=16)
-    prompts, refs = [p for p, k in zip(prompts, keep) if k], [r for r, k in zip(refs, keep) if k]
-    if not prompts:
-        raise ValueError(f"every held-out context is longer than the model's context of {model.cfg.n_ctx} tokens")
-    outs = lens.generate(model, prompts, interventions=sub, alphas=cfg.alphas, max_new_tokens=cfg.max_new_tokens,
-                         temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
-                         stop=stop_ids(model, at_tags=True)).texts
-    n = len(prompts)
-    scores = [[rouge(o.strip(), r) for o, r in zip(outs[i * n:(i + 1) * n], refs)] for i in range(len(cfg.alphas))]
-    curves: dict[str, list] = {m: [sum(s[m] for s in row) / n for row in scores] for m in ROUGE_METRICS}
-    curves["per_prompt"] = {m: [[s[m] for s in row] for row in scores] for m in ROUGE_METRICS}
+def rouge_sweeps(model, subs: dict, turns: dict, cfg: SubspaceConfig) -> dict[str, dict[str, list]]:
+    """Per agent, ROUGE-1/2/L per α of the continuation steered with its vector against its own turn: the mean
+    curve per metric and, under ``per_prompt``, each prompt's scores per α (for paired intervals). Every agent
+    and α runs in one batched `lens.generate` (each agent on its own turns, ``turns[a] = (prompts, refs)``).
+    Contexts too long to leave room for a continuation are skipped (the same ones for every model sharing the
+    tokenizer)."""
+    prompts, refs, own = [], {}, {}
+    for a, (ps, rs) in turns.items():
+        keep = fits_context(model, ps, margin=16)
+        kept = [p for p, k in zip(ps, keep) if k]
+        if not kept:
+            raise ValueError(f"every held-out context of agent {a} is longer than the model's context of "
+                             f"{model.cfg.n_ctx} tokens")
+        own[str(a)] = list(range(len(prompts), len(prompts) + len(kept)))
+        prompts += kept
+        refs[str(a)] = [r for r, k in zip(rs, keep) if k]
+    out = lens.generate(model, prompts, interventions={str(a): sub for a, sub in subs.items()}, arm_prompts=own,
+                        alphas=cfg.alphas, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                        top_p=cfg.top_p, seed=cfg.seed, stop=stop_ids(model, at_tags=True))
+    curves = {}
+    for a, rs in refs.items():
+        scores = [[rouge(o.strip(), r) for o, r in zip(out.select(arm=a, alpha=x), rs)] for x in cfg.alphas]
+        curve: dict[str, list] = {m: [sum(s[m] for s in row) / len(rs) for row in scores] for m in ROUGE_METRICS}
+        curve["per_prompt"] = {m: [[s[m] for s in row] for row in scores] for m in ROUGE_METRICS}
+        curves[a] = curve
     return curves
 
 
@@ -131,17 +141,20 @@ def auc_difference(alphas, base: list[list[float]], imad: list[list[float]]) -> 
     return paired_difference(per(imad), per(base)).to_dict()
 
 
-def capability_sweep(model, kind: str, sub, cfg: SubspaceConfig, problems) -> tuple[list[float], list[list[bool]]]:
-    """Arithmetic accuracy per α in ``cfg.capability_alphas`` under steering with ``sub`` (native prompts), and
-    each problem's correctness per α."""
+def capability_sweeps(model, kind: str, subs: dict, cfg: SubspaceConfig,
+                      problems) -> dict[str, tuple[list[float], list[list[bool]]]]:
+    """Per agent, arithmetic accuracy per α in ``cfg.capability_alphas`` under steering with its vector (native
+    prompts, greedy), and each problem's correctness per α; every agent and α in one batched `lens.generate`."""
     prompts = [native_prompt(kind, p.question, model.tokenizer) for p in problems]
-    out = lens.generate(model, prompts, interventions=sub, alphas=cfg.capability_alphas,
-                        max_new_tokens=cfg.capability_max_new_tokens, seed=cfg.seed,
+    out = lens.generate(model, prompts, interventions={str(a): sub for a, sub in subs.items()},
+                        alphas=cfg.capability_alphas, max_new_tokens=cfg.capability_max_new_tokens, seed=cfg.seed,
                         stop=stop_ids(model, at_tags=False))
-    n = len(problems)
-    correct = [is_correct(extract_boxed(o), problems[k]) for o, k in zip(out.texts, out.prompt)]
-    per = [correct[i * n:(i + 1) * n] for i in range(len(cfg.capability_alphas))]
-    return [sum(c) / n for c in per], per
+    sweeps = {}
+    for a in subs:
+        per = [[is_correct(extract_boxed(o), p) for o, p in zip(out.select(arm=str(a), alpha=x), problems)]
+               for x in cfg.capability_alphas]
+        sweeps[str(a)] = ([sum(c) / len(problems) for c in per], per)
+    return sweeps
 
 
 def capability_drop(alphas, per: list[list[bool]]) -> dict:
@@ -200,7 +213,7 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     layout, out_dir = RunLayout.of(preset, run_dir), Path(out_dir)
     heldout = heldout_transcripts(layout.root, cfg.experiment, cfg.n_heldout)
     run = Run(preset, run_dir)
-    sft = lens.load_model(layout.sft(cfg.experiment), **run.placement.load())
+    sft = lens.load_model(layout.sft(cfg.experiment), **run.placement.load())  # reads activations: no HF twin
     layer = middle_layer(sft) if cfg.layer is None else cfg.layer
     agents = sorted({turn.agent for t in heldout for turn in t.turns})
     personas = {str(a): heldout[0].persona_of(a) for a in agents}
@@ -223,16 +236,15 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     neutral = arithmetic_split(preset.section("task", TaskConfig), "test", preset.seed)[:cfg.n_steer]
     dirs = {"base": layout.base, "imad": layout.internalize(cfg.experiment)}
     for kind in MODELS:
-        model = lens.load_model(dirs[kind], **run.placement.load())
+        # the HF twin generates (forward hooks at the same resid_post site, identical greedy tokens, ~2x faster)
+        model = lens.load_model(dirs[kind], keep_hf=True, **run.placement.load())
         if kind == "imad":
             probes["imad"] = lens.probe_layers(model, heldout).to_dict()
-        rouge[kind], capability[kind] = {}, {}
-        for a, sub in subs.items():
-            prompts, refs = turn_prompts(heldout, a, cfg.rounds)
-            rouge[kind][str(a)] = rouge_sweep(model, sub, prompts, refs, cfg)
-            capability[kind][str(a)], per = capability_sweep(model, kind, sub, cfg, problems)
-            if kind == "imad":
-                drops[str(a)] = capability_drop(cfg.capability_alphas, per)
+        rouge[kind] = rouge_sweeps(model, subs, {a: turn_prompts(heldout, a, cfg.rounds) for a in agents}, cfg)
+        sweeps = capability_sweeps(model, kind, subs, cfg, problems)
+        capability[kind] = {a: acc for a, (acc, _) in sweeps.items()}
+        if kind == "imad":
+            drops = {a: capability_drop(cfg.capability_alphas, per) for a, (_, per) in sweeps.items()}
         # persona markers exist for the teacher's arithmetic personas only (a paper file's debates name none)
         steer[kind] = steerability(model, kind, subs, {a: p for a, p in personas.items()
                                                        if p in ARITHMETIC_PERSONAS}, neutral, cfg)

@@ -5,21 +5,30 @@ Rows are (arm, α, prompt); they are sorted by prompt length, left-padded into c
 chunk is one cached generate in which every row carries its own arm and α (an `Add` of another arm adds 0 to a
 row; an `Ablate` or `Cap` touches only its arm's rows). A chunk ends when every row has produced a stop token;
 each row's response is cut at its first one. Greedy rows equal what a single unpadded generate gives.
+
+Two backends run the same rows: ``"hooked"`` (TransformerLens' ``model.generate`` with its hooks) and ``"hf"``
+(the HF model the TransformerLens model was converted from, kept by ``lens.load_model(..., keep_hf=True)``, with
+PyTorch forward hooks on the decoder blocks). For an RMSNorm model (Llama, Qwen2, Mistral) TransformerLens' weight
+processing leaves ``resid_post`` as HF computes it, so both steer the same stream; greedy tokens are identical
+(tested) and HF's generate, with SDPA attention, is about twice as fast on CPU (``benchmarks/bench_generation.py``).
+Sampled rows draw the same distribution through another random stream.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
 from lens.activations import resolve_prepend_bos
 from lens.errors import LensInputError
-from lens.interventions import Add, _applied, as_interventions, strength_matrix
+from lens.interventions import Add, _applied, _applied_hf, as_interventions, strength_matrix
 
 _ANY = object()
+BACKENDS = ("auto", "hooked", "hf")
 
 
 @dataclass
@@ -85,8 +94,8 @@ def _stop_ids(model, stop) -> list[int]:
 def generate(model, prompts: Sequence[str], *, interventions=None, alphas: Sequence[float] | None = None,
              max_new_tokens: int = 64, stop: Sequence[int | str] | int | str | None = None,
              temperature: float = 0.0, top_p: float | None = None, top_k: int | None = None, seed: int = 0,
-             batch_size: int = 32, prepend_bos: bool | None = None,
-             skip_special_tokens: bool = False) -> Generation:
+             batch_size: int = 32, prepend_bos: bool | None = None, skip_special_tokens: bool = False,
+             arm_prompts: Mapping[Any, Sequence[int]] | None = None, backend: str = "auto") -> Generation:
     """Generate from ``prompts`` under each arm of ``interventions`` and each α, batched, with the KV cache.
 
     Args:
@@ -106,6 +115,11 @@ def generate(model, prompts: Sequence[str], *, interventions=None, alphas: Seque
         batch_size: Rows per generate call.
         prepend_bos: Whether to prepend BOS; ``None`` uses the model's default.
         skip_special_tokens: Drop special tokens when decoding.
+        arm_prompts: Optional ``{arm name: prompt indices}``: that arm runs on those prompts only (e.g. each agent
+            on its own turns, all in one call); arms not named run on every prompt.
+        backend: ``"hooked"`` (TransformerLens), ``"hf"`` (the HF twin kept by ``load_model(keep_hf=True)``,
+            forward hooks; ``resid_post`` sites of an RMSNorm model only) or ``"auto"`` (``"hf"`` where it
+            applies, else ``"hooked"``).
 
     Returns:
         A `Generation` with one row per (arm, α, prompt).
@@ -124,7 +138,11 @@ def generate(model, prompts: Sequence[str], *, interventions=None, alphas: Seque
         raise LensInputError(f"max_new_tokens {max_new_tokens!r} must be a positive integer")
     if not math.isfinite(temperature) or temperature < 0:
         raise LensInputError(f"temperature {temperature!r} must be a finite number >= 0")
+    if backend not in BACKENDS:
+        raise LensInputError(f"backend {backend!r} is unknown; valid: {', '.join(map(repr, BACKENDS))}")
     arms = _arms(interventions)
+    subsets = _arm_prompts(arms, arm_prompts, len(prompts))
+    hf = _hf_twin(model, arms, required=backend == "hf") if backend != "hooked" else None
     if alphas is not None:
         alphas = [float(a) for a in alphas]
         if not alphas:
@@ -138,7 +156,7 @@ def generate(model, prompts: Sequence[str], *, interventions=None, alphas: Seque
     prompt_ids = [bos + tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     rows = [(name, a, j) for name, arm in arms.items()
             for a in (alphas if alphas is not None and any(isinstance(it, Add) for it in arm) else [None])
-            for j in range(len(prompts))]
+            for j in subsets.get(name, range(len(prompts)))]
     stops = _stop_ids(model, stop)
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
     order = sorted(range(len(rows)), key=lambda r: len(prompt_ids[rows[r][2]]))  # similar lengths share a chunk
@@ -154,12 +172,20 @@ def generate(model, prompts: Sequence[str], *, interventions=None, alphas: Seque
                                  f"{model.cfg.n_ctx}; use shorter prompts")
         tokens = torch.tensor([[pad] * (width - len(i)) + i for i in ids], device=model.cfg.device)
         items = _chunk_interventions(arms, [rows[r] for r in chunk])
-        with _applied(model, items, prompt_len=width):
-            out = model.generate(tokens, max_new_tokens=min(max_new_tokens, room), stop_at_eos=bool(stops),
-                                 eos_token_id=stops or None, do_sample=temperature > 0,
-                                 temperature=temperature or 1.0, top_p=top_p if temperature > 0 else None,
-                                 top_k=top_k if temperature > 0 else None, verbose=False, return_type="tokens",
-                                 prepend_bos=bool(bos), padding_side="left")
+        new = min(max_new_tokens, room)
+        if hf is not None:
+            mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids], device=tokens.device)
+            config = _hf_config(new, stops, pad, temperature, top_p, top_k)
+            # HF fills a field left unset (no stop tokens: eos None) from the model's own config: shadow it
+            with _applied_hf(model, hf, items, prompt_len=width), _attribute(hf, "generation_config", config):
+                out = hf.generate(tokens, attention_mask=mask, generation_config=config)
+        else:
+            with _applied(model, items, prompt_len=width):
+                out = model.generate(tokens, max_new_tokens=new, stop_at_eos=bool(stops),
+                                     eos_token_id=stops or None, do_sample=temperature > 0,
+                                     temperature=temperature or 1.0, top_p=top_p if temperature > 0 else None,
+                                     top_k=top_k if temperature > 0 else None, verbose=False, return_type="tokens",
+                                     prepend_bos=bool(bos), padding_side="left")
         for r, row in zip(chunk, out[:, width:].tolist()):
             cut = next((k for k, t in enumerate(row) if t in stops), None)
             response[r] = (row if cut is None else row[:cut], cut is not None)
@@ -172,8 +198,63 @@ def generate(model, prompts: Sequence[str], *, interventions=None, alphas: Seque
         stopped=[response[r][1] for r in range(len(rows))],
         settings={"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p, "top_k": top_k,
                   "seed": seed, "prepend_bos": bool(bos), "stop": stops, "batch_size": batch_size,
+                  "backend": "hooked" if hf is None else "hf",
                   "arms": {str(name): [it.to_dict() | {"basis": f"<{it.k} x {it.basis.shape[1]}>"} for it in arm]
                            for name, arm in arms.items()}})
+
+
+def _arm_prompts(arms: dict, arm_prompts, n: int) -> dict:
+    if arm_prompts is None:
+        return {}
+    subsets = {str(name) if name is not None else None: [int(j) for j in idx] for name, idx in arm_prompts.items()}
+    unknown = sorted(str(k) for k in set(subsets) - set(arms))
+    if unknown:
+        raise LensInputError(f"arm_prompts names arms {unknown} that interventions does not have; valid: "
+                             f"{sorted(map(str, arms))}")
+    for name, idx in subsets.items():
+        if not idx or not all(0 <= j < n for j in idx):
+            raise LensInputError(f"arm_prompts[{name!r}] must be a non-empty list of prompt indices in [0, {n}), "
+                                 f"got {idx}")
+    return subsets
+
+
+def _hf_twin(model, arms: dict, *, required: bool):
+    """The HF model to generate with, or ``None`` for TransformerLens: needs the twin ``load_model(keep_hf=True)``
+    kept, an RMSNorm model (LayerNorm models' TransformerLens residual is centred, unlike HF's) and
+    ``resid_post`` sites only."""
+    twin = getattr(model, "lens_hf", None)
+    why = ("the model has no HF twin (load it with lens.load_model(..., keep_hf=True))" if twin is None else
+           f"its normalization is {model.cfg.normalization_type} (TransformerLens centres the residual of "
+           f"LayerNorm models, HF does not)" if str(model.cfg.normalization_type).startswith("LN") else
+           "an intervention writes at a site other than 'resid_post'"
+           if any(it.site != "resid_post" for arm in arms.values() for it in arm) else None)
+    if why is not None:
+        if required:
+            raise LensInputError(f"backend='hf' cannot be used: {why}; use backend='hooked' or 'auto'")
+        return None
+    return twin.model
+
+
+@contextmanager
+def _attribute(obj, name: str, value) -> Iterator[None]:
+    """Set ``obj.name`` for the duration of the block, then restore it."""
+    prev = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, prev)
+
+
+def _hf_config(new: int, stops: list[int], pad: int, temperature: float, top_p, top_k):
+    """An explicit generation config (nothing from the model's own defaults, such as HF's top-k of 50)."""
+    from transformers import GenerationConfig
+
+    sample = temperature > 0
+    return GenerationConfig(max_new_tokens=new, min_new_tokens=0, do_sample=sample,
+                            temperature=temperature if sample else 1.0, top_p=top_p if sample and top_p else 1.0,
+                            top_k=top_k if sample and top_k else 0, eos_token_id=stops or None, pad_token_id=pad,
+                            repetition_penalty=1.0, num_beams=1)
 
 
 def _chunk_interventions(arms: dict, chunk_rows: list[tuple]) -> list[tuple]:

@@ -379,6 +379,47 @@ def _applied(model, items: Sequence[tuple[Intervention, Tensor | None, Tensor | 
         yield
 
 
+def _decoder_layers(hf) -> Sequence[torch.nn.Module]:
+    """The decoder blocks of an HF causal LM (``model.layers`` for Llama-family models, ``transformer.h`` for GPT-2)."""
+    inner = hf.base_model
+    layers = getattr(inner, "layers", None) or getattr(inner, "h", None)
+    if layers is None:
+        raise LensInputError(f"cannot find the decoder blocks of {type(hf).__name__}; use backend='hooked'")
+    return layers
+
+
+@contextmanager
+def _applied_hf(model, hf, items: Sequence[tuple[Intervention, Tensor | None, Tensor | None]],
+                prompt_len: int | None) -> Iterator[None]:
+    """`_applied` on ``hf``, the HF model ``model`` was converted from: each intervention's hook runs as a forward
+    hook on the decoder block whose output is ``blocks.L.hook_resid_post`` (the only site an HF block exposes)."""
+    state = _Offsets(fixed_prompt_len=prompt_len, prompt_len=prompt_len)
+    blocks = _decoder_layers(hf)
+    handles = []
+
+    def adapter(fn):
+        def hook(module, args, output):
+            if isinstance(output, tuple):
+                return (fn(output[0], None), *output[1:])
+            return fn(output, None)
+        return hook
+
+    try:
+        for it, value, rows in items:
+            if it.site != "resid_post":
+                raise LensInputError(f"an HF model can be steered at site 'resid_post' only, not {it.site!r}; use "
+                                     f"backend='hooked'")
+            it.hook_names(model)  # checks width and layer range
+            fn = it._hook(model, state, value, rows)
+            for layer in resolve_layers(model, it.layers):
+                handles.append(blocks[layer].register_forward_hook(adapter(fn)))
+        with _position_tracking(hf, state):
+            yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @contextmanager
 def intervene(model, interventions, *, prompt_len: int | None = None) -> Iterator[None]:
     """Apply one or several interventions for the duration of the block; the model is restored on exit.
