@@ -127,6 +127,7 @@ def stages(preset: Preset, run_dir: Path) -> list[StagePlan]:
     plan += [(f"sft/{e}", layout.sft(e), copy) for e in exps.names]
     plan.append((f"debategpt/{exps.table1}", layout.debategpt(exps.table1), copy))
     plan += [(f"internalize/{e}", layout.internalize(e), copy * (n_phases + 1)) for e in exps.names]
+    plan.append((f"single_rl/{exps.table1}", layout.single_rl(exps.table1), copy * (n_phases + 1)))
     plan.append(("eval", layout.eval, 0))
     plan += [(f"analyses/{name}", layout.analysis(name), 0) for name in EXPERIMENTS]
     try:

@@ -41,7 +41,8 @@ class EvalConfig:
     """Preset section ``[eval]``: held-out sample size, seeds, decoding, and the Debate baseline's agents.
     ``benchmarks``: Table 1 per benchmark as the paper reports it, ``{gsm8k = "<file or empty>", mmlu_pro = ...,
     bbh = ...}`` (an empty value: the local HF cache; a path: a local file in that benchmark's format, relative to
-    the preset file); none: the toy's held-out arithmetic."""
+    the preset file); none: the toy's held-out arithmetic, with a transfer column: accuracy on ``n_transfer``
+    problems per seed of a shape never trained on (`training.tasks.transfer_split`)."""
 
     n_questions: int = field(default=1000, metadata=AT_LEAST_ONE)
     seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata=bounds(ge=0, nonempty=True))
@@ -55,6 +56,7 @@ class EvalConfig:
     single_persona: str = "neutral"
     domain: str = ARITHMETIC
     benchmarks: dict = field(default_factory=dict)
+    n_transfer: int = field(default=100, metadata=NON_NEGATIVE)  # transfer column per seed (toy only); 0: none
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", tuple(self.seeds))
@@ -85,11 +87,13 @@ class MethodSpec:
 @dataclass
 class Table1:
     """Rows ``{method, accuracy, accuracy_se, tokens, tokens_se, n_questions, per_seed, ...diagnostics}``
-    (accuracy in 0–1), plus every scored sample per method."""
+    (accuracy in 0–1), with ``transfer`` / ``transfer_se`` (accuracy on the transfer problems) when the table has
+    a transfer column, plus every scored sample per method (``transfer_samples``: those of the transfer column)."""
 
     rows: list[dict]
     samples: dict[str, list[dict]] = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    transfer_samples: dict[str, list[dict]] = field(default_factory=dict)
 
     def row(self, method: str) -> dict:
         for r in self.rows:
@@ -98,7 +102,8 @@ class Table1:
         raise KeyError(f"no method {method!r} in Table 1; methods: {[r['method'] for r in self.rows]}")
 
     def save(self, out_dir: str | Path, *, static_images: bool = True) -> Path:
-        """``table1.json`` / ``.csv`` / ``.md``, ``samples/<method>.jsonl`` and the accuracy-vs-tokens figure
+        """``table1.json`` / ``.csv`` / ``.md``, ``samples/<method>.jsonl`` (``samples/transfer/<method>.jsonl`` for
+        the transfer column) and the accuracy-vs-tokens figure
         (HTML; PNG + PDF too via `lens.plots.save_figure` unless ``static_images`` is False)."""
         out = Path(out_dir)
         atomic_write_json(out / "table1.json", {"rows": self.rows, "config": self.config})
@@ -107,6 +112,9 @@ class Table1:
         for method, samples in self.samples.items():
             lines = "".join(_json_line(s) for s in samples)
             atomic_write_text(out / "samples" / f"{_slug(method)}.jsonl", lines)
+        for method, samples in self.transfer_samples.items():
+            lines = "".join(_json_line(s) for s in samples)
+            atomic_write_text(out / "samples" / "transfer" / f"{_slug(method)}.jsonl", lines)
         save_figure(accuracy_vs_tokens(self), out / "accuracy_vs_tokens", static=static_images)
         return out
 
@@ -211,6 +219,11 @@ def _row(method: str, spec: MethodSpec, per_seed: list[tuple[int, list[dict]]]) 
             "majority_share": _share(every, "has_majority")}
 
 
+def _transfer_row(per_seed: list[tuple[int, list[dict]]]) -> dict:
+    acc = [_mean([r["correct"] for r in recs]) for _, recs in per_seed]
+    return {"transfer": _mean(acc), "transfer_se": _se(acc), "transfer_n_questions": len(per_seed[0][1])}
+
+
 def _backend(spec: MethodSpec, cfg: EvalConfig, cache: dict[str, HFBackend], placement: Placement):
     if spec.backend is not None:
         return spec.backend
@@ -223,11 +236,13 @@ def _backend(spec: MethodSpec, cfg: EvalConfig, cache: dict[str, HFBackend], pla
 
 def evaluate_methods(methods: dict[str, MethodSpec], questions: Sequence[object] | Callable[[int], Sequence[object]],
                      seeds: Sequence[int] | None = None, cfg: EvalConfig | None = None,
-                     placement: Placement = Placement()) -> Table1:
+                     placement: Placement = Placement(), transfer: Sequence[object] = ()) -> Table1:
     """Score every method on the same held-out questions for each seed (``cfg.seeds`` when ``seeds`` is None).
 
     ``questions`` is a pool to sample ``cfg.n_questions`` from per seed, or a function ``seed -> questions``.
-    Each model dir is loaded once (as ``placement`` says) and shared by the methods that name it.
+    ``transfer``: a pool of problems of a shape never trained on; each seed samples ``cfg.n_transfer`` of them
+    for the transfer column (none when empty). Each model dir is loaded once (as ``placement`` says) and shared
+    by the methods that name it.
     """
     cfg = cfg or EvalConfig()
     seeds = tuple(cfg.seeds if seeds is None else seeds)
@@ -236,25 +251,31 @@ def evaluate_methods(methods: dict[str, MethodSpec], questions: Sequence[object]
     if not seeds:
         raise ValueError("no seeds to evaluate; pass at least one (three for a standard error)")
     cache: dict[str, HFBackend] = {}
-    rows, samples = [], {}
-    bar = tqdm(total=len(methods) * len(seeds), desc="Table 1")
+    rows, samples, transferred = [], {}, {}
+    splits = {"held-out": (questions, cfg.n_questions), **({"transfer": (transfer, cfg.n_transfer)}
+                                                           if transfer and cfg.n_transfer else {})}
+    bar = tqdm(total=len(methods) * len(seeds) * len(splits), desc="Table 1")
     for method, spec in methods.items():
         backend = _backend(spec, cfg, cache, placement)
-        per_seed = []
-        for seed in seeds:
-            bar.set_postfix_str(f"{method} seed {seed}")
-            recs = _score(method, spec, backend, sample_questions(questions, cfg.n_questions, seed), seed, cfg)
-            per_seed.append((seed, recs))
-            samples.setdefault(method, []).extend({"seed": seed, **r} for r in recs)
-            bar.update()
-        rows.append(_row(method, spec, per_seed))
+        per_split = {}
+        for split, (pool, n) in splits.items():
+            per_seed = per_split.setdefault(split, [])
+            for seed in seeds:
+                bar.set_postfix_str(f"{method} {split} seed {seed}")
+                recs = _score(method, spec, backend, sample_questions(pool, n, seed), seed, cfg)
+                per_seed.append((seed, recs))
+                (samples if split == "held-out" else transferred).setdefault(method, []).extend(
+                    {"seed": seed, **r} for r in recs)
+                bar.update()
+        rows.append({**_row(method, spec, per_split["held-out"]),
+                     **(_transfer_row(per_split["transfer"]) if "transfer" in per_split else {})})
     bar.close()
-    return Table1(rows, samples, {**asdict(cfg), "seeds": list(seeds)})
+    return Table1(rows, samples, {**asdict(cfg), "seeds": list(seeds)}, transferred)
 
 
 def to_csv(table: Table1) -> str:
     cols = ["method", "kind", "accuracy", "accuracy_se", "tokens", "tokens_se", "n_questions", "n_seeds",
-            "mean_output_tokens", "well_formed", "round2_share", "majority_share"]
+            "mean_output_tokens", "well_formed", "round2_share", "majority_share", "transfer", "transfer_se"]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
@@ -268,11 +289,15 @@ def _pm(value: float, se: float | None, scale: float = 1.0, digits: int = 2) -> 
 
 
 def to_markdown(table: Table1) -> str:
-    lines = ["| Method | Accuracy (%) | Tokens / question | Well-formed | Round 2 |", "|---|---|---|---|---|"]
+    has = any("transfer" in r for r in table.rows)
+    lines = ["| Method | Accuracy (%) | Tokens / question | Well-formed | Round 2 |" + (" Transfer (%) |" * has),
+             "|---|---|---|---|---|" + "---|" * has]
     for r in table.rows:
         opt = ["–" if r.get(k) is None else f"{100 * r[k]:.0f}%" for k in ("well_formed", "round2_share")]
         lines.append(f"| {r['method']} | {_pm(r['accuracy'], r['accuracy_se'], 100)} | "
-                     f"{_pm(r['tokens'], r['tokens_se'], 1, 1)} | {opt[0]} | {opt[1]} |")
+                     f"{_pm(r['tokens'], r['tokens_se'], 1, 1)} | {opt[0]} | {opt[1]} |" +
+                     (f" {_pm(r['transfer'], r.get('transfer_se'), 100)} |" if "transfer" in r else
+                      " – |" * has))
     return "\n".join(lines) + "\n"
 
 
@@ -292,20 +317,34 @@ def accuracy_vs_tokens(table: Table1) -> go.Figure:
 
 # ------------------------------------------------------------- held-out evaluation of one fine-tuned model
 
+Prompt = str | list[dict]  # a plain-text prompt ("Problem: q", continued) or chat messages (the Single prompt)
+
+
 @dataclass(frozen=True)
 class EvalItem:
-    """A held-out question and how to check a completion's answer (`gold_match` or `judge_benign`)."""
+    """A held-out question, how to check a completion's answer (`gold_match` or `judge_benign`), and the prompt
+    the model sees (``None``: ``Problem: {question}``, continued; chat messages: a chat reply, as Single)."""
 
     question: str
     check: AnswerCheck
+    prompt: Prompt | None = None
 
 
-def sample_lengths(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int = 32,
+def _generate(backend: HFBackend, prompts: Sequence[Prompt], seed: int = 0) -> list:
+    """Completions of plain-text prompts (`HFBackend.complete`) or of chat conversations (`HFBackend.chat`)."""
+    chats = [isinstance(p, list) for p in prompts]
+    if any(chats) and not all(chats):
+        raise ValueError("prompts mix plain text and chat messages; give one kind per call")
+    return backend.chat(list(prompts), seed=seed) if any(chats) else backend.complete(list(prompts), seed=seed)
+
+
+def sample_lengths(model, tokenizer, prompts: Sequence[Prompt], *, max_new_tokens: int, batch_size: int = 32,
                    seed: int = 0) -> list[int]:
-    """Completion lengths (stop token included) of T=1 samples, the distribution the budgets are cut from."""
+    """Completion lengths (stop token included) of T=1 samples, the distribution the budgets are cut from;
+    ``prompts`` are plain text (continued) or chat messages (replied to)."""
     backend = HFBackend(model=model, tokenizer=tokenizer, max_new_tokens=max_new_tokens, temperature=1.0,
                         top_p=1.0, batch_size=batch_size)
-    return [c.output_tokens for c in backend.complete(list(prompts), seed=seed)]
+    return [c.output_tokens for c in _generate(backend, prompts, seed)]
 
 
 def quantile(values: Sequence[float], q: float) -> float:
@@ -317,12 +356,13 @@ def quantile(values: Sequence[float], q: float) -> float:
 def evaluate_model(model, tokenizer, items: Sequence[EvalItem], *, max_new_tokens: int, batch_size: int = 32,
                    needs_boxed: bool = True) -> dict:
     """Greedy held-out evaluation: accuracy (consensus answer, else the last one), output tokens, well-formed
-    share, and how many agents speak in each round."""
-    vocab = TagVocab(tokenizer)
+    share, and how many agents speak in each round. Each item's ``prompt`` (default ``Problem: q``) is what the
+    model sees; a model without debate tags (Single + RL) is scored on its last answer."""
+    vocab = TagVocab(tokenizer, require=False)
     spec = RewardSpec(budget=10 ** 9, coeff=1.0, turn_needs_boxed=needs_boxed)
     backend = HFBackend(model=model, tokenizer=tokenizer, max_new_tokens=max_new_tokens, temperature=0.0,
                         batch_size=batch_size)
-    done = backend.complete([prompt_text(it.question) for it in items])
+    done = _generate(backend, [prompt_text(it.question) if it.prompt is None else it.prompt for it in items])
     correct, lengths, well, r1_agents, round2, texts = [], [], [], [], [], []
     for it, c in zip(items, done):
         segments = vocab.segments(c.ids)

@@ -137,15 +137,16 @@ def vllm_args(cfg: Stage2Config, placement: Placement) -> dict:
 
 def train_phase(model_dir: Path, out_dir: Path, phase: Phase, cfg: Stage2Config, rows: list[dict],
                 check_for: Callable[[str, str], AnswerCheck], *, needs_boxed: bool, seed: int, trl_dir: Path,
-                placement: Placement = Placement()) -> dict:
+                placement: Placement = Placement(), tagged: bool = True) -> dict:
     """One GRPO phase: a fresh LoRA on ``model_dir`` (the previous phase's merged model), trained at
     ``phase.budget``; its adapter goes to ``out_dir/adapter`` and the merged model to ``out_dir`` unless the
-    probe skipped it. Returns the phase log."""
+    probe skipped it. ``tagged=False`` (Single + RL) rewards correctness alone, read from the single answer.
+    Returns the phase log."""
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), padding_side="left")
     model = load_causal_lm(model_dir, **placement.load())
-    vocab = TagVocab(tokenizer)
+    vocab = TagVocab(tokenizer, require=tagged)
     spec = RewardSpec(budget=phase.budget, coeff=phase.coeff, clipping=cfg.clipping, weights=cfg.weights,
-                      min_turn_chars=cfg.min_turn_chars, turn_needs_boxed=needs_boxed)
+                      min_turn_chars=cfg.min_turn_chars, turn_needs_boxed=needs_boxed, tagged=tagged)
     args = GRPOConfig(
         output_dir=str(trl_dir), max_steps=phase.steps, per_device_train_batch_size=cfg.per_device_train_batch_size,
         num_generations=cfg.num_generations,
@@ -160,7 +161,8 @@ def train_phase(model_dir: Path, out_dir: Path, phase: Phase, cfg: Stage2Config,
     probe = _probe_callback(cfg.probe_steps)
     trainer = atomic_trainer(GRPOTrainer)(
         model=model, processing_class=tokenizer, args=args, peft_config=peft_config, callbacks=[probe],
-        reward_funcs=[correctness_reward(vocab, spec, check_for), structure_reward(vocab, spec)],
+        reward_funcs=[correctness_reward(vocab, spec, check_for),
+                      *([structure_reward(vocab, spec)] if tagged else [])],
         train_dataset=Dataset.from_list(rows).shuffle(seed=seed))
     start = time.time()
     trainer.train()
@@ -181,12 +183,14 @@ def train_phase(model_dir: Path, out_dir: Path, phase: Phase, cfg: Stage2Config,
 def internalize(sft_dir: str | Path, out_dir: str | Path, cfg: Stage2Config, rows: list[dict],
                 eval_items: list[EvalItem], check_for: Callable[[str, str], AnswerCheck], *, work_dir: str | Path,
                 needs_boxed: bool, seed: int = 0, log: Callable[[str], None] = print,
-                placement: Placement = Placement()) -> dict:
+                placement: Placement = Placement(), tagged: bool = True) -> dict:
     """Stage 2: the phase schedule from the SFT model at ``sft_dir``, each phase chained from the previous
-    phase's merged model. Phases finished in ``work_dir`` (a killed run) are reused, not retrained. The final
-    model (the last trained phase, or the held-out best with ``select="best"``) is copied to ``out_dir`` with
-    ``phases/`` and ``phases.json``: per-step curves and held-out results after every phase. Each phase keeps
-    its LoRA adapter; its merged weights only with ``cfg.keep_phase_models``."""
+    phase's merged model. ``tagged=False`` is the Single + RL control: ``sft_dir`` is the base model, ``rows``
+    and ``eval_items`` carry the Single prompt (chat messages), and only correctness is rewarded. Phases finished
+    in ``work_dir`` (a killed run) are reused, not retrained. The final model (the last trained phase, or the
+    held-out best with ``select="best"``) is copied to ``out_dir`` with ``phases/`` and ``phases.json``: per-step
+    curves and held-out results after every phase. Each phase keeps its LoRA adapter; its merged weights only
+    with ``cfg.keep_phase_models``."""
     sft_dir, out_dir, work_dir = Path(sft_dir), Path(out_dir), Path(work_dir)
     if not rows:
         raise ValueError("stage 2 got no prompts; the experiment's training questions are empty")
@@ -203,8 +207,9 @@ def internalize(sft_dir: str | Path, out_dir: str | Path, cfg: Stage2Config, row
                                               batch_size=cfg.eval_batch_size, needs_boxed=needs_boxed)}
         atomic_write_json(state_path, state)
     phases = resolve_phases(cfg.phase_specs(), state["ref_length"])
-    log(f"[internalize] reference length p{round(100 * cfg.ref_quantile)} = {state['ref_length']} tokens; budgets "
-        + " -> ".join(f"{p.budget} (tag coeff {p.coeff:.2f})" for p in phases))
+    name = "internalize" if tagged else "single-rl"
+    log(f"[{name}] reference length p{round(100 * cfg.ref_quantile)} = {state['ref_length']} tokens; budgets "
+        + " -> ".join(f"{p.budget}" + (f" (tag coeff {p.coeff:.2f})" if tagged else "") for p in phases))
     prev, logs = sft_dir, []
     for phase in phases:
         ph_dir = work_dir / "phases" / f"phase{phase.index}"
@@ -213,10 +218,11 @@ def internalize(sft_dir: str | Path, out_dir: str | Path, cfg: Stage2Config, row
             # a phase is trained, evaluated and logged aside, then renamed: a kill leaves only the aside dir
             aside = ph_dir.with_name(ph_dir.name + ".partial")
             if aside.exists():
-                log(f"[internalize] phase {phase.index} was interrupted; training it again")
+                log(f"[{name}] phase {phase.index} was interrupted; training it again")
                 shutil.rmtree(aside)
             ph_log = train_phase(prev, aside, phase, cfg, rows, check_for, needs_boxed=needs_boxed,
-                                 seed=seed + phase.index, trl_dir=work_dir / "trl", placement=placement)
+                                 seed=seed + phase.index, trl_dir=work_dir / "trl", placement=placement,
+                                 tagged=tagged)
             if not ph_log["skipped"]:
                 model = load_causal_lm(aside, **placement.load()).eval()
                 ph_log["eval"] = evaluate_model(model, AutoTokenizer.from_pretrained(str(aside)), eval_items,
@@ -227,14 +233,14 @@ def internalize(sft_dir: str | Path, out_dir: str | Path, cfg: Stage2Config, row
             aside.rename(ph_dir)
             done = ph_log
         else:
-            log(f"[internalize] phase {phase.index} already trained, reusing {ph_dir}")
+            log(f"[{name}] phase {phase.index} already trained, reusing {ph_dir}")
         logs.append(done)
         if done["skipped"]:
-            log(f"[internalize] phase {phase.index} (budget {phase.budget}) skipped: every early sample was "
+            log(f"[{name}] phase {phase.index} (budget {phase.budget}) skipped: every early sample was "
                 "truncated and the rewards had no variance")
         else:
             ev = done["eval"]
-            log(f"[internalize] phase {phase.index} budget {phase.budget}: accuracy {ev['accuracy']:.3f}, "
+            log(f"[{name}] phase {phase.index} budget {phase.budget}: accuracy {ev['accuracy']:.3f}, "
                 f"mean tokens {ev['mean_tokens']:.1f}, well-formed {ev['well_formed']:.2f}")
             prev = ph_dir
     chosen = _select(logs, cfg.select)

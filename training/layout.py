@@ -3,7 +3,8 @@
 `RunLayout` is pure paths (no I/O): ``base/`` (the toy base, or ``[model] path`` for real models),
 ``debates/<exp>/`` (``transcripts.jsonl`` and ``heldout.jsonl``), ``sft/<exp>/`` (stage 1),
 ``debategpt/<exp>/`` (answers-only baseline), ``internalize/<exp>/`` (stage 2: the IMAD model, with ``phases/``
-and ``phases.json``), ``eval/`` (Table 1), ``analyses/<name>/`` (the experiments) and ``report/``.
+and ``phases.json``), ``single_rl/<exp>/`` (the Single + RL control: stage 2's GRPO from the base, no debate),
+``eval/`` (Table 1), ``analyses/<name>/`` (the experiments) and ``report/``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 
 from training.presets import Preset
 
-STAGES = ("debate", "sft", "internalize", "evaluate")  # the pipeline's stages in order, also its CLI commands
+# the pipeline's stages in order, also its CLI commands
+STAGES = ("debate", "sft", "internalize", "single-rl", "evaluate")
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,11 @@ class RunLayout:
     def internalize(self, experiment: str) -> Path:
         """Stage 2's output: the IMAD model of ``experiment``."""
         return self.root / "internalize" / experiment
+
+    def single_rl(self, experiment: str) -> Path:
+        """The Single + RL control of ``experiment`` (Table 1's): GRPO from the base under the Single prompt, with
+        ``phases/`` and ``phases.json`` as stage 2."""
+        return self.root / "single_rl" / experiment
 
     @property
     def eval(self) -> Path:

@@ -29,7 +29,7 @@ from training.layout import STAGES, RunLayout
 from training.llm_judge import JudgeConfig, reward_judge
 from training.modelio import Placement, load_causal_lm
 from training.presets import Preset, PresetError
-from training.prompts import ARITHMETIC
+from training.prompts import ARITHMETIC, round1_messages
 from training.errors import UserError
 from training.ranks import failed_marker, is_main, main_stage, wait_for, with_peak_memory, world_size
 from training.rewards import gold_match, judge_benign
@@ -40,12 +40,13 @@ from training.sft import (MIXED_FROM, Stage1Config, answer_rows, debate_rows, ex
                           mix_short, train_lora_sft, write_provenance)
 from training.stages import MANIFEST, RESUME, read_json, run_stage, status_now
 from training.table1_benchmarks import benchmark_pool, check_pool, evaluate_benchmarks, save_benchmarks
-from training.tasks import (FileQuestion, TaskConfig, TraitQuestion, arithmetic_split, gold_answer,
-                            read_question_file, trait_split)
+from training.tasks import (TRANSFER_SHAPE, FileQuestion, TaskConfig, TraitQuestion, arithmetic_split, gold_answer,
+                            read_question_file, trait_split, transfer_split)
 from training.teacher import Teacher, TeacherConfig
 from training.toy_base import base_keys, build_base
 
-TABLE1_METHODS = ("Single", "Debate", "DebateGPT", "SFT", "IMAD")
+SINGLE_RL = "Single + RL"  # Table 1's control row: GRPO from the base under the Single prompt, no debate
+TABLE1_METHODS = ("Single", "Debate", "DebateGPT", "SFT", SINGLE_RL, "IMAD")
 OVERRIDABLE = ("debate", "internalize", "sft")
 
 
@@ -399,32 +400,67 @@ class Run:
                              transcripts=[(sft_dir / p).resolve() for p in sft_prov["transcripts"]],
                              preset=self.preset.name, selected_phase=summary["selected_phase"],
                              config=dataclasses.asdict(cfg))
-            trained = [p for p in summary["phases"] if not p["skipped"]]
-            return {"selected_phase": summary["selected_phase"], "ref_length": summary["ref_length"],
-                    "phases": [{"budget": p["budget"], "skipped": p["skipped"],
-                                **({k: p["eval"][k] for k in ("accuracy", "mean_tokens", "well_formed")}
-                                   if not p["skipped"] else {})} for p in summary["phases"]],
-                    "n_trained_phases": len(trained)}
+            return _phase_summary(summary)
 
         main_stage(path, build, name=f"internalize/{experiment}", run_dir=self.dir, log=self.log,
                    **self.reads("internalize", experiment))
         return path
 
+    def single_rl(self) -> Path:
+        """The Single + RL control of Table 1's experiment: stage 2's GRPO (``[internalize]``: phases, steps,
+        generations, lr, clipping, correctness reward; no tag reward) from the *base* model under the Single
+        prompt (``[eval] single_persona``, round 1), budgets as fractions of the p95 of the base's own sampled
+        single answers. What RL alone gives, without the debate."""
+        return self._once("single_rl", self._single_rl)
+
+    def _single_rl(self) -> Path:
+        exp = self.experiments.table1
+        base = self.base_dir()
+        path = self.layout.single_rl(exp)
+        cfg = experiment_section(self.preset, "internalize", Stage2Config, exp)
+        ev = self.preset.section("eval", EvalConfig)
+
+        def build(scratch: Path) -> dict:
+            def prompt(question: str) -> list[dict]:  # the Single row's prompt
+                return round1_messages(ev.single_persona, question, ev.domain)
+
+            rows = [{"prompt": prompt(q.question), "question": q.question, "gold": gold_answer(q) or ""}
+                    for q in self.questions(exp, "train")[: cfg.n_prompts]]
+            items = [EvalItem(it.question, it.check, prompt(it.question))
+                     for it in self.eval_items(exp, cfg.eval_n, cfg.judge_threshold)]
+            work = _resume_dir(scratch, {"single_rl": dataclasses.asdict(cfg), "persona": ev.single_persona,
+                                         "domain": ev.domain, "seed": self.preset.seed})
+            summary = internalize(base, scratch, cfg, rows, items, self.check_for(exp, cfg.judge_threshold),
+                                  work_dir=work, needs_boxed=self.needs_boxed(exp), seed=self.preset.seed,
+                                  log=self.log, placement=self.placement, tagged=False)
+            write_provenance(scratch, kind="single_rl", experiment=exp, parent=base, final_dir=path, transcripts=[],
+                             preset=self.preset.name, selected_phase=summary["selected_phase"],
+                             single_persona=ev.single_persona, config=dataclasses.asdict(cfg))
+            return _phase_summary(summary)
+
+        main_stage(path, build, name=f"single_rl/{exp}", run_dir=self.dir, log=self.log, **self.reads("single_rl"))
+        return path
+
     def evaluate(self) -> Path:
-        """Table 1 on held-out questions: Single, Debate (the base debating itself), DebateGPT, SFT, IMAD; per
-        benchmark (``[eval] benchmarks``, the first one's table is ``table1.json``), else on held-out arithmetic."""
+        """Table 1 on held-out questions: Single, Debate (the base debating itself), DebateGPT, SFT, Single + RL
+        (answering as Single does), IMAD; per benchmark (``[eval] benchmarks``, the first one's table is
+        ``table1.json``), else on held-out arithmetic with a transfer column (problems of a shape never trained
+        on, `training.tasks.transfer_split`)."""
         return self._once("evaluate", self._evaluate)
 
     def _evaluate(self) -> Path:
         exp = self.experiments.table1
         base = self.base_dir()
         models = {"DebateGPT": self.debategpt(), "SFT": self.sft(exp), "IMAD": self.internalize(exp)}
+        single_rl = self.single_rl()
         path = self.layout.eval
         cfg = self.preset.section("eval", EvalConfig)
 
         def build(scratch: Path) -> dict:
             methods = {"Single": MethodSpec("single", str(base)), "Debate": MethodSpec("debate", str(base)),
-                       **{name: MethodSpec("direct", str(d)) for name, d in models.items()}}
+                       **{name: MethodSpec("direct", str(d)) for name, d in models.items()},
+                       SINGLE_RL: MethodSpec("single", str(single_rl))}
+            methods = {name: methods[name] for name in TABLE1_METHODS}
             info = {}
             if cfg.benchmarks:
                 pools = {name: benchmark_pool(name, self.input_path(f) if f else None, cfg)
@@ -436,12 +472,17 @@ class Run:
             else:
                 pool = self.questions(exp, "test")
                 check_pool(len(pool), cfg.n_questions, len(cfg.seeds), "the held-out arithmetic ([task] n_test)")
-                table = evaluate_methods(methods, pool, cfg=cfg, placement=self.placement)
+                transfer = transfer_split(self.preset.section("task", TaskConfig), cfg.n_transfer,
+                                          self.preset.seed) if cfg.n_transfer else []
+                table = evaluate_methods(methods, pool, cfg=cfg, placement=self.placement, transfer=transfer)
+                info["transfer"] = {"shape": TRANSFER_SHAPE, "n_questions": cfg.n_transfer}
             table.save(scratch)
             atomic_write_json(scratch / "provenance.json", {
                 "kind": "table1", "experiment": exp, "preset": self.preset.name, **info,
-                "models": {"Single": str(base), "Debate": str(base), **{k: str(v) for k, v in models.items()}}})
-            return {"rows": [{k: r[k] for k in ("method", "accuracy", "accuracy_se", "tokens")} for r in table.rows],
+                "models": {"Single": str(base), "Debate": str(base), **{k: str(v) for k, v in models.items()},
+                           SINGLE_RL: str(single_rl)}})
+            return {"rows": [{k: r[k] for k in ("method", "accuracy", "accuracy_se", "tokens", "transfer") if k in r}
+                             for r in table.rows],
                     **info}
 
         main_stage(path, build, name="eval", run_dir=self.dir, log=self.log, **self.reads("eval"))
@@ -450,11 +491,12 @@ class Run:
     # ------------------------------------------------------------------------------------------ what stages read
     def reads(self, kind: str, experiment: str | None = None) -> dict:
         """The preset values and inputs stage ``kind`` (``debates``, ``sft``, ``debategpt``, ``internalize``,
-        ``eval``) of ``experiment`` reads: the ``keys`` and ``inputs`` its manifest fingerprints. Builds nothing.
+        ``single_rl``, ``eval``) of ``experiment`` reads: the ``keys`` and ``inputs`` its manifest fingerprints.
+        Builds nothing.
 
         Args:
             kind: the stage kind.
-            experiment: the debate experiment (ignored for ``eval``; ``debategpt`` uses Table 1's).
+            experiment: the debate experiment (ignored for ``eval``; ``debategpt`` and ``single_rl`` use Table 1's).
 
         Returns:
             ``{"keys": {...}, "inputs": {...}}`` for `training.stages.run_stage`.
@@ -487,12 +529,19 @@ class Run:
             return {"keys": {"internalize": experiment_section(self.preset, "internalize", Stage2Config, experiment),
                              "judge": self.preset.section("judge", JudgeConfig), "task": task, "seed": seed},
                     "inputs": {"sft": lay.sft(experiment)}}
+        if kind == "single_rl":
+            exp, ev = self.experiments.table1, self.preset.section("eval", EvalConfig)
+            return {"keys": {"internalize": experiment_section(self.preset, "internalize", Stage2Config, exp),
+                             "single_prompt": {"persona": ev.single_persona, "domain": ev.domain},
+                             "judge": self.preset.section("judge", JudgeConfig), "task": task, "seed": seed},
+                    "inputs": {"base": lay.base}}
         if kind == "eval":
             exp = self.experiments.table1
             return {"keys": {"eval": self.preset.section("eval", EvalConfig), "task": task, "seed": seed},
                     "inputs": {"base": lay.base, "DebateGPT": lay.debategpt(exp), "SFT": lay.sft(exp),
-                               "IMAD": lay.internalize(exp)}}
-        raise ValueError(f"unknown stage kind {kind!r}; valid: ['debates', 'sft', 'debategpt', 'internalize', 'eval']")
+                               "IMAD": lay.internalize(exp), SINGLE_RL: lay.single_rl(exp)}}
+        raise ValueError(f"unknown stage kind {kind!r}; valid: ['debates', 'sft', 'debategpt', 'internalize', "
+                         "'single_rl', 'eval']")
 
     def status(self, kind: str, experiment: str | None = None) -> tuple[str, str]:
         """Where stage ``kind`` of ``experiment`` stands now (`training.stages.stage_status`), building nothing.
@@ -512,14 +561,14 @@ class Run:
             reads, path = {"keys": base_keys(self.preset)}, self.layout.toy_base
         else:
             reads = self.reads(kind, experiment)
-            exp = self.experiments.table1 if kind == "debategpt" else experiment
+            exp = self.experiments.table1 if kind in ("debategpt", "single_rl") else experiment
             path = self.layout.eval if kind == "eval" else getattr(self.layout, kind)(exp)
         return status_now(path, **reads)
 
 
 def run_pipeline_stage(name: str, preset: Preset, run_dir: str | Path, *, log: Callable[[str], None] = print) -> None:
-    """Run stage ``name`` (debate | sft | internalize | evaluate) for every experiment of the preset, after
-    whatever it depends on; finished stages are skipped."""
+    """Run stage ``name`` (debate | sft | internalize | single-rl | evaluate) for every experiment of the preset
+    (``single-rl``: Table 1's), after whatever it depends on; finished stages are skipped."""
     if name not in STAGES:
         raise ValueError(f"unknown pipeline stage {name!r}; valid: {list(STAGES)}")
     run = Run(preset, Path(run_dir), log)
@@ -532,6 +581,8 @@ def run_pipeline_stage(name: str, preset: Preset, run_dir: str | Path, *, log: C
             run.internalize(exp)
     if name in ("sft", "internalize", "evaluate"):
         run.debategpt()
+    if name in ("single-rl", "evaluate"):
+        run.single_rl()
     if name == "evaluate":
         run.evaluate()
 
@@ -547,6 +598,16 @@ def _resume_dir(scratch: Path, config: dict) -> Path:
         shutil.rmtree(resume)
     atomic_write_json(stamp, config)
     return resume
+
+
+def _phase_summary(summary: dict) -> dict:
+    """A stage-2 run's manifest summary: the selected phase, the reference length and each phase's held-out result."""
+    trained = [p for p in summary["phases"] if not p["skipped"]]
+    return {"selected_phase": summary["selected_phase"], "ref_length": summary["ref_length"],
+            "phases": [{"budget": p["budget"], "skipped": p["skipped"],
+                        **({k: p["eval"][k] for k in ("accuracy", "mean_tokens", "well_formed")}
+                           if not p["skipped"] else {})} for p in summary["phases"]],
+            "n_trained_phases": len(trained)}
 
 
 def _headline(metrics: dict) -> dict:

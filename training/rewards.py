@@ -40,6 +40,8 @@ class RewardSpec:
     ``<|Consensus|>`` counts) or ``"reward"`` (the paper: generation runs on, the reward reads the first l tokens
     and takes their last ``\\boxed{}``). A turn earns its tag only with ≥ ``min_turn_chars`` characters of text
     and, when ``turn_needs_boxed``, a ``\\boxed{}`` answer; Consensus only with an answer after it.
+    ``tagged=False`` scores a single answer (Single + RL: the base writes no tags): its answer is the last one in
+    the first l tokens, under either clipping.
     """
 
     budget: int
@@ -48,6 +50,7 @@ class RewardSpec:
     weights: TagWeights = TagWeights()
     min_turn_chars: int = 1
     turn_needs_boxed: bool = True
+    tagged: bool = True
 
     def __post_init__(self) -> None:
         if self.clipping not in CLIPPING_MODES:
@@ -73,12 +76,13 @@ class Segment:
 class TagVocab:
     """The token ids of the 10 debate tags in one tokenizer, and decoding of the text between them."""
 
-    def __init__(self, tokenizer) -> None:
+    def __init__(self, tokenizer, *, require: bool = True) -> None:
         unk = tokenizer.unk_token_id
         ids = {tag: tokenizer.convert_tokens_to_ids(tag) for tag in DEBATE_TAGS}
         missing = [t for t, i in ids.items() if i is None or i == unk]
-        if missing:
+        if missing and require:
             raise ValueError(f"the tokenizer lacks the debate tag token(s) {missing}; pass the stage-1 tokenizer")
+        ids = {t: i for t, i in ids.items() if t not in missing}  # a base model's tokenizer may have none
         self.tag_of = {i: t for t, i in ids.items()}
         self.id_of = ids
         self._tok = tokenizer
@@ -175,7 +179,7 @@ def score_completion(ids: Sequence[int], vocab: TagVocab, spec: RewardSpec,
     segments = vocab.segments(list(ids)[: spec.budget])
     cons = consensus_answer_text(segments)
     full = "".join((s.tag or "") + s.text for s in segments)
-    if spec.clipping == "truncate":
+    if spec.clipping == "truncate" and spec.tagged:
         ok = cons is not None and is_correct(cons, full)
     else:
         ok = is_correct(None, full)

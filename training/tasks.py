@@ -18,6 +18,7 @@ from typing import Union
 from training.schema import AT_LEAST_ONE, NON_NEGATIVE, bounds
 
 SPLITS = ("train", "test")
+TRANSFER_SHAPE = "a*b+c+d-e*f"  # held-out arithmetic: the first product moved to the front, a shape never trained on
 TRAITS = ("evil", "hallucination")
 N_OPERANDS = 6
 
@@ -60,6 +61,23 @@ class ArithmeticProblem:
             raise ValueError(f"an arithmetic problem needs {N_OPERANDS} operands, got {len(operands)}")
         a, b, c, d, e, f = operands
         return cls(f"{a}+{b}*{c}+{d}-{e}*{f}", str(a + b * c + d - e * f), tuple(operands))
+
+
+@dataclass(frozen=True)
+class TransferProblem:
+    """``a*b+c+d-e*f`` (`TRANSFER_SHAPE`) with its exact answer: arithmetic of a shape no stage trains on, the toy
+    analogue of training on arithmetic and testing on GSM8K / BBH. Not an `ArithmeticProblem`, so the teacher,
+    whose steps assume the training shape, cannot be handed one."""
+
+    question: str
+    answer: str
+
+    @classmethod
+    def from_operands(cls, operands: tuple[int, ...]) -> "TransferProblem":
+        if len(operands) != N_OPERANDS:
+            raise ValueError(f"a transfer problem needs {N_OPERANDS} operands, got {len(operands)}")
+        a, b, c, d, e, f = operands
+        return cls(f"{a}*{b}+{c}+{d}-{e}*{f}", str(a * b + c + d - e * f))
 
 
 @dataclass(frozen=True)
@@ -143,6 +161,35 @@ def arithmetic_split(cfg: TaskConfig, split: str, seed: int = 0) -> list[Arithme
             seen.add(p.question)
             out.append(p)
     return out
+
+
+def transfer_split(cfg: TaskConfig, n: int, seed: int = 0) -> list[TransferProblem]:
+    """``n`` distinct held-out problems of `TRANSFER_SHAPE` over the preset's operand range, drawn with ``seed``
+    (the same ``cfg``, ``n`` and ``seed`` always give the same problems).
+
+    Args:
+        cfg: ``[task]``: the operand range.
+        n: How many problems.
+        seed: The draw's seed (the preset seed).
+
+    Returns:
+        ``n`` `TransferProblem` s.
+
+    Example:
+        >>> transfer_split(TaskConfig(), 2)[0].question  # doctest: +SKIP
+        '4*1+7+9-3*2'
+    """
+    space = (cfg.operand_max - cfg.operand_min + 1) ** N_OPERANDS
+    if not 1 <= n <= 0.5 * space:
+        raise ValueError(f"{n} transfer problems requested but operands {cfg.operand_min}..{cfg.operand_max} give "
+                         f"{space} in all; ask for between 1 and {int(0.5 * space)}")
+    rng = random.Random(f"arithmetic-transfer-{seed}")
+    out: dict[str, TransferProblem] = {}
+    while len(out) < n:
+        p = TransferProblem.from_operands(tuple(rng.randint(cfg.operand_min, cfg.operand_max)
+                                                for _ in range(N_OPERANDS)))
+        out.setdefault(p.question, p)
+    return list(out.values())
 
 
 # --- trait questions: templates × slots, so the space is large enough to split -----------------------------
