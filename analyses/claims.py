@@ -10,6 +10,7 @@ claim whose results are missing altogether is *not run*.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -105,8 +106,13 @@ def token_efficiency_claims(methods: dict[str, dict] | None, paired: dict[str, d
                             MISSING))
     else:
         name = m[rl]["method"]
-        claims.append(_diff_claim("imad_vs_single_rl", "IMAD's gain comes from the debate, not from RL alone",
-                                  "(the paper has no Single + RL control)", m, p, "IMAD", name))
+        c = _diff_claim("imad_vs_single_rl", "IMAD's gain comes from the debate, not from RL alone",
+                        "(the paper has no Single + RL control)", m, p, "IMAD", name)
+        alone = p.get(f"{name}−Single")
+        claims.append(dataclasses.replace(
+            c, measured=f"{c.measured}; {name} − Single {_fmt_iv(alone, 100)} points. Where IMAD's gain over "
+                        f"Single comes from: {gain_source(p, name)}",
+            intervals={**c.intervals, **({f"{name}−Single": alone} if alone else {})}))
     cut = p.get("SFT−IMAD tokens")
     if "imad" in m and "sft" in m:
         claims.append(Claim("tokens_vs_sft", "IMAD uses fewer tokens than SFT", "35–66% fewer than SFT",
@@ -114,6 +120,29 @@ def token_efficiency_claims(methods: dict[str, dict] | None, paired: dict[str, d
                             f"{_fmt(m['sft']['tokens'], 1)}); reproduced when the interval is above 0",
                             _lo(cut) > 0 if cut else None, {"SFT−IMAD tokens": cut} if cut else MISSING))
     return claims
+
+
+def gain_source(paired: dict[str, dict], rl: str = "Single + RL") -> str:
+    """Where IMAD's gain over Single comes from, by the paired 95% intervals: ``"from the debate"`` when IMAD is
+    above the Single + RL control (the interval of IMAD − ``rl`` above 0); else ``"from reinforcement learning"``
+    when RL alone beats Single (``rl`` − Single above 0); else ``"undecided"``.
+
+    Args:
+        paired: `analyses.stats.table1_intervals`' paired entries as dicts (``{"IMAD−Single + RL": {"ci": ...}}``).
+        rl: The control row's method name.
+
+    Returns:
+        One of the three phrases.
+
+    Example:
+        >>> gain_source({"IMAD−Single + RL": {"estimate": 0.1, "ci": [0.05, 0.15]}})
+        'from the debate'
+    """
+    if _lo(paired.get(f"IMAD−{rl}")) > 0:
+        return "from the debate"
+    if _lo(paired.get(f"{rl}−Single")) > 0:
+        return "from reinforcement learning"
+    return "undecided"
 
 
 def _diff_claim(cid: str, text: str, paper: str, m: dict, p: dict, a: str, b: str) -> Claim:

@@ -8,7 +8,35 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 MODEL_COLORS = {"base": "#7f7f7f", "imad": "#d62728"}
+STAGE2_COLORS = {"IMAD": "#d62728", "Single + RL": "#1f77b4"}
 METRIC_NAMES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}
+
+
+def stage2_curves(curves: dict[str, list[dict]]) -> go.Figure:
+    """Held-out accuracy against mean output tokens after each GRPO phase (the start model first, then one point
+    per trained budget), one line per stage-2 run: IMAD (from SFT) and Single + RL (from the base).
+
+    Args:
+        curves: ``{run name: [{"budget": tokens or None for the start model, "accuracy", "mean_tokens"}, ...]}``
+            (`analyses.study_report.stage2_points`).
+
+    Returns:
+        The plotly figure.
+
+    Example:
+        >>> stage2_curves({"IMAD": [{"budget": None, "accuracy": 0.6, "mean_tokens": 450.0},
+        ...                         {"budget": 245, "accuracy": 0.7, "mean_tokens": 120.0}]})  # doctest: +SKIP
+    """
+    fig = go.Figure()
+    for name, points in curves.items():
+        fig.add_trace(go.Scatter(
+            x=[p["mean_tokens"] for p in points], y=[100 * p["accuracy"] for p in points], mode="lines+markers+text",
+            name=name, text=["start" if p["budget"] is None else f"budget {p['budget']}" for p in points],
+            textposition="top center", line={"color": STAGE2_COLORS.get(name)}))
+    fig.update_layout(title="Accuracy vs tokens over the stage-2 budgets (held-out, greedy)",
+                      xaxis_title="mean output tokens per question", yaxis_title="accuracy (%)",
+                      template="plotly_white")
+    return fig
 
 
 def rouge_curves(results: dict) -> go.Figure:

@@ -165,15 +165,16 @@ def table1_intervals(samples: dict[str, Sequence[dict]]) -> tuple[dict[str, Inte
 
     Returns:
         ``(accuracy, paired)``: ``accuracy[method]`` over seeds and questions; ``paired`` holds the accuracy
-        differences ``"A−B"`` for each pair in `COMPARISONS` and every method named like "Single + RL" against
-        IMAD, ``"IMAD/Debate tokens"`` (ratio of mean tokens) and ``"SFT−IMAD tokens"``.
+        differences ``"A−B"`` for each pair in `COMPARISONS`, IMAD against every method named like "Single + RL"
+        and that method against Single, ``"IMAD/Debate tokens"`` (ratio of mean tokens) and ``"SFT−IMAD tokens"``.
 
     Example:
         >>> acc, paired = table1_intervals({"IMAD": imad_records, "Debate": debate_records})  # doctest: +SKIP
         >>> paired["IMAD−Debate"].ci  # doctest: +SKIP
     """
     acc = {m: bootstrap(by_seed(recs)) for m, recs in samples.items() if recs}
-    pairs = [*COMPARISONS, *(("IMAD", m) for m in samples if "single" in m.lower() and "rl" in m.lower())]
+    rl = [m for m in samples if "single" in m.lower() and "rl" in m.lower()]
+    pairs = [*COMPARISONS, *(("IMAD", m) for m in rl), *((m, "Single") for m in rl)]
     paired: dict[str, Interval] = {}
     for a, b in pairs:
         if samples.get(a) and samples.get(b):

@@ -19,13 +19,16 @@ from typing import Callable
 import lens
 from analyses import agent_subspaces, malicious
 from analyses.metrics import json_safe
-from analyses.claims import malicious_claims, subspace_claims, token_efficiency_claims
+from analyses.claims import gain_source, malicious_claims, subspace_claims, token_efficiency_claims
+from analyses.figures import stage2_curves
 from analyses.report import Report
 from analyses.results import load_results
-from analyses.stats import table1_intervals
+from analyses.stats import bootstrap, by_seed, table1_intervals
 from lens.io import atomic_write_json
 from training.evaluate import EvalConfig, Table1, accuracy_vs_tokens
+from training.tasks import TRANSFER_SHAPE
 from training.layout import RunLayout
+from training.pipeline import SINGLE_RL, ExperimentsConfig
 from training.presets import Preset
 from training.stages import stale_stages
 
@@ -80,23 +83,27 @@ def _table1(run_dir: Path) -> Table1 | None:
     return Table1.load(path) if path.is_file() else None
 
 
-def table1_samples(run_dir: Path, table: Table1) -> dict[str, list[dict]]:
-    """Every scored sample of each Table 1 method (``eval/samples/<method>.jsonl``), for the intervals."""
+def table1_samples(run_dir: Path, table: Table1, split: str = "") -> dict[str, list[dict]]:
+    """Every scored sample of each Table 1 method (``eval/samples/<method>.jsonl``; with ``split="transfer"``
+    those of the transfer column, ``eval/samples/transfer/<method>.jsonl``), for the intervals."""
     out = {}
     for r in table.rows:
         slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in r["method"])
-        path = RunLayout(run_dir).eval / "samples" / f"{slug}.jsonl"
+        path = RunLayout(run_dir).eval / "samples" / split / f"{slug}.jsonl"
         if path.is_file():
             out[r["method"]] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return out
 
 
-def with_intervals(table: Table1, samples: dict[str, list[dict]]) -> tuple[list[dict], dict[str, dict]]:
+def with_intervals(table: Table1, samples: dict[str, list[dict]], transfer: dict[str, list[dict]] | None = None
+                   ) -> tuple[list[dict], dict[str, dict]]:
     """Table 1's rows with ``se`` (= the accuracy SE over seeds) and ``ci`` (95% bootstrap interval over seeds
-    and questions), and the paired comparisons (as claim interval entries)."""
+    and questions), ``transfer_ci`` likewise from the ``transfer`` column's samples, and the paired comparisons
+    (as claim interval entries)."""
     acc, paired = table1_intervals(samples)
-    rows = [{**r, "se": r.get("accuracy_se"), "ci": acc[r["method"]].ci if r["method"] in acc else None}
-            for r in table.rows]
+    transfer_ci = {m: bootstrap(by_seed(recs)).ci for m, recs in (transfer or {}).items() if recs}
+    rows = [{**r, "se": r.get("accuracy_se"), "ci": acc[r["method"]].ci if r["method"] in acc else None,
+             **({"transfer_ci": transfer_ci[r["method"]]} if r["method"] in transfer_ci else {})} for r in table.rows]
     return rows, {k: v.to_dict() for k, v in paired.items()}
 
 
@@ -107,11 +114,32 @@ def table1_rows(rows: list[dict]) -> list[dict]:
 
     def band(ci):
         return "–" if not ci or None in ci else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+    def transfer(r):  # the transfer column: accuracy ± SE over seeds, 95% interval
+        return "–" if "transfer" not in r else f"{pm(r['transfer'], r.get('transfer_se'), 100)} " \
+                                                f"{band(r.get('transfer_ci'))}"
+    has_transfer = any("transfer" in r for r in rows)
     return [{"method": r["method"], "accuracy (%)": pm(r["accuracy"], r["accuracy_se"], 100),
              "95% CI (%)": band(r.get("ci")),
              "tokens / question": pm(r["tokens"], r["tokens_se"], 1, 1), "questions": r["n_questions"],
              "seeds": r["n_seeds"], "well-formed debate": "–" if r.get("well_formed") is None
-             else f"{100 * r['well_formed']:.0f}%"} for r in rows]
+             else f"{100 * r['well_formed']:.0f}%", **({"transfer (%)": transfer(r)} if has_transfer else {})}
+            for r in rows]
+
+
+def stage2_points(preset: Preset, run_dir: Path) -> dict[str, list[dict]]:
+    """The accuracy–tokens curve over the stage-2 budgets of Table 1's runs that exist, IMAD
+    (``internalize/<exp>``) and Single + RL (``single_rl/<exp>``), from their ``phases.json``: the start model
+    (``budget`` None), then each trained phase's held-out ``accuracy`` and ``mean_tokens``."""
+    layout, exp = RunLayout(run_dir), preset.section("experiments", ExperimentsConfig).table1
+    paths = {"IMAD": layout.internalize(exp) / "phases.json", SINGLE_RL: layout.single_rl(exp) / "phases.json"}
+    out = {}
+    for name, path in paths.items():
+        if path.is_file():
+            run = json.loads(path.read_text())
+            out[name] = [{"budget": budget, "accuracy": e["accuracy"], "mean_tokens": e["mean_tokens"]}
+                         for budget, e in [(None, run["start_eval"]),
+                                           *((p["budget"], p["eval"]) for p in run["phases"] if not p["skipped"])]]
+    return out
 
 
 def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
@@ -119,7 +147,9 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
     table = _table1(run_dir)
     subs = _load(run_dir, agent_subspaces.NAME)
     mal = _load(run_dir, malicious.NAME)
-    rows, paired = with_intervals(table, table1_samples(run_dir, table)) if table else (None, {})
+    rows, paired = with_intervals(table, table1_samples(run_dir, table), table1_samples(run_dir, table, "transfer")) \
+        if table else (None, {})
+    curves = stage2_points(preset, run_dir)
     methods = {r["method"]: r for r in rows} if rows else None
     claims = [*token_efficiency_claims(methods, paired), *subspace_claims(subs), *malicious_claims(mal)]
     stages = stage_times(run_dir)
@@ -141,7 +171,20 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
                                      "questions), mean tokens (input + output) per question")
         rep.table([{"comparison": k, "estimate": v["estimate"], "95% CI": v["ci"]} for k, v in paired.items()],
                   "Paired comparisons (same seeds and questions; accuracy differences in 0–1)")
+        if any("transfer" in r for r in rows):
+            rep.text(f"Transfer: accuracy on held-out arithmetic of a shape no stage trains on "
+                     f"({TRANSFER_SHAPE}, operands as [task]), the toy analogue of training on arithmetic and testing "
+                     "on GSM8K / BBH; same seeds and sampling as the table.")
+        if any(SINGLE_RL == r["method"] for r in rows):
+            rep.text(f"{SINGLE_RL}: the stage-2 GRPO recipe ([internalize]: phases, steps, generations, lr, clipping, "
+                     "correctness reward; no tag reward) from the base model under the Single prompt, budgets as "
+                     "fractions of the p95 of the base's own sampled single answers; evaluated as Single. "
+                     f"Where IMAD's gain over Single comes from: {gain_source(paired, SINGLE_RL)} (IMAD − "
+                     f"{SINGLE_RL} interval above 0: the debate; else {SINGLE_RL} − Single above 0: reinforcement "
+                     "learning; else undecided).")
         rep.figure("accuracy_vs_tokens", accuracy_vs_tokens(table))
+    if curves:
+        rep.figure("stage2_accuracy_vs_tokens", stage2_curves(curves))
     else:
         rep.text("Table 1 is missing (eval/table1.json).", "note")
 
@@ -215,6 +258,8 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
     rep.pre(preset.path.read_text())
     payload = {"preset": preset.name, "preset_path": str(preset.path), "run_dir": str(run_dir), "seeds": seeds,
                "versions": versions, "stages": stages, "table1": rows, "table1_paired": paired,
+               "gain_source": gain_source(paired, SINGLE_RL) if methods and SINGLE_RL in methods else None,
+               "stage2_curves": curves,
                "agent_subspaces": subs, "malicious": mal, "claims": [c.to_dict() for c in claims],
                "figures": list(rep.figures), "tables": rep.tables, "departures": list(departures)}
     return rep, payload

@@ -94,7 +94,9 @@ def test_artifacts_and_provenance(smoke_run):
     assert json.loads((run / "internalize" / "main" / "provenance.json").read_text())["parent"] == "../../sft/main"
     assert json.loads((run / "debategpt" / "main" / "provenance.json").read_text())["kind"] == "debategpt"
     table = json.loads((run / "eval" / "table1.json").read_text())
-    assert [r["method"] for r in table["rows"]] == ["Single", "Debate", "DebateGPT", "SFT", "IMAD"]
+    assert [r["method"] for r in table["rows"]] == ["Single", "Debate", "DebateGPT", "SFT", "Single + RL", "IMAD"]
+    assert all(0 <= r["transfer"] <= 1 and r["transfer_n_questions"] == 8 for r in table["rows"])
+    assert all((run / "eval" / "samples" / "transfer" / f"{m}.jsonl").is_file() for m in ("Single", "Single___RL"))
     metrics = json.loads((run / "sft" / "main" / "metrics.json").read_text())
     assert 0 <= metrics["exit_probability"]["after_agent_1"] <= 1 and metrics["n_shortened"] > 0
     # smoke mixes main's arithmetic debates into half of evil's stage-1 set ([experiments.overrides.evil] sft)
@@ -125,7 +127,41 @@ def test_finished_stages_are_not_rebuilt(smoke_run):
     for before, after in (("after_debate", "after_sft"), ("after_sft", "after_internalize"),
                           ("after_internalize", "after_evaluate")):
         assert {k: v for k, v in seen[after].items() if k in seen[before]} == seen[before]
-    assert {"base", "debates/main", "sft/main", "debategpt/main", "internalize/main", "eval"} <= set(seen["after_evaluate"])
+    assert {"base", "debates/main", "sft/main", "debategpt/main", "internalize/main", "single_rl/main",
+            "eval"} <= set(seen["after_evaluate"])
+    assert "single_rl/evil" not in seen["after_evaluate"]  # the control is Table 1's experiment's only
+
+
+def test_single_rl_trains_from_the_base_with_budgets_from_its_own_single_answers(smoke_run):
+    """Single + RL: GRPO from the base (no stage 1) under the Single prompt, correctness only, its budgets the
+    [internalize] fractions of the p95 of the base's own sampled single answers."""
+    from transformers import AutoTokenizer
+
+    from training.evaluate import EvalConfig, quantile, sample_lengths
+    from training.modelio import load_causal_lm
+    from training.pipeline import Run
+    from training.prompts import round1_messages
+
+    run, _ = smoke_run
+    d = run / "single_rl" / "main"
+    prov = json.loads((d / "provenance.json").read_text())
+    assert prov["kind"] == "single_rl" and prov["parent"] == "../../base" and prov["single_persona"] == "neutral"
+    phases = json.loads((d / "phases.json").read_text())
+    preset = load_preset("smoke")
+    cfg = preset.section("internalize", stage2.Stage2Config)
+    assert [p["steps"] for p in phases["phases"]] == [p["steps"] for p in cfg.phases]
+    assert [p["budget"] for p in phases["phases"]] == [round(p["budget"] * phases["ref_length"]) for p in cfg.phases]
+    assert all("structure" not in p["curve"][-1] and "correctness" in p["curve"][-1] for p in phases["phases"])
+    # the reference length is the p95 of the base's sampled replies to the Single prompt, measured again here
+    ev = preset.section("eval", EvalConfig)
+    questions = Run(preset, run).questions("main", "train")[: cfg.ref_samples]
+    base = run / "base"
+    lengths = sample_lengths(load_causal_lm(base).eval(), AutoTokenizer.from_pretrained(str(base)),
+                             [round1_messages(ev.single_persona, q.question, ev.domain) for q in questions],
+                             max_new_tokens=cfg.generation_cap, batch_size=cfg.eval_batch_size, seed=preset.seed)
+    assert phases["ref_length"] == quantile(lengths, cfg.ref_quantile)
+    assert phases["start_eval"]["well_formed"] == 0.0  # the base writes no debate tags
+    assert Run(preset, run).status("single_rl", "main")[0] == "cached"
 
 
 def test_experiment_overrides_and_bad_names():

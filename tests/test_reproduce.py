@@ -35,7 +35,8 @@ def test_report_has_every_figure_table_and_claim(smoke_study):
     results = json.loads((smoke_study / "report" / "results.json").read_text())
     assert html.count("plotly-graph-div") >= 6
     assert len(re.findall(r"<script type='text/javascript'>", html)) == 1  # plotly.js inlined once
-    for fig in ("accuracy_vs_tokens", "probe_accuracy", "pca_agents", "rouge_vs_alpha", "rouge_auc",
+    for fig in ("accuracy_vs_tokens", "stage2_accuracy_vs_tokens", "probe_accuracy", "pca_agents", "rouge_vs_alpha",
+                "rouge_auc",
                 "capability_agent_steering", "malicious_fig3", "tradeoff_evil", "tradeoff_hallucination",
                 "pareto_evil", "pareto_hallucination"):
         assert f'id="fig-{fig}"' in html and fig in results["figures"]
@@ -45,9 +46,17 @@ def test_report_has_every_figure_table_and_claim(smoke_study):
         assert f"<caption>{caption}" in html
     assert set(results) >= {"preset", "seeds", "versions", "stages", "table1", "agent_subspaces", "malicious",
                             "claims", "figures"}
-    assert {r["method"] for r in results["table1"]} == {"Single", "Debate", "DebateGPT", "SFT", "IMAD"}
+    assert {r["method"] for r in results["table1"]} == {"Single", "Debate", "DebateGPT", "SFT", "Single + RL", "IMAD"}
+    assert all(0 <= r["transfer"] <= 1 and len(r["transfer_ci"]) == 2 for r in results["table1"])
     assert {c["id"] for c in results["claims"]} >= {"tokens_vs_debate", "accuracy_vs_debate", "rouge_auc",
-                                                    "evil_suppressed", "capability_stable"}
+                                                    "evil_suppressed", "capability_stable", "imad_vs_single_rl"}
+    source = next(c for c in results["claims"] if c["id"] == "imad_vs_single_rl")
+    assert source["verdict"] in ("reproduced", "not reproduced")
+    assert len(source["intervals"]["IMAD−Single + RL"]["ci"]) == 2
+    assert results["gain_source"] in ("from the debate", "from reinforcement learning", "undecided")
+    assert f"Where IMAD's gain over Single comes from: {results['gain_source']}" in html
+    assert set(results["stage2_curves"]) == {"IMAD", "Single + RL"}
+    assert [p["budget"] for p in results["stage2_curves"]["Single + RL"]][0] is None  # the base, before RL
     verdicts = ("reproduced", "not reproduced", "not run")  # never "not testable": undecided is "not reproduced"
     assert all(c["verdict"] in verdicts for c in results["claims"])
     assert all(c["intervals"] and all(len(iv["ci"]) == 2 for iv in c["intervals"].values())
