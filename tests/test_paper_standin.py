@@ -81,7 +81,8 @@ def test_paper_standin_end_to_end(tmp_path, monkeypatch):
     assert writers["hallucination"]["writer"] == "model" and writers["hallucination"]["base_url"] == ""
     bench = json.loads((two / "eval" / "benchmarks" / "benchmarks.json").read_text())
     assert bench["benchmarks"] == ["gsm8k", "mmlu_pro", "bbh"]
-    assert [r["method"] for r in bench["rows"]] == ["Single", "Debate", "DebateGPT", "SFT", "IMAD"]
+    assert [r["method"] for r in bench["rows"]] == ["Single", "Debate", "DebateGPT", "SFT", "Single + RL", "IMAD"]
+    assert all("transfer" not in r for r in json.loads((two / "eval" / "table1.json").read_text())["rows"])
     phases = list((two / "internalize" / "main" / "phases").glob("phase*"))
     assert phases and all((p / "adapter" / "adapter_config.json").is_file() for p in phases)
     assert not list((two / "internalize" / "main" / "phases").glob("phase*/model*.safetensors"))

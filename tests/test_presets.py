@@ -275,7 +275,7 @@ def test_plan_on_an_empty_run_dir_lists_every_stage_to_build(tmp_path, capsys):
               if line.split()[:1] and "/" in line.split()[0] or line.startswith(("base ", "eval "))}
     assert set(stages) == {"base", *(f"{s}/{e}" for s in ("debates", "sft", "internalize")
                                      for e in ("main", "evil", "hallucination")),
-                           "debategpt/main", "eval", "analyses/agent_subspaces", "analyses/malicious"}
+                           "debategpt/main", "single_rl/main", "eval", "analyses/agent_subspaces", "analyses/malicious"}
     assert all(v == ["to", "build"] for v in stages.values())
     assert "overrides: sft.max_steps=2" in out and "device  ok    cpu in float32" in out
     assert not run.exists()
@@ -361,6 +361,7 @@ def test_plan_estimates_disk_from_a_local_model_without_loading_it(tiny_model_di
     rows = {s.name: s for s in plan_module.stages(preset, tmp_path / "run")}
     assert "base" not in rows and rows["sft/main"].writes_bytes == 2 * n_params
     assert rows["internalize/main"].writes_bytes == 2 * n_params * 3  # two phases in smoke, plus the final model
+    assert rows["single_rl/main"].writes_bytes == 2 * n_params * 3 and "single_rl/evil" not in rows
     assert main(["plan", "--preset", "smoke", "--run-dir", str(tmp_path / "run"),
                  "--set", f'model.path="{model_dir}"']) == 0
     assert f"model   ok    {model_dir}" in capsys.readouterr().out

@@ -56,7 +56,7 @@ class EvalConfig:
     single_persona: str = "neutral"
     domain: str = ARITHMETIC
     benchmarks: dict = field(default_factory=dict)
-    n_transfer: int = field(default=100, metadata=NON_NEGATIVE)  # transfer column per seed (toy only); 0: none
+    n_transfer: int = field(default=50, metadata=NON_NEGATIVE)  # transfer column per seed (toy only); 0: none
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", tuple(self.seeds))

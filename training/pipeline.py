@@ -472,10 +472,11 @@ class Run:
             else:
                 pool = self.questions(exp, "test")
                 check_pool(len(pool), cfg.n_questions, len(cfg.seeds), "the held-out arithmetic ([task] n_test)")
-                transfer = transfer_split(self.preset.section("task", TaskConfig), cfg.n_transfer,
+                # a pool twice the per-seed sample, so the seeds score different problems
+                transfer = transfer_split(self.preset.section("task", TaskConfig), 2 * cfg.n_transfer,
                                           self.preset.seed) if cfg.n_transfer else []
                 table = evaluate_methods(methods, pool, cfg=cfg, placement=self.placement, transfer=transfer)
-                info["transfer"] = {"shape": TRANSFER_SHAPE, "n_questions": cfg.n_transfer}
+                info["transfer"] = {"shape": TRANSFER_SHAPE, "n_questions": cfg.n_transfer, "pool": len(transfer)}
             table.save(scratch)
             atomic_write_json(scratch / "provenance.json", {
                 "kind": "table1", "experiment": exp, "preset": self.preset.name, **info,
