@@ -54,7 +54,7 @@ def test_report_has_every_figure_table_and_claim(smoke_study):
     assert source["verdict"] in ("reproduced", "not reproduced")
     assert len(source["intervals"]["IMAD−Single + RL"]["ci"]) == 2
     assert results["gain_source"] in ("from the debate", "from reinforcement learning", "undecided")
-    assert f"Where IMAD's gain over Single comes from: {results['gain_source']}" in html
+    assert f"Single comes from: {results['gain_source']}" in html and "Single + RL: the stage-2 GRPO recipe" in html
     assert set(results["stage2_curves"]) == {"IMAD", "Single + RL"}
     assert [p["budget"] for p in results["stage2_curves"]["Single + RL"]][0] is None  # the base, before RL
     verdicts = ("reproduced", "not reproduced", "not run")  # never "not testable": undecided is "not reproduced"
