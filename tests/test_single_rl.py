@@ -5,6 +5,8 @@ tests/test_pipeline.py and tests/test_reproduce.py (slow)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from transformers import AutoTokenizer
 
@@ -14,7 +16,7 @@ from analyses.figures import stage2_curves
 from analyses.study_report import table1_rows
 from training.evaluate import Table1, to_markdown
 from training.layout import STAGES, RunLayout
-from training.pipeline import SINGLE_RL, TABLE1_METHODS, Run
+from training.pipeline import SINGLE_RL, TABLE1_METHODS, Run, single_rl_config
 from training.presets import load_preset
 from training.rewards import RewardSpec, TagVocab, gold_match, score_completion
 from training.tasks import TRANSFER_SHAPE, TaskConfig, arithmetic_split, transfer_split
@@ -122,6 +124,10 @@ def test_single_rl_is_a_stage_of_the_cli_and_of_reproduce(tmp_path):
     reads = run.reads("single_rl")
     assert reads["inputs"] == {"base": tmp_path / "base"}  # from the base: no stage 1
     assert reads["keys"]["single_prompt"] == {"persona": "neutral", "domain": "arithmetic"}
-    assert reads["keys"]["internalize"] == run.reads("internalize", "main")["keys"]["internalize"]
+    imad = run.reads("internalize", "main")["keys"]["internalize"]
+    # the same stage-2 recipe, but a fractional budget is the base's whole p95: a single answer has no turns to cut
+    assert reads["keys"]["internalize"] == single_rl_config(imad) and imad.phases[1]["budget"] == 0.5
+    assert [p["budget"] for p in reads["keys"]["internalize"].phases] == [1.0, 1.0]
+    assert single_rl_config(replace(imad, phases=({"budget": 500, "steps": 3},))).phases[0]["budget"] == 500
     assert run.reads("eval")["inputs"][SINGLE_RL] == tmp_path / "single_rl" / "main"
     assert run.status("single_rl")[0] == "missing"

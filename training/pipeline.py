@@ -417,7 +417,7 @@ class Run:
         exp = self.experiments.table1
         base = self.base_dir()
         path = self.layout.single_rl(exp)
-        cfg = experiment_section(self.preset, "internalize", Stage2Config, exp)
+        cfg = single_rl_config(experiment_section(self.preset, "internalize", Stage2Config, exp))
         ev = self.preset.section("eval", EvalConfig)
 
         def build(scratch: Path) -> dict:
@@ -532,7 +532,8 @@ class Run:
                     "inputs": {"sft": lay.sft(experiment)}}
         if kind == "single_rl":
             exp, ev = self.experiments.table1, self.preset.section("eval", EvalConfig)
-            return {"keys": {"internalize": experiment_section(self.preset, "internalize", Stage2Config, exp),
+            return {"keys": {"internalize": single_rl_config(experiment_section(self.preset, "internalize",
+                                                                                Stage2Config, exp)),
                              "single_prompt": {"persona": ev.single_persona, "domain": ev.domain},
                              "judge": self.preset.section("judge", JudgeConfig), "task": task, "seed": seed},
                     "inputs": {"base": lay.base}}
@@ -565,6 +566,30 @@ class Run:
             exp = self.experiments.table1 if kind in ("debategpt", "single_rl") else experiment
             path = self.layout.eval if kind == "eval" else getattr(self.layout, kind)(exp)
         return status_now(path, **reads)
+
+
+def single_rl_config(cfg: Stage2Config) -> Stage2Config:
+    """Stage 2's settings for the Single + RL control: the same phases, steps and generations, but a fractional
+    budget (a share of the reference p95) becomes the whole p95 of the base's own single answers.
+
+    IMAD's fractions cut debate turns (one agent and the consensus fit in the last budget); a single answer has no
+    turns to drop, and the same fractions (about 25-50 tokens for a ~50-token toy answer) would cut every answer
+    before its ``\\boxed{}``, leaving RL no reward to learn from: a control that could not win. Token budgets
+    (the paper presets') are kept as they are.
+
+    Args:
+        cfg: the experiment's ``[internalize]`` section.
+
+    Returns:
+        ``cfg`` with each fractional phase budget set to 1.0.
+
+    Example:
+        >>> [p["budget"] for p in single_rl_config(Stage2Config(phases=({"budget": 0.5, "steps": 2},))).phases]
+        [1.0]
+    """
+    phases = tuple({**p, "budget": 1.0} if isinstance(p["budget"], float) and p["budget"] <= 1.0 else p
+                   for p in cfg.phases)
+    return dataclasses.replace(cfg, phases=phases)
 
 
 def run_pipeline_stage(name: str, preset: Preset, run_dir: str | Path, *, log: Callable[[str], None] = print) -> None:
