@@ -213,7 +213,7 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     layout, out_dir = RunLayout.of(preset, run_dir), Path(out_dir)
     heldout = heldout_transcripts(layout.root, cfg.experiment, cfg.n_heldout)
     run = Run(preset, run_dir)
-    sft = lens.load_model(layout.sft(cfg.experiment), **run.placement.load())  # reads activations: no HF twin
+    sft = lens.load_model(layout.sft(cfg.experiment), keep_hf=True, **run.placement.load())  # HF twin: faster reads
     layer = middle_layer(sft) if cfg.layer is None else cfg.layer
     agents = sorted({turn.agent for t in heldout for turn in t.turns})
     personas = {str(a): heldout[0].persona_of(a) for a in agents}

@@ -347,7 +347,7 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     layout, out_dir, run = RunLayout.of(preset, run_dir), Path(out_dir), Run(preset, run_dir)
     problems = run.capability_questions(cfg.n_capability, cfg.seed)
     select = arithmetic_split(task, "train", preset.seed)[:cfg.n_select]
-    load = run.placement.load()
+    load = {**run.placement.load(), "keep_hf": True}  # the HF twin: generation and reads run ~2x faster (lens)
     base = lens.load_model(layout.base, **load)
     layer = middle_layer(base) if cfg.layer is None else cfg.layer
     unit = RESIDUAL_UNIT if cfg.alpha_search else alpha_unit(cfg.normalize)

@@ -190,7 +190,7 @@ def collect_activations(model, texts: Sequence[str], *, layers: int | Sequence[i
                         position: Position = "end", char_spans: Sequence[Sequence[Span]] | None = None,
                         labels: Sequence[dict] | None = None, site: str = DEFAULT_SITE, batch_size: int = 8,
                         prepend_bos: bool | None = None, out: str | Path | None = None,
-                        progress: bool = False) -> ActivationSet:
+                        progress: bool = False, backend: str = "auto") -> ActivationSet:
     """Activations of any texts at ``layers`` and ``site``: one reading per labelled character span.
 
     This is the bring-your-own-data entry point: any text, any spans, any labels. Fit on the result with
@@ -211,6 +211,10 @@ def collect_activations(model, texts: Sequence[str], *, layers: int | Sequence[i
         prepend_bos: Whether to prepend BOS; ``None`` uses the model's default.
         out: Also save the result there (`ActivationSet.save`).
         progress: Show a progress bar.
+        backend: ``"hooked"`` runs TransformerLens; ``"hf"`` runs the HF twin ``load_model(..., keep_hf=True)``
+            kept, with forward hooks on its decoder blocks, stopping after the last layer read (HF's SDPA attention
+            is faster than TransformerLens' on CPU; ``resid_post`` of RMSNorm models only, where both give the same
+            residual); ``"auto"`` takes ``"hf"`` when it applies.
 
     Returns:
         An `ActivationSet` with one reading per span, float32, on the CPU.
@@ -229,6 +233,7 @@ def collect_activations(model, texts: Sequence[str], *, layers: int | Sequence[i
         raise LensInputError("texts is empty; pass at least one text")
     layers = resolve_layers(model, layers)
     names = [site_hook(model, l, check_site(site)) for l in layers]
+    hf = hf_reader(model, site, backend)
     position = normalize_position(position)
     prepend_bos = resolve_prepend_bos(model, prepend_bos)
     if char_spans is not None and len(char_spans) != len(texts):
@@ -264,6 +269,9 @@ def collect_activations(model, texts: Sequence[str], *, layers: int | Sequence[i
                 acts[k, dest] = _read(resid, spans).float().cpu()
             return save
 
+        if hf is not None:
+            _hf_forward(hf, tokens, mask, {layer: saver(k) for k, layer in enumerate(layers)})
+            continue
         with model.hooks(fwd_hooks=[(name, saver(k)) for k, name in enumerate(names)]):
             model(tokens.to(model.cfg.device), attention_mask=mask.to(model.cfg.device),
                   stop_at_layer=max(layers) + 1)
@@ -273,6 +281,65 @@ def collect_activations(model, texts: Sequence[str], *, layers: int | Sequence[i
     if out is not None:
         result.save(out)
     return result
+
+
+def decoder_layers(hf) -> Sequence[torch.nn.Module]:
+    """The decoder blocks of an HF causal LM (``model.layers`` for Llama-family models, ``transformer.h`` for
+    GPT-2): each block's output is TransformerLens' ``blocks.L.hook_resid_post``."""
+    inner = hf.base_model
+    layers = getattr(inner, "layers", None) or getattr(inner, "h", None)
+    if layers is None:
+        raise LensInputError(f"cannot find the decoder blocks of {type(hf).__name__}; use backend='hooked'")
+    return layers
+
+
+RUN_BACKENDS = ("auto", "hooked", "hf")
+
+
+def hf_reader(model, site: str, backend: str):
+    """The HF twin to read ``site`` from, or ``None`` for TransformerLens (see `collect_activations`)."""
+    if backend not in RUN_BACKENDS:
+        raise LensInputError(f"backend {backend!r} is unknown; valid: {', '.join(map(repr, RUN_BACKENDS))}")
+    if backend == "hooked":
+        return None
+    twin = getattr(model, "lens_hf", None)
+    why = ("the model has no HF twin (load it with lens.load_model(..., keep_hf=True))" if twin is None else
+           f"its normalization is {model.cfg.normalization_type} (TransformerLens centres the residual of "
+           f"LayerNorm models, HF does not)" if str(model.cfg.normalization_type).startswith("LN") else
+           f"it reads or writes a site other than 'resid_post' ({site!r}), the only site an HF block exposes"
+           if site != "resid_post" else None)
+    if why is not None:
+        if backend == "hf":
+            raise LensInputError(f"backend='hf' cannot be used: {why}; use backend='hooked' or 'auto'")
+        return None
+    return twin.model
+
+
+class _Stop(Exception):
+    """Raised by the last block read, so the HF forward stops there."""
+
+
+def _hf_forward(hf, tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"], savers: dict) -> None:
+    """Run ``hf`` on ``tokens`` with ``savers[layer](resid, None)`` hooked on each block's output, up to the last
+    layer in ``savers``."""
+    blocks, last = decoder_layers(hf), max(savers)
+
+    def hook_for(layer: int):
+        def hook(module, args, output):
+            savers[layer](output[0] if isinstance(output, tuple) else output, None)
+            if layer == last:
+                raise _Stop
+        return hook
+
+    device = next(hf.parameters()).device
+    handles = [blocks[layer].register_forward_hook(hook_for(layer)) for layer in savers]
+    try:
+        hf(input_ids=tokens.to(device), attention_mask=mask.to(device), use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def turn_labels(transcripts: Sequence[Transcript]) -> list[dict]:

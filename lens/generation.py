@@ -23,12 +23,11 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from lens.activations import resolve_prepend_bos
+from lens.activations import hf_reader, resolve_prepend_bos
 from lens.errors import LensInputError
 from lens.interventions import Add, _applied, _applied_hf, as_interventions, strength_matrix
 
 _ANY = object()
-BACKENDS = ("auto", "hooked", "hf")
 
 
 @dataclass
@@ -138,11 +137,10 @@ def generate(model, prompts: Sequence[str], *, interventions=None, alphas: Seque
         raise LensInputError(f"max_new_tokens {max_new_tokens!r} must be a positive integer")
     if not math.isfinite(temperature) or temperature < 0:
         raise LensInputError(f"temperature {temperature!r} must be a finite number >= 0")
-    if backend not in BACKENDS:
-        raise LensInputError(f"backend {backend!r} is unknown; valid: {', '.join(map(repr, BACKENDS))}")
     arms = _arms(interventions)
     subsets = _arm_prompts(arms, arm_prompts, len(prompts))
-    hf = _hf_twin(model, arms, required=backend == "hf") if backend != "hooked" else None
+    site = next((it.site for arm in arms.values() for it in arm if it.site != "resid_post"), "resid_post")
+    hf = hf_reader(model, site, backend)
     if alphas is not None:
         alphas = [float(a) for a in alphas]
         if not alphas:
@@ -216,23 +214,6 @@ def _arm_prompts(arms: dict, arm_prompts, n: int) -> dict:
             raise LensInputError(f"arm_prompts[{name!r}] must be a non-empty list of prompt indices in [0, {n}), "
                                  f"got {idx}")
     return subsets
-
-
-def _hf_twin(model, arms: dict, *, required: bool):
-    """The HF model to generate with, or ``None`` for TransformerLens: needs the twin ``load_model(keep_hf=True)``
-    kept, an RMSNorm model (LayerNorm models' TransformerLens residual is centred, unlike HF's) and
-    ``resid_post`` sites only."""
-    twin = getattr(model, "lens_hf", None)
-    why = ("the model has no HF twin (load it with lens.load_model(..., keep_hf=True))" if twin is None else
-           f"its normalization is {model.cfg.normalization_type} (TransformerLens centres the residual of "
-           f"LayerNorm models, HF does not)" if str(model.cfg.normalization_type).startswith("LN") else
-           "an intervention writes at a site other than 'resid_post'"
-           if any(it.site != "resid_post" for arm in arms.values() for it in arm) else None)
-    if why is not None:
-        if required:
-            raise LensInputError(f"backend='hf' cannot be used: {why}; use backend='hooked' or 'auto'")
-        return None
-    return twin.model
 
 
 @contextmanager

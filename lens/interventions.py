@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from lens.activations import resolve_prepend_bos
+from lens.activations import decoder_layers, resolve_prepend_bos
 from lens.errors import LensInputError
 from lens.sites import DEFAULT_SITE, check_site, resolve_layers, site_hook
 from lens.subspace import AgentSubspace
@@ -379,22 +379,13 @@ def _applied(model, items: Sequence[tuple[Intervention, Tensor | None, Tensor | 
         yield
 
 
-def _decoder_layers(hf) -> Sequence[torch.nn.Module]:
-    """The decoder blocks of an HF causal LM (``model.layers`` for Llama-family models, ``transformer.h`` for GPT-2)."""
-    inner = hf.base_model
-    layers = getattr(inner, "layers", None) or getattr(inner, "h", None)
-    if layers is None:
-        raise LensInputError(f"cannot find the decoder blocks of {type(hf).__name__}; use backend='hooked'")
-    return layers
-
-
 @contextmanager
 def _applied_hf(model, hf, items: Sequence[tuple[Intervention, Tensor | None, Tensor | None]],
                 prompt_len: int | None) -> Iterator[None]:
     """`_applied` on ``hf``, the HF model ``model`` was converted from: each intervention's hook runs as a forward
     hook on the decoder block whose output is ``blocks.L.hook_resid_post`` (the only site an HF block exposes)."""
     state = _Offsets(fixed_prompt_len=prompt_len, prompt_len=prompt_len)
-    blocks = _decoder_layers(hf)
+    blocks = decoder_layers(hf)
     handles = []
 
     def adapter(fn):

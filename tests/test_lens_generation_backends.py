@@ -100,3 +100,20 @@ def test_hf_backend_without_stop_tokens_runs_every_row_to_the_end(twin, subs):
     kw = dict(interventions=subs[1], alphas=[0.0, 3.0], max_new_tokens=9, stop=[])
     hf, hooked = (lens.generate(twin, PROMPTS, backend=b, **kw) for b in ("hf", "hooked"))
     assert all(len(t) == 9 for t in hf.tokens) and not any(hf.stopped) and hf.tokens == hooked.tokens
+
+
+def test_hf_collection_reads_the_residual_transformerlens_reads(twin):
+    """collect_activations through the HF twin (stopping after the last layer read) equals TransformerLens' run,
+    at every layer and reading rule; sites an HF block does not expose are refused on 'hf' and fall back on 'auto'."""
+    texts = ["Alice: I agree. Bob: I object!", "Alice: Fine. Bob: No way, not at all!"]
+    spans = [[(0, 15, "end"), (16, len(texts[0]), "mean")], [(0, 12, -2), (13, len(texts[1]))]]
+    kw = dict(char_spans=spans, layers=[0, 1], batch_size=2)
+    hf = lens.collect_activations(twin, texts, backend="hf", **kw)
+    tl = lens.collect_activations(twin, texts, backend="hooked", **kw)
+    assert hf.acts.shape == tl.acts.shape == (2, 4, twin.cfg.d_model)
+    assert torch.allclose(hf.acts, tl.acts, atol=1e-4), (hf.acts - tl.acts).abs().max()
+    assert torch.equal(lens.collect_activations(twin, texts, **kw).acts, hf.acts)  # auto takes HF
+    with pytest.raises(LensInputError, match="site other than 'resid_post'"):
+        lens.collect_activations(twin, texts, site="mlp_out", backend="hf")
+    mlp = lens.collect_activations(twin, texts, site="mlp_out", layers=0)  # auto falls back to TransformerLens
+    assert mlp.acts.shape == (1, 2, twin.cfg.d_model)
