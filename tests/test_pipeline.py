@@ -139,7 +139,7 @@ def test_single_rl_trains_from_the_base_with_budgets_from_its_own_single_answers
 
     from training.evaluate import EvalConfig, quantile, sample_lengths
     from training.modelio import load_causal_lm
-    from training.pipeline import Run
+    from training.pipeline import Run, single_rl_config
     from training.prompts import round1_messages
 
     run, _ = smoke_run
@@ -150,7 +150,10 @@ def test_single_rl_trains_from_the_base_with_budgets_from_its_own_single_answers
     preset = load_preset("smoke")
     cfg = preset.section("internalize", stage2.Stage2Config)
     assert [p["steps"] for p in phases["phases"]] == [p["steps"] for p in cfg.phases]
-    assert [p["budget"] for p in phases["phases"]] == [round(p["budget"] * phases["ref_length"]) for p in cfg.phases]
+    # IMAD's fractional budgets become the base's whole p95: a single answer has no turns to cut
+    assert [p["budget"] for p in phases["phases"]] == [phases["ref_length"]] * len(cfg.phases)
+    assert [round(p["budget"] * phases["ref_length"]) for p in single_rl_config(cfg).phases] == \
+        [phases["ref_length"]] * len(cfg.phases)
     assert all("structure" not in p["curve"][-1] and "correctness" in p["curve"][-1] for p in phases["phases"])
     # the reference length is the p95 of the base's sampled replies to the Single prompt, measured again here
     ev = preset.section("eval", EvalConfig)
