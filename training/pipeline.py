@@ -409,8 +409,8 @@ class Run:
     def single_rl(self) -> Path:
         """The Single + RL control of Table 1's experiment: stage 2's GRPO (``[internalize]``: phases, steps,
         generations, lr, clipping, correctness reward; no tag reward) from the *base* model under the Single
-        prompt (``[eval] single_persona``, round 1), budgets as fractions of the p95 of the base's own sampled
-        single answers. What RL alone gives, without the debate."""
+        prompt (``[eval] single_persona``, round 1), budgets from the p95 of the base's own sampled single answers
+        (`single_rl_config`). What RL alone gives, without the debate."""
         return self._once("single_rl", self._single_rl)
 
     def _single_rl(self) -> Path:
