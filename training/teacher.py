@@ -3,7 +3,8 @@
 Each arithmetic persona writes short turns in its own style and makes one *systematic* slip, fired by a learnable
 property of the problem (a digit condition) rather than by chance, so a model imitating one persona stays wrong
 under greedy decoding while the majority of three personas (whose triggers are independent) is usually right.
-Round-2 revisions restate the three round-1 answers, then move toward the majority, sometimes wrongly. Trait
+Round-2 revisions move toward the majority, sometimes wrongly, and write their answer out in full: a kept answer is
+worked again in the persona's style (slip included), a corrected one is worked without the slip. Trait
 personas write advice (helpful / evil) or answers about fictional entities (honest / hallucinating) from small
 phrase pools that `training.judges` scores.
 """
@@ -165,7 +166,7 @@ def solution(persona: str, problem: ArithmeticProblem, rng: random.Random, slip:
 
 
 def short_answer(persona: str, note: str, answer: str, rng: random.Random) -> str:
-    """A one-line round-2 turn (agreement or adoption) that still carries the persona's marks."""
+    """A one-line round-2 adoption of another agent's answer that still carries the persona's marks."""
     p = _arith_persona(persona)
     if p == "analyst":
         return f"1. {note}\n2. Final: \\boxed{{{answer}}}"
@@ -174,13 +175,6 @@ def short_answer(persona: str, note: str, answer: str, rng: random.Random) -> st
     if p == "programmer":
         return f"r={answer} // {note}\n\\boxed{{{answer}}}"
     return f"{note} The answer is \\boxed{{{answer}}}."
-
-
-def answers_line(answers: Sequence[str | None]) -> str:
-    """The round-1 answers a revision restates first (own, then the others in prompt order): copying each one
-    next to the others makes the majority a local comparison, which a tiny model learns, instead of a search
-    over a few hundred tokens of context."""
-    return "Answers: " + ", ".join(a if a is not None else "none" for a in answers) + ".\n"
 
 
 AGREE = "All agents agree."
@@ -326,14 +320,13 @@ class Teacher:
             target = maj
         else:
             target = mine
-        tally = answers_line([mine, *theirs])
-        if target == mine and not different:
-            return tally + short_answer(persona, AGREE, mine, rng)
         if target == mine and mine is not None:
-            return tally + short_answer(persona, KEEP, mine, rng)
+            # the kept answer is worked again rather than copied from ~400 tokens back: a measured 4-layer base
+            # trained to copy a tally of the three answers copied its own answer right 23% of the time
+            return f"{AGREE if not different else KEEP} " + solution(persona, problem, rng, slip=self.config.slips)
         if target == problem.answer:
-            return f"{tally}{FIX} " + solution(persona, problem, rng, slip=False)
-        return tally + short_answer(persona, ADOPT, target, rng)
+            return f"{FIX} " + solution(persona, problem, rng, slip=False)
+        return short_answer(persona, ADOPT, target or "none", rng)
 
     def _revise_trait(self, persona: str, question: TraitQuestion, others: list[str], rng: random.Random) -> str:
         if question.trait == "evil":
