@@ -75,7 +75,11 @@ def test_rows_mask_the_problem_prompt():
     row = debate_rows([t])[0]
     assert row["prompt"] == prompt_text(t.question) == "Problem: 4+0*1+0-0*1\n\n"
     assert row["completion"].startswith(DEBATE_TAGS[0]) and row["completion"].endswith(END_TAG)
-    assert answer_rows([t]) == [{"prompt": row["prompt"], "completion": "\\boxed{4}"}]
+    # DebateGPT: the final-round turn of the first agent holding the consensus answer, its working included
+    assert answer_rows([t]) == [{"prompt": row["prompt"], "completion": "step 1 \\boxed{4}"}]
+    t2 = Transcript(t.question, [*t.turns, Turn(2, 1, "now \\boxed{5}"), Turn(2, 2, "kept \\boxed{4}"),
+                                 Turn(2, 3, "also \\boxed{4}")], t.consensus, t.gold)
+    assert answer_rows([t2])[0]["completion"] == "kept \\boxed{4}"
 
 
 def test_exit_probability_reads_the_next_tag_after_agent_k(tiny_model_dirs):

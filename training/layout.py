@@ -2,7 +2,7 @@
 
 `RunLayout` is pure paths (no I/O): ``base/`` (the toy base, or ``[model] path`` for real models),
 ``debates/<exp>/`` (``transcripts.jsonl`` and ``heldout.jsonl``), ``sft/<exp>/`` (stage 1),
-``debategpt/<exp>/`` (answers-only baseline), ``internalize/<exp>/`` (stage 2: the IMAD model, with ``phases/``
+``debategpt/<exp>/`` (the final-outputs baseline), ``internalize/<exp>/`` (stage 2: the IMAD model, with ``phases/``
 and ``phases.json``), ``single_rl/<exp>/`` (the Single + RL control: stage 2's GRPO from the base, no debate),
 ``eval/`` (Table 1), ``analyses/<name>/`` (the experiments) and ``report/``.
 """

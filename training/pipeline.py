@@ -341,7 +341,7 @@ class Run:
                                      for k in (1, 2, 3)}}
 
     def debategpt(self) -> Path:
-        """The DebateGPT baseline: the base fine-tuned (same LoRA recipe) on the main debates' final answers."""
+        """The DebateGPT baseline: the base fine-tuned (same LoRA recipe) on the main debates' final outputs."""
         return self._once("debategpt", self._debategpt)
 
     def _debategpt(self) -> Path:

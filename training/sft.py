@@ -2,7 +2,7 @@
 
 TRL's prompt/completion format trains only the trace after ``Problem: {q}\\n\\n``. The merged model is saved as a
 full HF dir with ``provenance.json``, so lens knows which transcripts it learned. The same recipe trains the
-DebateGPT baseline on final answers only (`answer_rows`).
+DebateGPT baseline on the debates' final outputs only (`answer_rows`).
 """
 
 from __future__ import annotations
@@ -163,13 +163,17 @@ def debate_rows(transcripts: Sequence[Transcript]) -> list[dict]:
 
 
 def answer_rows(transcripts: Sequence[Transcript]) -> list[dict]:
-    """DebateGPT rows: the ``Problem:`` prompt and the debate's final answer only (``\\boxed{x}`` for arithmetic,
-    the consensus text otherwise)."""
+    """DebateGPT rows: the ``Problem:`` prompt and the debate's final output only: the final-round turn of the first
+    agent holding the consensus answer, reasoning included (the consensus text when there is no boxed answer).
+
+    Subramaniam et al. fine-tune on the debate's final responses, which reason (the paper's DebateGPT answers run
+    327-1023 tokens); a bare ``\\boxed{x}`` target taught the toy model to answer without working, at 2% accuracy.
+    """
     rows = []
     for t in transcripts:
-        answer = t.consensus_answer
-        rows.append({"prompt": prompt_text(t.question),
-                     "completion": f"\\boxed{{{answer}}}" if answer is not None else t.consensus})
+        answer, final = t.consensus_answer, t.round_turns(max(turn.round for turn in t.turns))
+        held = next((turn.text for turn in final if answer is not None and turn.answer == answer), None)
+        rows.append({"prompt": prompt_text(t.question), "completion": held if held is not None else t.consensus})
     return rows
 
 
