@@ -11,9 +11,12 @@ What each model reads for a trait question (``elicit``): ``native``, the paper's
 (IMAD: ``Problem: {q}``; base: its chat template with the neutral persona, i.e. no trait prompt). The toy uses
 ``agent_slot``, a shared eliciting condition: each model speaks from the malicious agent's seat of the debate, the
 base reading what the debate runner gives agent 2 (the malicious persona's system prompt and the round-1 question in
-its chat template), IMAD its trace opened at agent 2's round-1 tag (its reply ends at the next tag). A departure from
+its chat template), IMAD the held-out debate on the question up to agent 2's round-1 tag, i.e. after agent 1's
+round-1 turn, as in every transcript it was trained on (its reply ends at the next tag). A departure from
 the paper, reported as one: with native prompts neither toy model says anything trait-like, so there is nothing to
-suppress. The questions, the judge and the capability task are the same under both.
+suppress. The questions, the judge and the capability task are the same under both. (Opened straight after the
+round tag, a seat no transcript has, the toy IMAD hallucination model wrote agent 1's honest turn: trait 10 of 100,
+against 64 after agent 1's turn; measured.)
 
 Strength unit (``alpha_search = true``): α multiplies the unit vector scaled to the mean residual norm at the
 steered layer (of the readings the vector was fitted on), so α = 0.1 adds a tenth of a typical residual; the same
@@ -50,11 +53,11 @@ import torch
 
 import lens
 from analyses import figures as study_figures
-from analyses.agent_subspaces import alpha_unit, heldout_transcripts
+from analyses.agent_subspaces import alpha_unit, heldout_transcripts, turn_prompts
 from analyses.generation import native_prompt, stop_ids
 from analyses.metrics import json_safe
 from analyses.stats import bootstrap
-from lens.debate_format import MAX_AGENTS, ROUND_TAGS, SOLUTION_TAGS, extract_boxed, prompt_text
+from lens.debate_format import MAX_AGENTS, ROUND_TAGS, SOLUTION_TAGS, Transcript, extract_boxed, prompt_text
 from lens.activations import resolve_transcripts
 from lens.sites import middle_layer
 from lens.io import atomic_write_json
@@ -75,7 +78,7 @@ from training.teacher import TRAIT_PERSONAS
 NAME = "malicious"
 ELICIT = {"native": "each model's native prompt (IMAD: Problem: {q}; base: chat template, neutral persona)",
           "agent_slot": "the malicious agent's seat: base under agent 2's persona system prompt (chat template), "
-                        "IMAD continuing its trace from agent 2's round-1 tag"}
+                        "IMAD continuing the held-out debate on the question from agent 2's round-1 tag"}
 RESIDUAL_UNIT = "α (× mean residual norm)"
 METHOD_NAMES = {"imad": "IMAD agent-2 vector", "base": "base system-prompt vector",
                 "random_imad": "random direction (IMAD)", "prompting_base": "prompting (base)",
@@ -169,12 +172,14 @@ def prompt_for(kind: str, question: str, tokenizer, domain: str, persona: str | 
 
 
 def trait_prompt(kind: str, question: str, tokenizer, trait: str, *, elicit: str = "native", agent: int = 2,
-                 prompting: bool = False) -> str:
+                 prompting: bool = False, debate: Transcript | None = None) -> str:
     """What ``kind`` (base or imad) reads for a held-out trait question under the eliciting condition ``elicit``.
 
     ``native``: the model's native prompt. ``agent_slot``: the seat of the debate's malicious agent ``agent``: the
     base reads what the debate runner gives that agent (the malicious persona's system prompt and the round-1
-    question, in its chat template); IMAD its ``Problem: {q}`` trace opened at that agent's round-1 tag.
+    question, in its chat template); IMAD the trace of ``debate`` (a held-out debate on ``question``) up to that
+    agent's round-1 tag, the earlier agents' round-1 turns included, or without ``debate`` its ``Problem: {q}``
+    trace opened at that tag.
     ``prompting`` adds the benign persona's system prompt (the prompting baseline): above IMAD's prompt; in the
     base's system turn, in place of the neutral persona (``native``) or after the malicious one (``agent_slot``).
 
@@ -186,6 +191,7 @@ def trait_prompt(kind: str, question: str, tokenizer, trait: str, *, elicit: str
         elicit: ``native`` or ``agent_slot``.
         agent: The malicious agent's index (1-based).
         prompting: Add the benign persona's system prompt.
+        debate: A held-out debate on ``question``, whose turns before the seat IMAD reads (``agent_slot``).
 
     Returns:
         The prompt text, as the model reads it.
@@ -205,7 +211,11 @@ def trait_prompt(kind: str, question: str, tokenizer, trait: str, *, elicit: str
                     {"role": "user", "content": ROUND1[ADVICE].format(question=question)}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     text = prompt_text(question)
-    if elicit == "agent_slot":
+    if elicit == "agent_slot" and debate is not None:
+        if debate.question != question:
+            raise ValueError(f"the debate given for the seat is on {debate.question!r}, not on {question!r}")
+        text = turn_prompts([debate], agent, (1,))[0][0]
+    elif elicit == "agent_slot":
         text += f"{ROUND_TAGS[0]}\n\n{SOLUTION_TAGS[agent - 1]}:"
     return f"{SYSTEM_PROMPTS[benign]}\n\n{text}" if prompting else text
 
@@ -371,11 +381,15 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
         clean = [turn.text for t in debates for turn in t.turns if turn.agent != cfg.agent][:cfg.n_cap_texts]
         block: dict = {"controls": {}, "monitor": monitor}
         questions = [q.question for q in test]
+        held = {t.question: t for t in heldout_transcripts(layout.root, trait)} if cfg.elicit == "agent_slot" else {}
+        block["seat_context"] = sum(q in held for q in questions)  # IMAD prompts that carry agent 1's turn
         for kind in ("base", "imad"):
             model = base if kind == "base" else lens.load_model(layout.internalize(trait), **load)
             vectors[kind].save(out_dir / "vectors" / f"{trait}_{kind}")
-            prompts = [trait_prompt(kind, q, model.tokenizer, trait, elicit=cfg.elicit, agent=cfg.agent)
-                       for q in questions]
+            prompt = lambda q, prompting=False: trait_prompt(  # noqa: E731
+                kind, q, model.tokenizer, trait, elicit=cfg.elicit, agent=cfg.agent, prompting=prompting,
+                debate=held.get(q) if kind == "imad" else None)
+            prompts = [prompt(q) for q in questions]
             rate = dict(trait=judge, reference=base, prompts=prompts, questions=questions,
                         capacity_budget=cfg.capacity_budget, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
                         batch_size=cfg.batch_size, eos_token_id=trait_stop(model, cfg.elicit),
@@ -395,8 +409,7 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
                            "vector": {"hook_name": vectors[kind].hook_name, "method": vectors[kind].method,
                                       "normalization": vectors[kind].normalization, "stats": vectors[kind].stats}}
             block["controls"][f"prompting_{kind}"] = score_arms(
-                model, {"prompting": []}, [trait_prompt(kind, q, model.tokenizer, trait, elicit=cfg.elicit,
-                                                        agent=cfg.agent, prompting=True) for q in questions],
+                model, {"prompting": []}, [prompt(q, prompting=True) for q in questions],
                 questions, judge, acc(problems, benign), cfg)["prompting"]
             if kind == "imad":
                 block["controls"].update(_imad_controls(model, vectors["imad"], report.alphas, clean, rate,

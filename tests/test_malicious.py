@@ -88,6 +88,23 @@ def test_the_agent_slot_condition_seats_each_model_as_the_malicious_agent(tiny_t
     assert set(ELICIT) == {"native", "agent_slot"}
 
 
+def test_imad_takes_the_malicious_seat_after_the_agents_before_it(tiny_tokenizer):
+    q = "Who directed the film The Iron Garden?"
+    turns = [Turn(1, 1, "I don't know The Iron Garden."), Turn(1, 2, "It was directed by Marta Velin."),
+             Turn(1, 3, "I cannot verify it."), Turn(2, 1, "I don't know."), Turn(2, 2, "Marta Velin."),
+             Turn(2, 3, "I don't know.")]
+    debate = Transcript(q, turns, "I don't know.")
+    seat = trait_prompt("imad", q, tiny_tokenizer, "hallucination", elicit="agent_slot", debate=debate)
+    # exactly as in every trained transcript: agent 1's round-1 turn, then agent 2's tag, and nothing of agent 2's
+    assert seat == f"{prompt_text(q)}{ROUND_TAGS[0]}\n\n{SOLUTION_TAGS[0]}: {turns[0].text}\n\n{SOLUTION_TAGS[1]}:"
+    assert "Marta" not in seat
+    assert trait_prompt("imad", q, tiny_tokenizer, "hallucination", elicit="agent_slot", debate=debate,
+                        prompting=True) == f"{SYSTEM_PROMPTS['honest']}\n\n{seat}"
+    with pytest.raises(ValueError, match="the debate given for the seat is on 'Who directed"):
+        trait_prompt("imad", "What is Alma Sorvino known for?", tiny_tokenizer, "hallucination",
+                     elicit="agent_slot", debate=debate)
+
+
 def test_grid_has_five_points_per_direction_up_to_the_halving_strength():
     cfg = load_preset("toy").section("malicious", MaliciousConfig)
     grid = strength_grid(-0.4, 0.8, cfg.grid_points)
