@@ -12,6 +12,11 @@ arithmetic prompt): how much agent i's vector raises the share of outputs carryi
 markers (`training.teacher.persona_marks`: numbered steps for the analyst, ``SELF-CRITIQUE:`` for the critic,
 ``x=... //`` assignments for the programmer) and the ROUGE-L against the teacher's solution in agent i's style,
 each over its value at α = 0, for base and IMAD, with 95% bootstrap intervals over prompts.
+
+Strengths (``alpha_search = true``): capability under steering and steerability steer with each agent's vector in
+`analyses.strengths`' unit (α × the mean residual norm), each model and agent on its own grid from 0 to where that
+model's accuracy on the α-selection split halves, in both directions (steerability on the non-negative half). The
+ROUGE AUC table keeps the paper's fixed grid ``alphas`` in the ``normalize`` unit, one grid for both models.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from analyses.generation import fits_context, native_prompt, stop_ids
 import random
 
 from analyses.metrics import ROUGE_METRICS, auc, json_safe, pct_change, rouge
+from analyses.strengths import RESIDUAL_UNIT, Accuracy, StrengthSearch, in_residual_units, search_grid
 from analyses.stats import bootstrap, paired_difference
-from lens.debate_format import Transcript, extract_boxed, training_text, turn_spans
+from lens.debate_format import Transcript, training_text, turn_spans
 from lens.activations import resolve_transcripts
 from lens.sites import middle_layer
 from lens.io import atomic_write_json
@@ -40,7 +46,6 @@ from training.runner import load_debates
 from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, bounds
 from training.tasks import TaskConfig, arithmetic_split
 from training.teacher import ARITHMETIC_PERSONAS, persona_marks, solution
-from training.evaluate import is_correct
 from training.pipeline import Run
 
 NAME = "agent_subspaces"
@@ -48,8 +53,9 @@ MODELS = ("base", "imad")
 
 
 @dataclass(frozen=True)
-class SubspaceConfig:
-    """Preset section ``[subspaces]``: where to read/write, the α grid, and how much to generate."""
+class SubspaceConfig(StrengthSearch):
+    """Preset section ``[subspaces]``: where to read/write, the α grids (`StrengthSearch` for capability and
+    steerability), and how much to generate."""
 
     experiment: str = "main"
     layer: int | None = None            # None: the middle layer (paper: 15 for 32-layer LLaMA/Qwen, 20 for Mistral)
@@ -71,6 +77,7 @@ class SubspaceConfig:
     n_steer: int = field(default=30, metadata=AT_LEAST_ONE)
     steer_max_new_tokens: int = field(default=96, metadata=AT_LEAST_ONE)
     seed: int = field(default=42, metadata=NON_NEGATIVE)
+    alpha_search: bool = False          # true: capability and steerability on searched grids (module doc)
 
     def __post_init__(self) -> None:
         for name in ("alphas", "rounds", "capability_alphas"):
@@ -141,20 +148,28 @@ def auc_difference(alphas, base: list[list[float]], imad: list[list[float]]) -> 
     return paired_difference(per(imad), per(base)).to_dict()
 
 
-def capability_sweeps(model, kind: str, subs: dict, cfg: SubspaceConfig,
+def capability_sweeps(model, kind: str, subs: dict, grids: dict[str, list[float]], cfg: SubspaceConfig,
                       problems) -> dict[str, tuple[list[float], list[list[bool]]]]:
-    """Per agent, arithmetic accuracy per α in ``cfg.capability_alphas`` under steering with its vector (native
-    prompts, greedy), and each problem's correctness per α; every agent and α in one batched `lens.generate`."""
-    prompts = [native_prompt(kind, p.question, model.tokenizer) for p in problems]
-    out = lens.generate(model, prompts, interventions={str(a): sub for a, sub in subs.items()},
-                        alphas=cfg.capability_alphas, max_new_tokens=cfg.capability_max_new_tokens, seed=cfg.seed,
-                        stop=stop_ids(model, at_tags=False))
+    """Per agent, arithmetic accuracy per α of its grid ``grids[a]`` under steering with its vector (native prompts,
+    greedy), and each problem's correctness per α; each agent's whole grid in one batched `lens.generate`."""
     sweeps = {}
-    for a in subs:
-        per = [[is_correct(extract_boxed(o), p) for o, p in zip(out.select(arm=str(a), alpha=x), problems)]
-               for x in cfg.capability_alphas]
-        sweeps[str(a)] = ([sum(c) / len(problems) for c in per], per)
+    for a, sub in subs.items():
+        accuracy = Accuracy(kind, problems, cfg.capability_max_new_tokens, cfg.seed)
+        curve = accuracy.over_alphas(model, lens.Add(sub, 1.0, positions="generated"), grids[str(a)])
+        sweeps[str(a)] = (curve, accuracy.records)
     return sweeps
+
+
+def steering_grids(model, kind: str, subs: dict, cfg: SubspaceConfig, select) -> tuple[dict, dict]:
+    """Per agent, the α grid capability and steerability are measured on: searched on ``select`` (the α-selection
+    split) when ``cfg.alpha_search``, else ``cfg.capability_alphas``; and each search (empty without one)."""
+    if not cfg.alpha_search:
+        return {str(a): list(cfg.capability_alphas) for a in subs}, {}
+    grids, searches = {}, {}
+    for a, sub in subs.items():
+        accuracy = Accuracy(kind, select, cfg.capability_max_new_tokens, cfg.seed)
+        grids[str(a)], searches[str(a)] = search_grid(model, sub, accuracy, cfg)
+    return grids, searches
 
 
 def capability_drop(alphas, per: list[list[bool]]) -> dict:
@@ -173,29 +188,33 @@ def marker_counts(texts: list[str], persona: str) -> list[float]:
     return [float(persona_marks(t)[persona]) for t in texts]
 
 
-def steerability(model, kind: str, subs: dict, personas: dict[str, str], problems, cfg: SubspaceConfig) -> dict:
-    """From a neutral slot (the model's native arithmetic prompt), per agent: the share of outputs with that
-    agent's persona markers and their ROUGE-L against the teacher's solution in that persona's style, per α in
-    ``cfg.alphas``; the gain is the largest change over α = 0, with a paired 95% interval over prompts."""
+def steerability(model, kind: str, subs: dict, personas: dict[str, str], problems, cfg: SubspaceConfig,
+                 grids: dict[str, list[float]] | None = None) -> dict:
+    """From a neutral slot (the model's native arithmetic prompt), per agent (``subs`` and ``personas`` keyed by the
+    agent's number as a string): the share of outputs with that
+    agent's persona markers and their ROUGE-L against the teacher's solution in that persona's style, per α of the
+    agent's grid (the non-negative part of ``grids[a]``, else ``cfg.alphas``); the gain is the largest change over
+    α = 0, with a paired 95% interval over prompts."""
     prompts = [native_prompt(kind, p.question, model.tokenizer) for p in problems]
-    out = lens.generate(model, prompts, interventions={a: sub for a, sub in subs.items()}, alphas=cfg.alphas,
-                        max_new_tokens=cfg.steer_max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                        seed=cfg.seed, stop=stop_ids(model, at_tags=False), skip_special_tokens=True)
-    i0 = list(cfg.alphas).index(0.0) if 0.0 in cfg.alphas else None
     block = {}
     for a, persona in personas.items():
+        alphas = [x for x in grids[str(a)] if x >= 0] if grids else list(cfg.alphas)
+        out = lens.generate(model, prompts, interventions={str(a): subs[a]}, alphas=alphas,
+                            max_new_tokens=cfg.steer_max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                            seed=cfg.seed, stop=stop_ids(model, at_tags=False), skip_special_tokens=True)
+        i0 = alphas.index(0.0) if 0.0 in alphas else None
         refs = [solution(persona, p, random.Random(f"{persona}-{p.question}")) for p in problems]
-        marks = [marker_counts(out.select(arm=str(a), alpha=x), persona) for x in cfg.alphas]
+        marks = [marker_counts(out.select(arm=str(a), alpha=x), persona) for x in alphas]
         rl = [[rouge(t.strip(), r)["rougeL"] for t, r in zip(out.select(arm=str(a), alpha=x), refs)]
-              for x in cfg.alphas]
-        entry = {"persona": persona, "markers": [sum(m) / len(m) for m in marks],
+              for x in alphas]
+        entry = {"persona": persona, "alphas": alphas, "markers": [sum(m) / len(m) for m in marks],
                  "rougeL": [sum(r) / len(r) for r in rl], "per_prompt_markers": marks}
-        if i0 is not None and len(cfg.alphas) > 1:
-            j = max((i for i in range(len(cfg.alphas)) if i != i0), key=lambda i: sum(marks[i]))
-            entry["marker_gain"] = {**paired_difference(marks[j], marks[i0]).to_dict(), "alpha": cfg.alphas[j]}
+        if i0 is not None and len(alphas) > 1:
+            j = max((i for i in range(len(alphas)) if i != i0), key=lambda i: sum(marks[i]))
+            entry["marker_gain"] = {**paired_difference(marks[j], marks[i0]).to_dict(), "alpha": alphas[j]}
             entry["per_prompt_gain"] = [x - y for x, y in zip(marks[j], marks[i0])]
-            k = max((i for i in range(len(cfg.alphas)) if i != i0), key=lambda i: sum(rl[i]))
-            entry["rouge_gain"] = {**paired_difference(rl[k], rl[i0]).to_dict(), "alpha": cfg.alphas[k]}
+            k = max((i for i in range(len(alphas)) if i != i0), key=lambda i: sum(rl[i]))
+            entry["rouge_gain"] = {**paired_difference(rl[k], rl[i0]).to_dict(), "alpha": alphas[k]}
         block[a] = entry
     return block
 
@@ -219,9 +238,9 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     personas = {str(a): heldout[0].persona_of(a) for a in agents}
     train, _ = resolve_transcripts(sft, None)
     train_acts = lens.turn_activations(sft, train[:cfg.n_train_transcripts], layers=[layer])  # once for all agents
-    subs = {a: lens.fit_agent_subspace(train_acts, a) for a in agents}
-    if not cfg.normalize:
-        subs = {a: sub.raw() for a, sub in subs.items()}
+    fitted = {a: lens.fit_agent_subspace(train_acts, a) for a in agents}
+    subs = {a: sub if cfg.normalize else sub.raw() for a, sub in fitted.items()}  # the ROUGE AUC's unit
+    steer_subs = {a: in_residual_units(sub) for a, sub in fitted.items()} if cfg.alpha_search else subs
     for a, sub in subs.items():
         sub.save(out_dir / "vectors" / f"agent{a}")
     heldout_acts = lens.turn_activations(sft, heldout)  # once for the probes and the PCA
@@ -229,6 +248,9 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     pca = _pca_dict(lens.pca_projection(heldout_acts, layer=layer, center="slot"))
     del sft
     problems = run.capability_questions(cfg.n_capability, cfg.seed)
+    select = arithmetic_split(preset.section("task", TaskConfig), "train", preset.seed)[:cfg.n_select]
+    grids: dict = {}
+    searches: dict = {}
     rouge: dict = {}
     capability: dict = {}
     drops: dict = {}
@@ -241,13 +263,16 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
         if kind == "imad":
             probes["imad"] = lens.probe_layers(model, heldout).to_dict()
         rouge[kind] = rouge_sweeps(model, subs, {a: turn_prompts(heldout, a, cfg.rounds) for a in agents}, cfg)
-        sweeps = capability_sweeps(model, kind, subs, cfg, problems)
+        grids[kind], searches[kind] = steering_grids(model, kind, steer_subs, cfg, select)
+        sweeps = capability_sweeps(model, kind, steer_subs, grids[kind], cfg, problems)
         capability[kind] = {a: acc for a, (acc, _) in sweeps.items()}
         if kind == "imad":
-            drops = {a: capability_drop(cfg.capability_alphas, per) for a, (_, per) in sweeps.items()}
+            drops = {a: capability_drop(grids[kind][a], per) for a, (_, per) in sweeps.items()}
         # persona markers exist for the teacher's arithmetic personas only (a paper file's debates name none)
-        steer[kind] = steerability(model, kind, subs, {a: p for a, p in personas.items()
-                                                       if p in ARITHMETIC_PERSONAS}, neutral, cfg)
+        steer[kind] = steerability(model, kind, {str(a): v for a, v in steer_subs.items()},
+                                   {a: p for a, p in personas.items()
+                                    if p in ARITHMETIC_PERSONAS}, neutral, cfg,
+                                   grids[kind] if cfg.alpha_search else None)
         del model
     auc_block = {str(a): {m: {**_auc_entry(cfg.alphas, rouge["base"][str(a)][m], rouge["imad"][str(a)][m]),
                               "diff": auc_difference(cfg.alphas, rouge["base"][str(a)]["per_prompt"][m],
@@ -260,8 +285,11 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
                           "slot": "each model's native arithmetic prompt (test problems), no agent tag",
                           "markers": "training.teacher.persona_marks"}
     results = {"config": asdict(cfg), "layer": layer, "hook_name": subs[agents[0]].hook_name,
-               "alphas": list(cfg.alphas), "capability_alphas": list(cfg.capability_alphas), "personas": personas,
-               "alpha_unit": alpha_unit(cfg.normalize),
+               "alphas": list(cfg.alphas), "capability_grid": grids, "alpha_search": searches,
+               "personas": personas, "alpha_unit": alpha_unit(cfg.normalize),
+               "steering_unit": RESIDUAL_UNIT if cfg.alpha_search else alpha_unit(cfg.normalize),
+               "selection_split": f"the first {cfg.n_select} training-partition arithmetic problems"
+               if cfg.alpha_search else None,
                "n_prompts": {str(a): len(turn_prompts(heldout, a, cfg.rounds)[0]) for a in agents},
                "vectors": {str(a): {"layer": s.layer, "hook_name": s.hook_name, "position": s.position,
                                     "stats": s.stats, "normalization": s.normalization,
@@ -318,8 +346,9 @@ def steerability_rows(results: dict) -> list[dict]:
         row = {"agent": f"{a} ({persona})"}
         for kind in MODELS:
             e = st[kind][a]
-            row[f"{kind} markers at α=0 (%)"] = f"{100 * e['markers'][results['alphas'].index(0.0)]:.0f}" \
-                if 0.0 in results["alphas"] else "n/a"
+            alphas = e.get("alphas", results["alphas"])
+            row[f"{kind} markers at α=0 (%)"] = f"{100 * e['markers'][alphas.index(0.0)]:.0f}" \
+                if 0.0 in alphas else "n/a"
             row[f"{kind} marker gain (pts)"] = _band(e.get("marker_gain"), 100, 1)
             row[f"{kind} ROUGE-L gain"] = _band(e.get("rouge_gain"))
         row["IMAD − base marker gain (pts)"] = _band(st["gain_difference"].get(a), 100, 1)

@@ -186,7 +186,8 @@ def subspace_claims(results: dict | None) -> list[Claim]:
                     bool(scored) and all(_lo(d) > 0 for d in scored.values()), diffs)]
     drops = results.get("capability_drop", {})
     cap = results.get("capability", {}).get("imad", {})
-    unsteered = {a: c[0] for a, c in cap.items() if c}
+    grid = lambda a: results.get("capability_grid", {}).get("imad", {}).get(a) or [0.0]  # noqa: E731
+    unsteered = {a: c[grid(a).index(0.0)] for a, c in cap.items() if c and 0.0 in grid(a)}
     if drops:
         measured = "; ".join(f"agent {a}: α=0 {_fmt(100 * _num(unsteered.get(a)), 1)}%, largest drop "
                              f"{_fmt_iv(d, 100)} points" for a, d in drops.items())

@@ -77,9 +77,11 @@ def capability_under_steering(results: dict) -> go.Figure:
     dashes = ["solid", "dash", "dot", "dashdot"]
     for model, color in MODEL_COLORS.items():
         for k, (agent, curve) in enumerate(results["capability"][model].items()):
-            fig.add_trace(go.Scatter(x=results["capability_alphas"], y=[100 * c for c in curve], mode="lines+markers",
-                                     name=f"{model} agent {agent}", line={"color": color, "dash": dashes[k % 4]}))
-    fig.update_layout(title="Arithmetic accuracy under agent steering", xaxis_title=results["alpha_unit"],
+            fig.add_trace(go.Scatter(x=results["capability_grid"][model][agent], y=[100 * c for c in curve],
+                                     mode="lines+markers", name=f"{model} agent {agent}",
+                                     line={"color": color, "dash": dashes[k % 4]}))
+    fig.update_layout(title="Arithmetic accuracy under agent steering (each model and agent on its own grid)",
+                      xaxis_title=results.get("steering_unit", results["alpha_unit"]),
                       yaxis_title="accuracy (%)")
     return fig
 

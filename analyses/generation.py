@@ -10,7 +10,7 @@ from typing import Sequence
 
 from lens.debate_format import DEBATE_TAGS, prompt_text
 from training.backends import STOP_TOKENS
-from training.prompts import ARITHMETIC, round1_messages
+from training.prompts import ARITHMETIC, SYSTEM_PROMPTS, round1_messages
 
 
 def stop_ids(model, *, at_tags: bool) -> list[int]:
@@ -34,3 +34,29 @@ def native_prompt(model_kind: str, question: str, tokenizer, domain: str = ARITH
         return tokenizer.apply_chat_template(round1_messages("neutral", question, domain), tokenize=False,
                                              add_generation_prompt=True)
     return prompt_text(question)
+
+
+def prompt_for(kind: str, question: str, tokenizer, domain: str, persona: str | None = None) -> str:
+    """The model's native prompt, or with ``persona``'s system prompt (the prompting baseline): the base model
+    reads it as its chat template's system turn, IMAD above its ``Problem: {q}`` prompt.
+
+    Args:
+        kind: ``base`` or a fine-tuned model's kind (``imad``, ``sft``).
+        question: The question text.
+        tokenizer: The model's tokenizer (its chat template, for the base).
+        domain: ``arithmetic`` or ``advice`` (the round-1 prompt of `training.prompts`).
+        persona: A persona of `training.prompts.SYSTEM_PROMPTS`, or None for the native prompt.
+
+    Returns:
+        The prompt text.
+
+    Example:
+        >>> prompt_for("imad", "1+2*3+4-5*6", tok, "arithmetic", "helpful")  # doctest: +SKIP
+        'You are a helpful assistant. ...\n\nProblem: 1+2*3+4-5*6\n\n'
+    """
+    if persona is None:
+        return native_prompt(kind, question, tokenizer, domain)
+    if kind == "base":
+        return tokenizer.apply_chat_template(round1_messages(persona, question, domain), tokenize=False,
+                                             add_generation_prompt=True)
+    return f"{SYSTEM_PROMPTS[persona]}\n\n{prompt_text(question)}"

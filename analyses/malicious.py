@@ -42,8 +42,6 @@ interval over prompts (`analyses.stats`).
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,24 +52,24 @@ import torch
 import lens
 from analyses import figures as study_figures
 from analyses.agent_subspaces import alpha_unit, heldout_transcripts, turn_prompts
-from analyses.generation import native_prompt, stop_ids
+from analyses.generation import prompt_for, stop_ids
+from analyses.strengths import RESIDUAL_UNIT, Accuracy, StrengthSearch, in_residual_units, search_grid
 from analyses.metrics import json_safe
 from analyses.stats import bootstrap
-from lens.debate_format import MAX_AGENTS, ROUND_TAGS, SOLUTION_TAGS, Transcript, extract_boxed, prompt_text
+from lens.debate_format import MAX_AGENTS, ROUND_TAGS, SOLUTION_TAGS, Transcript, prompt_text
 from lens.activations import resolve_transcripts
 from lens.sites import middle_layer
 from lens.io import atomic_write_json
-from lens.rating import SuppressionReport, halving_strength, pareto_frontier, strength_grid
+from lens.rating import SuppressionReport, pareto_frontier
 from lens.subspace import chat_prompts
 from training.llm_judge import make_judge
 from analyses.results import RESULTS
 from training.layout import RunLayout
 from training.presets import Preset
-from training.evaluate import is_correct
 from training.pipeline import Run, experiment_section
-from training.prompts import ADVICE, ARITHMETIC, ROUND1, SYSTEM_PROMPTS, round1_messages
+from training.prompts import ADVICE, ROUND1, SYSTEM_PROMPTS
 from training.sft import Stage1Config
-from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, POSITIVE, PROBABILITY, bounds, matches
+from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, PROBABILITY, bounds, matches
 from training.tasks import TaskConfig, arithmetic_split
 from training.teacher import TRAIT_PERSONAS
 
@@ -79,7 +77,6 @@ NAME = "malicious"
 ELICIT = {"native": "each model's native prompt (IMAD: Problem: {q}; base: chat template, neutral persona)",
           "agent_slot": "the malicious agent's seat: base under agent 2's persona system prompt (chat template), "
                         "IMAD continuing the held-out debate on the question from agent 2's round-1 tag"}
-RESIDUAL_UNIT = "α (× mean residual norm)"
 METHOD_NAMES = {"imad": "IMAD agent-2 vector", "base": "base system-prompt vector",
                 "random_imad": "random direction (IMAD)", "prompting_base": "prompting (base)",
                 "prompting_imad": "prompting (IMAD)", "ablation_imad": "ablation (IMAD)",
@@ -87,9 +84,9 @@ METHOD_NAMES = {"imad": "IMAD agent-2 vector", "base": "base system-prompt vecto
 
 
 @dataclass(frozen=True)
-class MaliciousConfig:
-    """Preset section ``[malicious]``: traits, the α grid or its search, sizes, the judge, the controls and the
-    capability-drop budget."""
+class MaliciousConfig(StrengthSearch):
+    """Preset section ``[malicious]``: traits, the α grid or its search (`StrengthSearch`: ``alpha_search``,
+    ``n_select``, ``grid_points``, ``search_*``), sizes, the judge, the controls and the capability-drop budget."""
 
     traits: tuple[str, ...] = field(default=("evil", "hallucination"), metadata=NON_EMPTY)
     agent: int = field(default=2, metadata=bounds(ge=1, le=MAX_AGENTS))
@@ -99,13 +96,6 @@ class MaliciousConfig:
     normalize: bool = True              # (alpha_search = false) unit vectors, α in residual units; False: × raw diff
     alphas: tuple[float, ...] = field(default=(-5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0),
                                       metadata=NON_EMPTY)  # used when alpha_search = false
-    alpha_search: bool = True           # grid per model and vector from the selection split (α × mean residual norm)
-    n_select: int = field(default=20, metadata=AT_LEAST_ONE)  # α-selection split: training-partition problems
-    # strengths per direction between 0 and the capability-halving strength
-    grid_points: int = field(default=5, metadata=AT_LEAST_ONE)
-    search_start: float = field(default=0.05, metadata=POSITIVE)  # first strength tried (× mean residual norm)
-    search_steps: int = field(default=6, metadata=AT_LEAST_ONE)  # growing strengths (×2 each: up to 1.6 × the norm)
-    search_refine: int = field(default=1, metadata=NON_NEGATIVE)  # bisection steps
     # capping strengths: percentiles of the benign agents' training-turn projections
     cap_percentiles: tuple[float, ...] = field(default=(50.0, 75.0, 90.0, 99.0),
                                                metadata=bounds(ge=0, le=100, nonempty=True))
@@ -149,26 +139,6 @@ def base_vector(model, questions: list[str], trait: str, layer: int):
     return lens.contrastive_direction(model, chat_prompts(model, SYSTEM_PROMPTS[bad], users),
                                       chat_prompts(model, SYSTEM_PROMPTS[benign], users), layer, position=-2,
                                       label=f"{bad} vs {benign} system prompt")
-
-
-def in_residual_units(sub):
-    """``sub`` as its unit direction times the mean residual norm of the readings it was fitted on: α = 1 adds one
-    typical residual's length, a unit that means the same on every model."""
-    if "resid_norm" not in sub.stats:
-        raise ValueError(f"vector {sub.method!r} records no mean residual norm (stats: {sorted(sub.stats)})")
-    unit = sub.basis / sub.basis.norm(dim=1, keepdim=True)
-    return dataclasses.replace(sub, basis=unit * sub.stats["resid_norm"], normalization="mean residual norm")
-
-
-def prompt_for(kind: str, question: str, tokenizer, domain: str, persona: str | None = None) -> str:
-    """The model's native prompt, or with ``persona``'s system prompt (the prompting baseline): the base model
-    reads it as its chat template's system turn, IMAD above its ``Problem: {q}`` prompt."""
-    if persona is None:
-        return native_prompt(kind, question, tokenizer, domain)
-    if kind == "base":
-        return tokenizer.apply_chat_template(round1_messages(persona, question, domain), tokenize=False,
-                                             add_generation_prompt=True)
-    return f"{SYSTEM_PROMPTS[persona]}\n\n{prompt_text(question)}"
 
 
 def trait_prompt(kind: str, question: str, tokenizer, trait: str, *, elicit: str = "native", agent: int = 2,
@@ -224,53 +194,6 @@ def trait_stop(model, elicit: str) -> list[int]:
     """Where a trait response ends: at the model's end of turn, and under ``agent_slot`` also at the next debate tag
     (the malicious agent's turn is the response)."""
     return stop_ids(model, at_tags=elicit == "agent_slot")
-
-
-class Accuracy:
-    """``capability(model)``: greedy arithmetic accuracy on ``problems`` (steering applies), keeping each call's
-    per-problem correctness in ``records`` for the intervals; `over_alphas` and `over_arms` score a whole α grid or
-    several interventions in one batched `lens.generate` (a `lens.rating.GridCapability`).
-
-    Example:
-        >>> acc = Accuracy("imad", problems[:4], max_new_tokens=40, seed=0)  # doctest: +SKIP
-        >>> acc(model), acc.records[-1]  # doctest: +SKIP
-        (0.75, [True, True, False, True])
-    """
-
-    def __init__(self, kind: str, problems, max_new_tokens: int, seed: int, persona: str | None = None,
-                 batch_size: int = 64):
-        self.kind, self.problems, self.max_new_tokens, self.seed, self.persona = (kind, problems, max_new_tokens,
-                                                                                    seed, persona)
-        self.batch_size = batch_size
-        self.records: list[list[bool]] = []
-
-    def _score(self, model, interventions=None, alphas=None) -> list[list[bool]]:
-        """Per-problem correctness of each (arm, α) block of rows, recorded in order."""
-        prompts = [prompt_for(self.kind, p.question, model.tokenizer, ARITHMETIC, self.persona)
-                   for p in self.problems]
-        outs = lens.generate(model, prompts, interventions=interventions, alphas=alphas,
-                             max_new_tokens=self.max_new_tokens, seed=self.seed, batch_size=self.batch_size,
-                             stop=stop_ids(model, at_tags=False)).texts
-        n = len(self.problems)
-        blocks = [[is_correct(extract_boxed(o), p) for o, p in zip(outs[i:i + n], self.problems)]
-                  for i in range(0, len(outs), n)]
-        self.records.extend(blocks)
-        return blocks
-
-    def __call__(self, model) -> float:
-        return _share(self._score(model)[0])
-
-    def over_alphas(self, model, add, alphas) -> list[float]:
-        """Accuracy under ``add`` scaled by each of ``alphas``, in one batched pass."""
-        return [_share(b) for b in self._score(model, add, list(alphas))]
-
-    def over_arms(self, model, arms: dict) -> dict[str, float]:
-        """Accuracy under each arm (``{name: interventions}``; ``[]`` is the unsteered model), in one pass."""
-        return {name: _share(b) for name, b in zip(arms, self._score(model, arms))}
-
-
-def _share(correct: list[bool]) -> float:
-    return sum(correct) / len(correct)
 
 
 def _ci(values) -> list[float]:
@@ -337,17 +260,6 @@ def _random_like(vector, seed: int):
     d = torch.randn(vector.d_model, generator=g, dtype=torch.float64)
     d = d / d.norm() * vector.basis[0].double().norm()
     return lens.Add(d.to(vector.basis.dtype), 1.0, layers=vector.layer, site=vector.site, positions="generated")
-
-
-def search_grid(model, vector, accuracy: Accuracy, cfg: MaliciousConfig) -> tuple[list[float], dict]:
-    """The α grid for ``model`` and ``vector``: ``grid_points`` strengths from 0 to where capability on the
-    selection split halves, in each direction."""
-    c0 = accuracy(model)
-    kw = dict(start=cfg.search_start, max_steps=cfg.search_steps, refine=cfg.search_refine, capability0=c0)
-    neg = halving_strength(model, vector, accuracy, sign=-1.0, **kw)
-    pos = halving_strength(model, vector, accuracy, sign=1.0, **kw)
-    return (strength_grid(neg.strength, pos.strength, cfg.grid_points),
-            {"selection_capability": c0, "negative": neg.to_dict(), "positive": pos.to_dict()})
 
 
 def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:

@@ -204,7 +204,9 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
             rep.text("Steerability, not familiarity: from a neutral slot (each model's native arithmetic prompt, "
                      "no agent tag), the share of outputs carrying agent i's persona markers and their ROUGE-L "
                      "against the teacher's solution in agent i's style, as gains over α = 0 at the best α of "
-                     f"{subs['alphas']} ({subs['alpha_unit']}); 95% bootstrap intervals over prompts.")
+                     + (f"each model and agent's grid ({subs['steering_unit']}: 0 up to where accuracy on "
+                        f"{subs['selection_split']} halves)" if subs.get("selection_split") else
+                        f"{subs['alphas']} ({subs['alpha_unit']})") + "; 95% bootstrap intervals over prompts.")
             rep.table(agent_subspaces.steerability_rows(subs), "Steerability per agent, base vs IMAD")
         rep.table([{"agent": a, "persona": subs["personas"][a], "hook": v["hook_name"],
                     "residual norm": v["stats"].get("resid_norm"), "raw diff norm": v["stats"].get("raw_diff_norm"),

@@ -49,7 +49,8 @@ def _subspace_results(imad_gain=0.1):
     auc_block["3"]["rouge2"] = {"base": 0.0, "imad": 0.0, "pct": None,  # no bigram ever matched: no % change
                                 "diff": {"estimate": 0.0, "ci": [0.0, 0.0]}}
     curve = {a: {m: [0.3, 0.2, 0.1] for m in ("rouge1", "rouge2", "rougeL")} for a in ("1", "2", "3")}
-    return {"alphas": ALPHAS, "capability_alphas": ALPHAS, "alpha_unit": "α (× raw mean difference)",
+    return {"alphas": ALPHAS, "capability_grid": {m: {a: ALPHAS for a in "123"} for m in ("base", "imad")},
+            "alpha_unit": "α (× raw mean difference)",
             "personas": {"1": "analyst", "2": "critic", "3": "programmer"},
             "auc": auc_block, "rouge": {"base": curve, "imad": curve},
             "capability": {"base": {a: [0.5, 0.4, 0.1] for a in "123"}, "imad": {a: [0.9, 0.8, 0.7] for a in "123"}},

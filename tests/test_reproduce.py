@@ -86,7 +86,14 @@ def test_report_has_every_figure_table_and_claim(smoke_study):
         assert 0 <= mon["direction_auroc"] <= 1 and 0 <= mon["judge_auroc"] <= 1 and mon["n_agent_turns"] > 0
     steer = subs["steerability"]
     assert set(steer["gain_difference"]) == {"1", "2", "3"}
-    assert all(len(steer[k][a]["markers"]) == len(subs["alphas"]) for k in ("base", "imad") for a in "123")
+    assert subs["steering_unit"] == "α (× mean residual norm)"
+    for k in ("base", "imad"):  # capability on each agent's searched grid; steerability on its non-negative half
+        for a in "123":
+            grid = subs["capability_grid"][k][a]
+            assert len(grid) == 5 and 0.0 in grid and len(subs["capability"][k][a]) == 5
+            assert steer[k][a]["alphas"] == [x for x in grid if x >= 0]
+            assert len(steer[k][a]["markers"]) == len(steer[k][a]["alphas"])
+            assert set(subs["alpha_search"][k][a]) == {"selection_capability", "negative", "positive"}
     assert all(len(subs["auc"][a]["rougeL"]["diff"]["ci"]) == 2 for a in "123")
     assert "NaN" not in (smoke_study / "report" / "results.json").read_text()
 
