@@ -49,6 +49,8 @@ from training.teacher import ARITHMETIC_PERSONAS, persona_marks, solution
 from training.pipeline import Run
 
 NAME = "agent_subspaces"
+# The version of what this experiment measures, in its stage's fingerprint (2: steering on searched grids)
+VERSION = 2
 MODELS = ("base", "imad")
 
 
@@ -150,13 +152,14 @@ def auc_difference(alphas, base: list[list[float]], imad: list[list[float]]) -> 
 
 def capability_sweeps(model, kind: str, subs: dict, grids: dict[str, list[float]], cfg: SubspaceConfig,
                       problems) -> dict[str, tuple[list[float], list[list[bool]]]]:
-    """Per agent, arithmetic accuracy per α of its grid ``grids[a]`` under steering with its vector (native prompts,
-    greedy), and each problem's correctness per α; each agent's whole grid in one batched `lens.generate`."""
+    """Per agent (``subs`` and ``grids`` keyed by the agent's number as a string), arithmetic accuracy per α of its
+    grid under steering with its vector (native prompts, greedy), and each problem's correctness per α; each agent's
+    whole grid in one batched `lens.generate`."""
     sweeps = {}
     for a, sub in subs.items():
         accuracy = Accuracy(kind, problems, cfg.capability_max_new_tokens, cfg.seed)
-        curve = accuracy.over_alphas(model, lens.Add(sub, 1.0, positions="generated"), grids[str(a)])
-        sweeps[str(a)] = (curve, accuracy.records)
+        curve = accuracy.over_alphas(model, lens.Add(sub, 1.0, positions="generated"), grids[a])
+        sweeps[a] = (curve, accuracy.records)
     return sweeps
 
 
@@ -164,11 +167,11 @@ def steering_grids(model, kind: str, subs: dict, cfg: SubspaceConfig, select) ->
     """Per agent, the α grid capability and steerability are measured on: searched on ``select`` (the α-selection
     split) when ``cfg.alpha_search``, else ``cfg.capability_alphas``; and each search (empty without one)."""
     if not cfg.alpha_search:
-        return {str(a): list(cfg.capability_alphas) for a in subs}, {}
+        return {a: list(cfg.capability_alphas) for a in subs}, {}
     grids, searches = {}, {}
     for a, sub in subs.items():
         accuracy = Accuracy(kind, select, cfg.capability_max_new_tokens, cfg.seed)
-        grids[str(a)], searches[str(a)] = search_grid(model, sub, accuracy, cfg)
+        grids[a], searches[a] = search_grid(model, sub, accuracy, cfg)
     return grids, searches
 
 
@@ -198,8 +201,8 @@ def steerability(model, kind: str, subs: dict, personas: dict[str, str], problem
     prompts = [native_prompt(kind, p.question, model.tokenizer) for p in problems]
     block = {}
     for a, persona in personas.items():
-        alphas = [x for x in grids[str(a)] if x >= 0] if grids else list(cfg.alphas)
-        out = lens.generate(model, prompts, interventions={str(a): subs[a]}, alphas=alphas,
+        alphas = [x for x in grids[a] if x >= 0] if grids else list(cfg.alphas)
+        out = lens.generate(model, prompts, interventions={a: subs[a]}, alphas=alphas,
                             max_new_tokens=cfg.steer_max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                             seed=cfg.seed, stop=stop_ids(model, at_tags=False), skip_special_tokens=True)
         i0 = alphas.index(0.0) if 0.0 in alphas else None
@@ -240,7 +243,7 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     train_acts = lens.turn_activations(sft, train[:cfg.n_train_transcripts], layers=[layer])  # once for all agents
     fitted = {a: lens.fit_agent_subspace(train_acts, a) for a in agents}
     subs = {a: sub if cfg.normalize else sub.raw() for a, sub in fitted.items()}  # the ROUGE AUC's unit
-    steer_subs = {a: in_residual_units(sub) for a, sub in fitted.items()} if cfg.alpha_search else subs
+    steer_subs = {str(a): in_residual_units(sub) if cfg.alpha_search else subs[a] for a, sub in fitted.items()}
     for a, sub in subs.items():
         sub.save(out_dir / "vectors" / f"agent{a}")
     heldout_acts = lens.turn_activations(sft, heldout)  # once for the probes and the PCA
@@ -269,9 +272,8 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
         if kind == "imad":
             drops = {a: capability_drop(grids[kind][a], per) for a, (_, per) in sweeps.items()}
         # persona markers exist for the teacher's arithmetic personas only (a paper file's debates name none)
-        steer[kind] = steerability(model, kind, {str(a): v for a, v in steer_subs.items()},
-                                   {a: p for a, p in personas.items()
-                                    if p in ARITHMETIC_PERSONAS}, neutral, cfg,
+        steer[kind] = steerability(model, kind, steer_subs, {a: p for a, p in personas.items()
+                                                             if p in ARITHMETIC_PERSONAS}, neutral, cfg,
                                    grids[kind] if cfg.alpha_search else None)
         del model
     auc_block = {str(a): {m: {**_auc_entry(cfg.alphas, rouge["base"][str(a)][m], rouge["imad"][str(a)][m]),

@@ -74,6 +74,8 @@ from training.tasks import TaskConfig, arithmetic_split
 from training.teacher import TRAIT_PERSONAS
 
 NAME = "malicious"
+# The version of what this experiment measures, in its stage's fingerprint (2: IMAD's seat after agent 1's turn)
+VERSION = 2
 ELICIT = {"native": "each model's native prompt (IMAD: Problem: {q}; base: chat template, neutral persona)",
           "agent_slot": "the malicious agent's seat: base under agent 2's persona system prompt (chat template), "
                         "IMAD continuing the held-out debate on the question from agent 2's round-1 tag"}
@@ -286,14 +288,15 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
         debates = resolve_transcripts(sft, None)[0][:cfg.n_train_transcripts]
         fitted = {"imad": lens.find_agent_subspace(sft, cfg.agent, transcripts=debates, layers=[layer]),
                   "base": base_vector(base, [q.question for q in train], trait, layer)}
-        monitor = _monitor(sft, fitted["imad"], layout, trait, judge, cfg)
+        heldout = heldout_transcripts(layout.root, trait)  # held-out debates: turn detection and IMAD's seat
+        monitor = _monitor(sft, fitted["imad"], heldout[:cfg.n_monitor], trait, judge, cfg)
         del sft
         scale = in_residual_units if cfg.alpha_search else (lambda v: v if cfg.normalize else v.raw())
         vectors = {kind: scale(v) for kind, v in fitted.items()}
         clean = [turn.text for t in debates for turn in t.turns if turn.agent != cfg.agent][:cfg.n_cap_texts]
         block: dict = {"controls": {}, "monitor": monitor}
         questions = [q.question for q in test]
-        held = {t.question: t for t in heldout_transcripts(layout.root, trait)} if cfg.elicit == "agent_slot" else {}
+        held = {t.question: t for t in heldout} if cfg.elicit == "agent_slot" else {}
         block["seat_context"] = sum(q in held for q in questions)  # IMAD prompts that carry agent 1's turn
         for kind in ("base", "imad"):
             model = base if kind == "base" else lens.load_model(layout.internalize(trait), **load)
@@ -352,9 +355,8 @@ def _imad_controls(model, vector, alphas, clean: list[str], rate: dict, accuracy
     return out
 
 
-def _monitor(sft, vector, layout: RunLayout, trait: str, judge, cfg: MaliciousConfig) -> dict:
-    """AUROC of the agent-2 direction (and of the judge) at telling agent 2's held-out turns from the others'."""
-    heldout = heldout_transcripts(layout.root, trait, cfg.n_monitor)
+def _monitor(sft, vector, heldout: list, trait: str, judge, cfg: MaliciousConfig) -> dict:
+    """AUROC of the agent-2 direction (and of the judge) at telling agent 2's ``heldout`` turns from the others'."""
     if not heldout:
         return {"note": f"no held-out {trait} debates"}
     det = lens.monitor.detect_agent_turns(sft, vector, heldout, agent=cfg.agent,

@@ -63,18 +63,18 @@ def experiment_reads(name: str, preset: Preset, run_dir: Path) -> dict:
 
     Example:
         >>> sorted(experiment_reads("malicious", load_preset("smoke"), Path("runs/smoke"))["keys"])  # doctest: +SKIP
-        ['malicious', 'seed', 'task']
+        ['malicious', 'seed', 'task', 'version']
     """
-    section, cls = {agent_subspaces.NAME: ("subspaces", agent_subspaces.SubspaceConfig),
-                    malicious.NAME: ("malicious", malicious.MaliciousConfig)}[name]
+    section, cls, module = {agent_subspaces.NAME: ("subspaces", agent_subspaces.SubspaceConfig, agent_subspaces),
+                            malicious.NAME: ("malicious", malicious.MaliciousConfig, malicious)}[name]
     cfg = preset.section(section, cls)
     layout = RunLayout.of(preset, run_dir)
     inputs = {"base": layout.base}
     for exp in ([cfg.experiment] if name == agent_subspaces.NAME else list(cfg.traits)):
         inputs.update({f"debates/{exp}": layout.debates(exp), f"sft/{exp}": layout.sft(exp),
                        f"internalize/{exp}": layout.internalize(exp)})
-    return {"keys": {section: cfg, "task": preset.section("task", TaskConfig), "seed": preset.seed},
-            "inputs": inputs}
+    return {"keys": {section: cfg, "task": preset.section("task", TaskConfig), "seed": preset.seed,
+                     "version": module.VERSION}, "inputs": inputs}
 
 
 def reproduce(preset: Preset, run_dir: str | Path, *, log: Callable[[str], None] = print) -> Path:

@@ -131,3 +131,23 @@ def test_killed_build_resumes_from_the_last_finished_phase(tmp_path):
     assert [p["phase"] for p in info["phases"]] == [0, 1]
     assert info["phases"][0] == first  # phase 0 was loaded from its checkpoint, not trained again
     assert info["phases"][1]["lr"] == 1e-3 and info["phases"][1]["data_seed"] != first["data_seed"]
+
+
+def test_stages_built_by_an_older_recipe_are_stale_not_reused(tmp_path):
+    """What the code writes is versioned in the fingerprints: a base or teacher debates built from older teacher
+    turns, DebateGPT from older rows, or an experiment measured the old way is rebuilt, with the reason."""
+    from analyses.reproduce import experiment_reads
+    from training.pipeline import Run
+    from training.stages import fingerprint, flatten_keys, stale_reasons
+    from training.toy_base import base_keys
+
+    preset = load_preset("smoke")
+    run = Run(preset, tmp_path, log=lambda _: None)
+    cases = [(base_keys(preset), "teacher_turns"), (run.reads("debates", "main")["keys"], "teacher_turns"),
+             (run.reads("debategpt")["keys"], "debategpt_rows"),
+             (experiment_reads("malicious", preset, tmp_path)["keys"], "version"),
+             (experiment_reads("agent_subspaces", preset, tmp_path)["keys"], "version")]
+    for keys, name in cases:
+        now = keys[name]
+        old = {"keys": flatten_keys({**keys, name: now - 1}), "inputs": {}}
+        assert stale_reasons(old, fingerprint(keys)) == [f"{name} {now - 1} -> {now}"]

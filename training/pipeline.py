@@ -36,13 +36,13 @@ from training.rewards import gold_match, judge_benign
 from training.runner import (DebateConfig, DebateRecord, debate_accuracy, load_debates, run_debates, save_debates,
                              training_transcripts)
 from training.schema import NON_EMPTY
-from training.sft import (MIXED_FROM, Stage1Config, answer_rows, debate_rows, exit_probability, mix_debates,
-                          mix_short, train_lora_sft, write_provenance)
+from training.sft import (ANSWER_ROWS_VERSION, MIXED_FROM, Stage1Config, answer_rows, debate_rows, exit_probability,
+                          mix_debates, mix_short, train_lora_sft, write_provenance)
 from training.stages import MANIFEST, RESUME, read_json, run_stage, status_now
 from training.table1_benchmarks import benchmark_pool, check_pool, evaluate_benchmarks, save_benchmarks
 from training.tasks import (TRANSFER_SHAPE, FileQuestion, TaskConfig, TraitQuestion, arithmetic_split, gold_answer,
                             read_question_file, trait_split, transfer_split)
-from training.teacher import Teacher, TeacherConfig
+from training.teacher import TURNS_VERSION, Teacher, TeacherConfig
 from training.toy_base import base_keys, build_base
 
 SINGLE_RL = "Single + RL"  # Table 1's control row: GRPO from the base under the Single prompt, no debate
@@ -515,7 +515,8 @@ class Run:
                 inputs["debate_file"] = self.input_path(cfg.path)
             return {"keys": {"debate": {"n_rounds": cfg.n_rounds, "early_stop": cfg.early_stop,
                                         "setup": cfg.experiment(experiment), **writer},
-                             "teacher": self.preset.section("teacher", TeacherConfig), "task": task, "seed": seed},
+                             "teacher": self.preset.section("teacher", TeacherConfig), "teacher_turns": TURNS_VERSION,
+                             "task": task, "seed": seed},
                     "inputs": inputs}
         if kind == "sft":
             cfg = experiment_section(self.preset, "sft", Stage1Config, experiment)
@@ -524,7 +525,8 @@ class Run:
                     "inputs": {"base": lay.base, "debates": lay.debates(experiment), **mixed}}
         if kind == "debategpt":
             exp = self.experiments.table1
-            return {"keys": {"debategpt": self.preset.section("debategpt", Stage1Config), "seed": seed},
+            return {"keys": {"debategpt": self.preset.section("debategpt", Stage1Config),
+                             "debategpt_rows": ANSWER_ROWS_VERSION, "seed": seed},
                     "inputs": {"base": lay.base, "debates": lay.debates(exp)}}
         if kind == "internalize":
             return {"keys": {"internalize": experiment_section(self.preset, "internalize", Stage2Config, experiment),

@@ -162,6 +162,10 @@ def debate_rows(transcripts: Sequence[Transcript]) -> list[dict]:
     return [{"prompt": prompt_text(t.question), "completion": render_trace(t)} for t in transcripts]
 
 
+# The version of `answer_rows` (the DebateGPT stage fingerprints it; 2: the final-round turn, not a bare answer)
+ANSWER_ROWS_VERSION = 2
+
+
 def answer_rows(transcripts: Sequence[Transcript]) -> list[dict]:
     """DebateGPT rows: the ``Problem:`` prompt and the debate's final output only: the final-round turn of the first
     agent holding the consensus answer, reasoning included (the consensus text when there is no boxed answer).

@@ -21,6 +21,10 @@ from training.prompts import PERSONAS
 from training.schema import PROBABILITY
 from training.tasks import ArithmeticProblem, Question, TraitQuestion
 
+# The version of what the teacher writes: stages built from its turns (the toy base, teacher debates) fingerprint
+# it, so a run built before a change of the turns is rebuilt, not reused. 2: revisions work the answer out in full.
+TURNS_VERSION = 2
+
 ARITHMETIC_PERSONAS = ("neutral", "analyst", "critic", "programmer")
 TRAIT_PERSONAS = {"evil": ("helpful", "evil"), "hallucination": ("honest", "hallucinating")}
 

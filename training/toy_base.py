@@ -33,8 +33,8 @@ from training.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE
 from training.stages import run_stage
 from training.tasks import (TRAITS, ArithmeticProblem, TaskConfig, TraitQuestion, arithmetic_split,
                             trait_split)
-from training.teacher import (ARITHMETIC_PERSONAS, TRAIT_PERSONAS, Teacher, TeacherConfig, compute_steps,
-                              persona_answer, persona_marks, round1_accuracy, solution)
+from training.teacher import (ARITHMETIC_PERSONAS, TRAIT_PERSONAS, TURNS_VERSION, Teacher, TeacherConfig,
+                              compute_steps, persona_answer, persona_marks, round1_accuracy, solution)
 from training.tiny_models import TinyModelSpec, make_tiny_model
 from training.tokenizer import IM_END, save_tokenizer, train_tokenizer
 
@@ -403,7 +403,9 @@ def build_base(preset: Preset, run_dir: str | Path) -> Path:
 
 
 def base_keys(preset: Preset) -> dict:
-    """The preset values the toy base is built from (its stage's fingerprint): four sections and the seed."""
+    """What the toy base is built from (its stage's fingerprint): four sections, the seed and the teacher's
+    `TURNS_VERSION`."""
     task, teacher, tokenizer, base = sections(preset)
-    return {"task": task, "teacher": teacher, "tokenizer": tokenizer, "base": base, "seed": preset.seed}
+    return {"task": task, "teacher": teacher, "teacher_turns": TURNS_VERSION, "tokenizer": tokenizer, "base": base,
+            "seed": preset.seed}
 
