@@ -15,11 +15,11 @@ CORPUS = [f"Problem: {a}+{b}*{c}\n\nThe agent says {a * b + c} because step {a} 
           for b in range(10) for c in range(3)]
 
 
-def tiny_llama(n_layers: int = 8, d_model: int = 256):
-    """(HF model, tokenizer): d_model 256, 8 layers, about 4M parameters."""
+def tiny_llama(n_layers: int = 8, d_model: int = 256, n_heads: int = 8, n_kv_heads: int = 4):
+    """(HF model, tokenizer): d_model 256, 8 layers, about 4M parameters by default."""
     torch.manual_seed(0)
     tok = train_tokenizer(CORPUS, vocab_size=512)
-    spec = TinyModelSpec(arch="llama", d_model=d_model, n_layers=n_layers, n_heads=8, n_kv_heads=4,
+    spec = TinyModelSpec(arch="llama", d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
                          d_mlp=4 * d_model, n_ctx=512)
     return make_tiny_model(spec, tok), tok
 
