@@ -1,8 +1,9 @@
 """Batched steered generation (three agent arms × an α grid, one `lens.generate`) on a toy-shaped tiny Llama
 (d_model 128, 4 layers, d_mlp 512): tokens per second through TransformerLens vs through the HF twin with
-forward hooks at the same ``resid_post`` site; checks both give the same greedy tokens. Then the KV cache every
-generation path uses (HF ``cache_implementation="static"``) against HF's default growing cache, at Table 1's
-shape (64 prompts of 300 tokens, 80 new): time and whether the greedy tokens agree.
+forward hooks at the same ``resid_post`` site; checks both give the same greedy tokens. Then the static KV cache
+the eval backend uses (HF ``cache_implementation="static"``) against HF's default growing cache, at the shape of a
+Debate round-2 turn (64 prompts of 300 tokens, 80 new): time and whether the greedy tokens agree. (On the toy
+base's real round-1 and IMAD generations, ~100-token prompts that stop early, the two caches took the same time.)
 
 usage: .venv/bin/python benchmarks/bench_generation.py
 """

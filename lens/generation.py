@@ -235,8 +235,7 @@ def _hf_config(new: int, stops: list[int], pad: int, temperature: float, top_p, 
     return GenerationConfig(max_new_tokens=new, min_new_tokens=0, do_sample=sample,
                             temperature=temperature if sample else 1.0, top_p=top_p if sample and top_p else 1.0,
                             top_k=top_k if sample and top_k else 0, eos_token_id=stops or None, pad_token_id=pad,
-                            repetition_penalty=1.0, num_beams=1,
-                            cache_implementation="static")  # a growing cache re-copies itself every step
+                            repetition_penalty=1.0, num_beams=1)
 
 
 def _chunk_interventions(arms: dict, chunk_rows: list[tuple]) -> list[tuple]:

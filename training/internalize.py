@@ -155,7 +155,7 @@ def train_phase(model_dir: Path, out_dir: Path, phase: Phase, cfg: Stage2Config,
         temperature=cfg.temperature, top_p=cfg.top_p, scale_rewards=cfg.scale_rewards, loss_type=cfg.loss_type,
         epsilon=cfg.epsilon, num_iterations=cfg.num_iterations, mask_truncated_completions=False,
         report_to="none", logging_steps=1, save_strategy="no", **placement.trainer(), **vllm_args(cfg, placement),
-        seed=seed, data_seed=seed, dataloader_num_workers=0, cache_implementation="static")
+        seed=seed, data_seed=seed, dataloader_num_workers=0)
     peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                              target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
     probe = _probe_callback(cfg.probe_steps)

@@ -319,7 +319,7 @@ def generate(model, tok: PreTrainedTokenizerBase, conversations: Sequence[list[d
                    for c in conversations[i:i + batch_size]]
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
         gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=stop,
-                             pad_token_id=tok.pad_token_id, cache_implementation="static")
+                             pad_token_id=tok.pad_token_id)
         out += tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     return out
 
