@@ -1,6 +1,6 @@
 """Every benchmark in one run, each a ratio against a baseline measured in the same run; a summary at the end.
 
-usage: .venv/bin/python benchmarks/run_all.py [name ...]   (names: activations, alpha_sweep, collect_once, generation, threads)
+usage: .venv/bin/python benchmarks/run_all.py [name ...]   (names: activations, alpha_sweep, collect_once, generation, threads, busy_study)
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from training.threads import configure  # noqa: E402
 
 configure()  # as the CLI does, before torch is imported (the benchmarks then choose their own thread counts)
 
-BENCHMARKS = ("activations", "alpha_sweep", "collect_once", "generation", "threads")
+BENCHMARKS = ("activations", "alpha_sweep", "collect_once", "generation", "threads", "busy_study")
 
 
 def main(names: list[str] | None = None) -> dict[str, float]:
