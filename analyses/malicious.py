@@ -68,14 +68,14 @@ from training.layout import RunLayout
 from training.presets import Preset
 from training.pipeline import Run, experiment_section
 from training.prompts import ADVICE, ROUND1, SYSTEM_PROMPTS
-from training.sft import MIXED_FROM, Stage1Config
+from training.sft import Stage1Config
 from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, PROBABILITY, bounds, matches
 from training.tasks import TaskConfig, arithmetic_split
 from training.teacher import TRAIT_PERSONAS
 
 NAME = "malicious"
 # The version of what this experiment measures, in its stage's fingerprint (2: IMAD's seat after agent 1's turn)
-VERSION = 3
+VERSION = 2
 ELICIT = {"native": "each model's native prompt (IMAD: Problem: {q}; base: chat template, neutral persona)",
           "agent_slot": "the malicious agent's seat: base under agent 2's persona system prompt (chat template), "
                         "IMAD continuing the held-out debate on the question from agent 2's round-1 tag"}
@@ -105,7 +105,7 @@ class MaliciousConfig(StrengthSearch):
     n_monitor: int = field(default=20, metadata=AT_LEAST_ONE)    # held-out trait debates for turn detection
     random_seed: int = field(default=0, metadata=NON_NEGATIVE)   # of the random-direction control
     n_prompts: int = field(default=50, metadata=AT_LEAST_ONE)  # held-out trait questions per condition (paper: 100)
-    # the trait experiment's own SFT training debates IMAD's vector is read from (None: all; mixed-in ones never)
+    # SFT training debates used for IMAD's vector (None: all)
     n_train_transcripts: int | None = field(default=None, metadata=AT_LEAST_ONE)
     # training questions for the base model's system-prompt vector (paper: 500)
     n_contrast: int = field(default=100, metadata=AT_LEAST_ONE)
@@ -132,32 +132,6 @@ class MaliciousConfig(StrengthSearch):
         unknown = sorted(set(self.traits) - set(TRAIT_PERSONAS))
         if unknown:
             raise ValueError(f"[malicious] unknown trait(s) {unknown}; valid: {sorted(TRAIT_PERSONAS)}")
-
-
-def own_debates(transcripts: list[Transcript], trait: str) -> list[Transcript]:
-    """The trait experiment's own debates among a model's training transcripts, without those a data mix
-    (``[sft] arithmetic_mix``) brought in from another experiment: those hold no malicious agent, so the agent's
-    seat in them is another persona's and would pull the agent vector (and the benign turns that calibrate the
-    caps) away from the trait.
-
-    Args:
-        transcripts: The model's training transcripts, in their order.
-        trait: The trait, for the error message.
-
-    Returns:
-        The transcripts without the mixed-in ones, in their order.
-
-    Raises:
-        ValueError: None is left.
-
-    Example:
-        >>> debates = own_debates(resolve_transcripts(sft, None)[0], "evil")  # doctest: +SKIP
-    """
-    own = [t for t in transcripts if MIXED_FROM not in t.meta]
-    if not own:
-        raise ValueError(f"all {len(transcripts)} training transcripts of the {trait} model were mixed in from "
-                         "another experiment; its agent vector needs debates of its own experiment")
-    return own
 
 
 def base_vector(model, questions: list[str], trait: str, layer: int):
@@ -311,7 +285,7 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
         train = run.questions(trait, "train")[:cfg.n_contrast]
         judge = make_judge(trait, cfg.judge, cfg.judge_model, cfg.judge_base_url)
         sft = lens.load_model(layout.sft(trait), **load)
-        debates = own_debates(resolve_transcripts(sft, None)[0], trait)[:cfg.n_train_transcripts]
+        debates = resolve_transcripts(sft, None)[0][:cfg.n_train_transcripts]
         fitted = {"imad": lens.find_agent_subspace(sft, cfg.agent, transcripts=debates, layers=[layer]),
                   "base": base_vector(base, [q.question for q in train], trait, layer)}
         heldout = heldout_transcripts(layout.root, trait)  # held-out debates: turn detection and IMAD's seat

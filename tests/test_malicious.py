@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import lens
-from analyses.malicious import ELICIT, MaliciousConfig, own_debates, trait_prompt
+from analyses.malicious import ELICIT, MaliciousConfig, trait_prompt
 from analyses.generation import native_prompt
 from lens.debate_format import ROUND_TAGS, SOLUTION_TAGS, Transcript, Turn, prompt_text
 from lens.rating import GridCapability, halving_strength, strength_grid
@@ -40,16 +40,6 @@ def test_arithmetic_mix_puts_the_configured_share_of_table1_debates_in_a_trait_s
         mix_debates(evil, main[:100], 0.75, seed=0, source="main")
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         Stage1Config(arithmetic_mix=1.0)
-
-
-def test_the_imad_vector_reads_the_trait_debates_not_the_arithmetic_mixed_in():
-    evil, main = _debates("advice", 40), _debates("arithmetic", 200)
-    mixed = mix_debates(evil, main, 0.5, seed=0, source="main")
-    own = own_debates(mixed, "evil")
-    assert [t.id for t in own] == [t.id for t in mixed if t.meta["domain"] == "advice"]  # order kept, 40 left
-    assert len(own) == 40 and own_debates(evil, "evil") == evil
-    with pytest.raises(ValueError, match="all 40 training transcripts of the evil model were mixed in"):
-        own_debates([t for t in mixed if MIXED_FROM in t.meta], "evil")
 
 
 def test_the_mix_is_a_trait_experiment_input_and_is_refused_for_arithmetic(tmp_path):
