@@ -95,6 +95,9 @@ class MaliciousConfig(StrengthSearch):
     # native (the paper) | agent_slot (a shared eliciting condition; see the module doc)
     elicit: str = field(default="native", metadata=matches("|".join(ELICIT), " or ".join(ELICIT)))
     layer: int | None = None            # None: the middle layer
+    # where IMAD's agent vector is read in each of the agent's turns: turn_end (the paper's code: the turn's last
+    # token) or turn_mean (every token of the turn; on the toy evil model the two point apart, cosine -0.21)
+    vector_position: str = field(default="turn_end", metadata=matches("turn_end|turn_mean", "turn_end or turn_mean"))
     normalize: bool = True              # (alpha_search = false) unit vectors, α in residual units; False: × raw diff
     alphas: tuple[float, ...] = field(default=(-5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0),
                                       metadata=NON_EMPTY)  # used when alpha_search = false
@@ -250,6 +253,9 @@ def departures(preset: Preset, cfg: MaliciousConfig) -> list[str]:
             out.append(f"The {trait} model's stage-1 data: {100 * mix:g}% arithmetic debates of the Table 1 "
                        f"experiment beside the {trait} debates, so that it keeps the base's arithmetic; the paper "
                        "trains on trait debates only.")
+    if cfg.vector_position != "turn_end":
+        out.append(f"IMAD's agent vector is read at {cfg.vector_position} of each of the agent's turns; the paper's "
+                   "code reads the turn's last token.")
     if cfg.alpha_search:
         out.append(f"Strengths in {RESIDUAL_UNIT}, the grid per model and vector from where its capability halves "
                    "on the α-selection split; the paper uses α ∈ [−5, 5] on a unit vector.")
@@ -286,7 +292,8 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
         judge = make_judge(trait, cfg.judge, cfg.judge_model, cfg.judge_base_url)
         sft = lens.load_model(layout.sft(trait), **load)
         debates = resolve_transcripts(sft, None)[0][:cfg.n_train_transcripts]
-        fitted = {"imad": lens.find_agent_subspace(sft, cfg.agent, transcripts=debates, layers=[layer]),
+        fitted = {"imad": lens.find_agent_subspace(sft, cfg.agent, transcripts=debates, layers=[layer],
+                                                   position=cfg.vector_position),
                   "base": base_vector(base, [q.question for q in train], trait, layer)}
         heldout = heldout_transcripts(layout.root, trait)  # held-out debates: turn detection and IMAD's seat
         monitor = _monitor(sft, fitted["imad"], heldout[:cfg.n_monitor], trait, judge, cfg)

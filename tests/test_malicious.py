@@ -195,3 +195,10 @@ def test_departures_name_the_eliciting_condition_the_mix_and_the_unit():
     assert "× mean residual norm" in out[3]
     smoke = load_preset("smoke", ["malicious.elicit=\"native\"", "malicious.alpha_search=false"])
     assert departures(smoke, smoke.section("malicious", MaliciousConfig)) == [out[1]]  # smoke mixes for evil only
+    mean = load_preset("toy", ["malicious.vector_position=\"turn_mean\""])
+    assert departures(mean, mean.section("malicious", MaliciousConfig))[3] == (
+        "IMAD's agent vector is read at turn_mean of each of the agent's turns; the paper's code reads the turn's "
+        "last token.")
+    bad = load_preset("toy", ["malicious.vector_position=\"turn_start\""])
+    with pytest.raises(PresetError, match='vector_position = "turn_start": expected turn_end or turn_mean'):
+        bad.section("malicious", MaliciousConfig)
