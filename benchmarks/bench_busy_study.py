@@ -15,24 +15,24 @@ import tempfile
 import time
 from pathlib import Path
 
+from _busy import busy_process
+
 ROOT = Path(__file__).resolve().parents[1]
-BUSY_LIMIT_S = 1800  # the busy process ends itself after this, whatever happens to this one
-BUSY = f"import time\nend = time.time() + {BUSY_LIMIT_S}\nwhile time.time() < end:\n    pass\n"
+
+
+def _cli(command: str, preset: str, run_dir: str) -> None:
+    """``latent-agents <command> --preset <preset> --run-dir <run_dir>`` in this environment, output discarded."""
+    subprocess.run([str(Path(sys.executable).with_name("latent-agents")), command, "--preset", preset,
+                    "--run-dir", run_dir], check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _study(preset: str, busy: bool) -> tuple[float, dict[str, float]]:
     """(wall seconds, recorded seconds per stage) of one study from an empty run dir."""
-    cli = Path(sys.executable).with_name("latent-agents")
     with tempfile.TemporaryDirectory() as tmp:
-        hog = subprocess.Popen([sys.executable, "-c", BUSY]) if busy else None
-        try:
+        with busy_process(busy):
             start = time.perf_counter()
-            subprocess.run([str(cli), "reproduce", "--preset", preset, "--run-dir", tmp], check=True, cwd=ROOT,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            _cli("reproduce", preset, tmp)
             wall = time.perf_counter() - start
-        finally:
-            if hog is not None:
-                hog.kill()
         stages = {str(p.parent.relative_to(tmp)): json.loads(p.read_text())["wall_seconds"]
                   for p in Path(tmp).rglob("stage.json")}
     return wall, stages
@@ -43,10 +43,8 @@ def main(preset: str = "smoke") -> dict[str, float]:
 
     A ``plan`` first loads every library once, so that neither run pays for a cold disk cache (the first of two
     cold runs measured 9% slower than the second)."""
-    cli = Path(sys.executable).with_name("latent-agents")
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([str(cli), "plan", "--preset", preset, "--run-dir", tmp], check=True, cwd=ROOT,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _cli("plan", preset, tmp)
     idle_wall, idle = _study(preset, busy=False)
     busy_wall, busy = _study(preset, busy=True)
     print(f"{preset} study from an empty run dir: idle {idle_wall:.0f} s, beside a CPU-bound process "

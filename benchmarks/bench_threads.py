@@ -15,12 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+from _busy import busy_process
+
 ROOT = Path(__file__).resolve().parents[1]
 POLICY_VARS = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "TOKENIZERS_PARALLELISM", "GOMP_SPINCOUNT",
                "LATENT_AGENTS_THREADS")
 THREADS = min(2, os.cpu_count() or 1)
-BUSY_LIMIT_S = 300  # the busy process ends itself after this, whatever happens to this one
-BUSY = f"import time\nend = time.time() + {BUSY_LIMIT_S}\nwhile time.time() < end:\n    pass\n"
 
 
 def child(policy: str, steps: int) -> None:
@@ -53,14 +53,9 @@ def child(policy: str, steps: int) -> None:
 def _step_time(policy: str, busy: bool, steps: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in POLICY_VARS}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")])
-    hog = subprocess.Popen([sys.executable, "-c", BUSY]) if busy else None
-    try:
+    with busy_process(busy, limit_s=300):
         out = subprocess.run([sys.executable, __file__, "--child", policy, str(steps)], env=env, check=True,
                              capture_output=True, text=True, timeout=600)
-    finally:
-        if hog is not None:
-            hog.terminate()
-            hog.wait()
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
