@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
         _common(sub.add_parser(stage, help=f"run the {stage} stage (cached; skipped when done)"))
     _common(sub.add_parser("reproduce", help="run every missing stage, then the three experiments and the report"))
     _common(sub.add_parser("plan", help="check what a run needs and say what it would do; builds nothing"))
+    spread = sub.add_parser("spread", help="the spread of finished runs' results over their seeds (one run dir "
+                                           "per seed, each finished by `reproduce`)")
+    spread.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    spread.add_argument("--out", default=None, help="also write spread.md, spread.json and the spread figures "
+                                                    "(HTML) into this directory")
     return parser
 
 
@@ -55,7 +60,20 @@ def _anticipated() -> tuple[type[BaseException], ...]:
     return UserError, LensError
 
 
+def _spread(args: argparse.Namespace) -> int:
+    from analyses.spread import seed_spread, to_markdown, write_spread
+
+    spread = seed_spread(args.run_dirs)
+    print(to_markdown(spread), end="")
+    if args.out:
+        for path in write_spread(spread, args.out):
+            print(f"wrote {path}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "spread":
+        return _spread(args)
     from analyses.models import resolve_model
     from analyses.validate import validate_preset
     from training.presets import default_run_dir, load_preset

@@ -195,7 +195,7 @@ def check_endpoint(label: str, base_url: str, api_key_env: str = "OPENAI_API_KEY
         key_finding = Finding(f"{label} key", True, f"{api_key_env} is set")
     else:
         key_finding = Finding(f"{label} key", loopback, f"{api_key_env} is not set" + (
-            " (a local server usually needs none)" if loopback else f"; export it before the run"))
+            " (a local server usually needs none)" if loopback else "; export it before the run"))
     url = base_url.rstrip("/") + "/models"
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
     try:

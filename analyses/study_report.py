@@ -35,15 +35,18 @@ from training.stages import stale_stages
 
 @dataclass(frozen=True)
 class ReportConfig:
-    """Preset section ``[report]``: whether to also write static PNG/PDF images of every figure, and the preset's
-    departures from the paper's recipe (one sentence each: what differs and why), listed in the report's method
-    section and in ``results.json``."""
+    """Preset section ``[report]``: whether to also write static PNG/PDF images of every figure, the preset's
+    departures from the paper's recipe (one sentence each: what differs and why), and what its results did over
+    other training seeds (``seed_spread``: one sentence each, measured with ``latent-agents spread``, because one
+    run cannot show it), all listed in the report's method section and in ``results.json``."""
 
     static_images: bool = True
     departures: tuple[str, ...] = ()
+    seed_spread: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "departures", tuple(self.departures))
+        object.__setattr__(self, "seed_spread", tuple(self.seed_spread))
 
 
 PACKAGES = ("torch", "transformers", "transformer-lens", "peft", "trl", "accelerate", "scikit-learn", "plotly",
@@ -248,13 +251,18 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
         rep.text("Malicious-agent results are missing.", "note")
 
     rep.heading("How this was made")
-    departures = [*preset.section("report", ReportConfig).departures, *((mal or {}).get("departures") or [])]
+    report_config = preset.section("report", ReportConfig)
+    departures = [*report_config.departures, *((mal or {}).get("departures") or [])]
     if departures:
         rep.heading("Departures from the paper's recipe", 3)
         rep.table([{"departure": d} for d in departures], "What this preset does differently from the paper, and why")
     versions = package_versions()
     rep.table([{"stage": s["stage"], "wall seconds": s["wall seconds"]} for s in stages], "Wall time per stage")
     rep.table([{"seed of": k, "value": v} for k, v in seeds.items()], "Seeds")
+    if report_config.seed_spread:
+        rep.table([{"measured": m} for m in report_config.seed_spread],
+                  "Spread over training seeds (this preset run again with other meta.seed values; latent-agents "
+                  "spread)")
     rep.table([{"package": k, "version": v} for k, v in versions.items()], "Package versions")
     rep.heading("Preset", 3)
     rep.pre(preset.path.read_text())
@@ -263,7 +271,8 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
                "gain_source": gain_source(paired, SINGLE_RL) if methods and SINGLE_RL in methods else None,
                "stage2_curves": curves,
                "agent_subspaces": subs, "malicious": mal, "claims": [c.to_dict() for c in claims],
-               "figures": list(rep.figures), "tables": rep.tables, "departures": list(departures)}
+               "figures": list(rep.figures), "tables": rep.tables, "departures": list(departures),
+               "seed_spread": list(report_config.seed_spread)}
     return rep, payload
 
 

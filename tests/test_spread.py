@@ -1,0 +1,98 @@
+"""The seed spread: finished runs' numbers and verdicts lined up per seed (analyses/spread.py, `latent-agents spread`)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from analyses.cli import main
+from analyses.spread import SpreadError, seed_spread, to_markdown, write_spread
+
+
+def _run(root, seed: int, imad: float, verdict: str, neutral: float, alpha: float) -> str:
+    """A finished run dir as `reproduce` leaves it, reduced to the files the spread reads."""
+    (root / "report").mkdir(parents=True)
+    (root / "base").mkdir()
+    (root / "base" / "stage.json").write_text(json.dumps({"accuracy": {"neutral": neutral, "majority_of_3": 0.8}}))
+    iv = {"estimate": imad - 0.7, "ci": [imad - 0.75, imad - 0.65], "n": 600, "level": 0.95}
+    (root / "report" / "results.json").write_text(json.dumps({
+        "seeds": {"preset": seed},
+        "table1": [{"method": "Single", "accuracy": 0.7, "transfer": 0.03}, {"method": "IMAD", "accuracy": imad}],
+        "table1_paired": {"IMAD−Single": iv},
+        "claims": [{"id": "accuracy_vs_debate", "verdict": verdict, "intervals": {"IMAD−Single": iv}},
+                   {"id": "evil_suppressed", "verdict": "not reproduced",
+                    "intervals": {"IMAD α=0": {"estimate": 30.0}, f"IMAD α={alpha}": {"estimate": 10.0}}}]}))
+    return str(root)
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return [_run(tmp_path / "s0", 0, 0.74, "reproduced", 0.76, -0.3),
+            _run(tmp_path / "s1", 1, 0.70, "not reproduced", 0.72, -0.3),
+            _run(tmp_path / "s2", 2, 0.78, "reproduced", 0.74, -0.4)]
+
+
+def test_numbers_and_verdicts_line_up_per_seed(runs):
+    s = seed_spread(runs)
+    assert s.seeds == [0, 1, 2]
+    imad = s.number("Table 1 IMAD accuracy")
+    assert imad.values == (0.74, 0.70, 0.78)
+    assert imad.mean == pytest.approx(0.74)
+    assert imad.sd == pytest.approx(0.04)  # sample SD of 0.74 ± 0.04
+    assert imad.range == pytest.approx(0.08)
+    assert s.number("base neutral accuracy").values == (0.76, 0.72, 0.74)
+    assert s.number("paired IMAD−Single").values == pytest.approx((0.04, 0.0, 0.08))
+    # a claim interval already counted as a paired difference is not repeated under the claim's name
+    with pytest.raises(KeyError):
+        s.number("accuracy_vs_debate: IMAD−Single")
+    # a strength that differs between runs: one row per name, NaN where a run lacks it, ignored by the summary
+    odd = s.number("evil_suppressed: IMAD α=-0.4")
+    assert math.isnan(odd.values[0]) and odd.values[2] == 10.0 and odd.mean == 10.0 and math.isnan(odd.sd)
+    assert s.verdicts["accuracy_vs_debate"] == ["reproduced", "not reproduced", "reproduced"]
+    assert s.unstable_claims == ["accuracy_vs_debate"]
+
+
+def test_markdown_and_files(runs, tmp_path):
+    s = seed_spread(runs)
+    md = to_markdown(s)
+    assert "| Table 1 IMAD accuracy | 0.74 | 0.7 | 0.78 | 0.74 | 0.04 | 0.08 |" in md
+    assert "| accuracy_vs_debate | reproduced | not reproduced | reproduced | no |" in md
+    assert "| evil_suppressed | not reproduced | not reproduced | not reproduced | yes |" in md
+    paths = write_spread(s, tmp_path / "out")
+    assert sorted(p.name for p in paths) == ["spread.json", "spread.md", "spread_base.html", "spread_table1.html"]
+    saved = json.loads((tmp_path / "out" / "spread.json").read_text())
+    assert saved["unstable_claims"] == ["accuracy_vs_debate"]
+    row = next(n for n in saved["numbers"] if n["name"] == "evil_suppressed: IMAD α=-0.4")
+    assert row["values"] == [None, None, 10.0] and row["sd"] is None
+    assert "seed 2" in (tmp_path / "out" / "spread_table1.html").read_text()
+
+
+def test_cli_prints_the_tables(runs, capsys):
+    assert main(["spread", *runs]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| number | seed 0 | seed 1 | seed 2 | mean | SD | range |")
+
+
+def test_bad_input_is_one_sentence(runs, tmp_path, capsys):
+    assert main(["spread", runs[0]]) == 2
+    assert "needs at least two run dirs, got 1" in capsys.readouterr().err
+    assert main(["spread", runs[0], str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere/report/results.json does not exist" in err and "latent-agents reproduce" in err
+    with pytest.raises(SpreadError):
+        seed_spread([runs[0], str(tmp_path)])
+
+
+def test_the_report_states_the_presets_measured_seed_spread(tmp_path):
+    from analyses.study_report import build
+    from training.presets import load_preset
+
+    sentence = "IMAD accuracy 74.5 / 71.0 / 76.5% over seeds 0 / 1 / 2"
+    rep, payload = build(load_preset("smoke", [f'report.seed_spread=["{sentence}"]']), tmp_path)
+    assert payload["seed_spread"] == [sentence]
+    table = next(b for b in rep.blocks if "<caption>Spread over training seeds" in b)
+    assert f"<td>{sentence}</td>" in table
+    plain_rep, plain = build(load_preset("smoke"), tmp_path)
+    assert plain["seed_spread"] == [] and "Spread over training seeds" not in "".join(plain_rep.blocks)
