@@ -5,6 +5,7 @@ The same preset run once per seed, each in its own run dir (``latent-agents repr
 the claims rest on (the toy base's accuracies, Table 1, the paired differences, each claim's intervals) becomes one
 row of per-run values with their mean, standard deviation and range, and every claim one row of per-run verdicts.
 A verdict that differs between seeds depends on luck; a margin smaller than the spread is a verdict waiting to flip.
+A run dir holding only its toy base (``latent-agents toy base --set meta.seed=2``) adds the base's numbers.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ class SeedSpread:
         runs: the run dirs, in the order given.
         seeds: each run's ``meta.seed``.
         numbers: one `Spread` per number present in at least one run.
-        verdicts: claim id to its verdict in each run (``"–"`` where a run lacks the claim).
+        verdicts: claim id to its verdict in each run (``"–"`` where a run lacks the claim or its report).
     """
 
     runs: list[str]
@@ -94,17 +95,24 @@ class SeedSpread:
 
 
 def _run_numbers(run_dir: Path) -> tuple[int, dict[str, float], dict[str, str]]:
-    """One run's seed, its numbers (name to value) and its claims' verdicts."""
+    """One run's seed, its numbers (name to value) and its claims' verdicts; a run with a toy base but no report
+    yet (``latent-agents toy base`` alone) gives the base's numbers only."""
     path = run_dir / RESULTS
-    if not path.is_file():
-        raise SpreadError(f"{path} does not exist; finish that run with `latent-agents reproduce --run-dir "
-                          f"{run_dir}` before measuring the seed spread")
-    res = json.loads(path.read_text())
-    numbers: dict[str, float] = {}
     base_stage = RunLayout(run_dir).toy_base / "stage.json"
+    if not path.is_file() and not base_stage.is_file():
+        raise SpreadError(f"{path} does not exist; finish that run with `latent-agents reproduce --run-dir "
+                          f"{run_dir}` (or build its base with `latent-agents toy base`) before measuring the seed "
+                          "spread")
+    numbers: dict[str, float] = {}
+    seed = -1
     if base_stage.is_file():
-        for who, acc in (json.loads(base_stage.read_text()).get("accuracy") or {}).items():
+        stage = json.loads(base_stage.read_text())
+        seed = int(((stage.get("built_from") or {}).get("keys") or {}).get("seed", seed))
+        for who, acc in (stage.get("accuracy") or {}).items():
             numbers[f"base {who} accuracy"] = acc
+    if not path.is_file():
+        return seed, numbers, {}
+    res = json.loads(path.read_text())
     for row in res.get("table1") or []:
         numbers[f"Table 1 {row['method']} accuracy"] = row["accuracy"]
         if row.get("transfer") is not None:
@@ -116,21 +124,22 @@ def _run_numbers(run_dir: Path) -> tuple[int, dict[str, float], dict[str, str]]:
             if f"paired {name}" not in numbers:
                 numbers[f"{claim['id']}: {name}"] = iv["estimate"]
     verdicts = {c["id"]: c["verdict"] for c in res.get("claims") or []}
-    return int((res.get("seeds") or {}).get("preset", -1)), numbers, verdicts
+    return int((res.get("seeds") or {}).get("preset", seed)), numbers, verdicts
 
 
 def seed_spread(run_dirs: Sequence[str | Path]) -> SeedSpread:
     """Read the finished runs and line their numbers and verdicts up.
 
     Args:
-        run_dirs: two or more run dirs of the same preset, each finished by ``latent-agents reproduce``.
+        run_dirs: two or more run dirs of the same preset, each finished by ``latent-agents reproduce`` (or holding
+            only its toy base, built by ``latent-agents toy base``: then only the base's numbers).
 
     Returns:
         The `SeedSpread`; numbers keep the order of their first appearance, and a number whose name carries a
         strength (``α=...``) that differs between runs appears once per name, with NaN where a run lacks it.
 
     Raises:
-        SpreadError: fewer than two run dirs, or one without ``report/results.json``.
+        SpreadError: fewer than two run dirs, or one with neither ``report/results.json`` nor a toy base.
 
     Example:
         >>> s = seed_spread(["runs/toy", "runs/toy-seed1", "runs/toy-seed2"])  # doctest: +SKIP

@@ -15,7 +15,8 @@ def _run(root, seed: int, imad: float, verdict: str, neutral: float, alpha: floa
     """A finished run dir as `reproduce` leaves it, reduced to the files the spread reads."""
     (root / "report").mkdir(parents=True)
     (root / "base").mkdir()
-    (root / "base" / "stage.json").write_text(json.dumps({"accuracy": {"neutral": neutral, "majority_of_3": 0.8}}))
+    (root / "base" / "stage.json").write_text(json.dumps({"accuracy": {"neutral": neutral, "majority_of_3": 0.8},
+                                                          "built_from": {"keys": {"seed": seed}}}))
     iv = {"estimate": imad - 0.7, "ci": [imad - 0.75, imad - 0.65], "n": 600, "level": 0.95}
     (root / "report" / "results.json").write_text(json.dumps({
         "seeds": {"preset": seed},
@@ -69,6 +70,19 @@ def test_markdown_and_files(runs, tmp_path):
     assert "seed 2" in (tmp_path / "out" / "spread_table1.html").read_text()
 
 
+def test_a_run_with_only_its_base_adds_the_bases_numbers(runs, tmp_path):
+    (tmp_path / "s3" / "base").mkdir(parents=True)
+    (tmp_path / "s3" / "base" / "stage.json").write_text(json.dumps({
+        "accuracy": {"neutral": 0.70, "majority_of_3": 0.82}, "built_from": {"keys": {"seed": 3}}}))
+    s = seed_spread([*runs, str(tmp_path / "s3")])
+    assert s.seeds == [0, 1, 2, 3]
+    assert s.number("base neutral accuracy").values == (0.76, 0.72, 0.74, 0.70)
+    assert s.number("base neutral accuracy").sd == pytest.approx(0.02582, abs=1e-5)
+    imad = s.number("Table 1 IMAD accuracy")
+    assert math.isnan(imad.values[3]) and imad.mean == pytest.approx(0.74)  # summarised over the runs that have it
+    assert s.verdicts["evil_suppressed"] == ["not reproduced"] * 3 + ["–"]
+
+
 def test_cli_prints_the_tables(runs, capsys):
     assert main(["spread", *runs]) == 0
     out = capsys.readouterr().out
@@ -80,7 +94,7 @@ def test_bad_input_is_one_sentence(runs, tmp_path, capsys):
     assert "needs at least two run dirs, got 1" in capsys.readouterr().err
     assert main(["spread", runs[0], str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
-    assert "nowhere/report/results.json does not exist" in err and "latent-agents reproduce" in err
+    assert "nowhere/report/results.json does not exist" in err and "latent-agents toy base" in err
     with pytest.raises(SpreadError):
         seed_spread([runs[0], str(tmp_path)])
 
