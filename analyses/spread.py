@@ -1,9 +1,10 @@
 """How far the study's results move with the training seed.
 
 The same preset run once per seed, each in its own run dir (``latent-agents reproduce --run-dir runs/toy-seed1
---set meta.seed=1``), is read back from each run's ``report/results.json`` and ``base/stage.json``: every number
-the claims rest on (the toy base's accuracies, Table 1, the paired differences, each claim's intervals) becomes one
-row of per-run values with their mean, standard deviation and range, and every claim one row of per-run verdicts.
+--set meta.seed=1``), is read back from each run's ``report/results.json``, ``base/stage.json`` and
+``base/base_eval.json``: every number the claims rest on (the toy base's accuracies and its round-2 revisions,
+Table 1, the paired differences, each claim's intervals) becomes one row of per-run values with their mean,
+standard deviation and range, and every claim one row of per-run verdicts.
 A verdict that differs between seeds depends on luck; a margin smaller than the spread is a verdict waiting to flip.
 A run dir holding only its toy base (``latent-agents toy base --set meta.seed=2``) adds the base's numbers.
 """
@@ -110,6 +111,10 @@ def _run_numbers(run_dir: Path) -> tuple[int, dict[str, float], dict[str, str]]:
         seed = int(((stage.get("built_from") or {}).get("keys") or {}).get("seed", seed))
         for who, acc in (stage.get("accuracy") or {}).items():
             numbers[f"base {who} accuracy"] = acc
+        base_eval = base_stage.with_name("base_eval.json")
+        for key, value in (json.loads(base_eval.read_text()).get("round2") or {}).items() \
+                if base_eval.is_file() else ():
+            numbers[f"base round-2 {key.replace('_', ' ')}"] = value
     if not path.is_file():
         return seed, numbers, {}
     res = json.loads(path.read_text())

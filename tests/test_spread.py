@@ -17,6 +17,8 @@ def _run(root, seed: int, imad: float, verdict: str, neutral: float, alpha: floa
     (root / "base").mkdir()
     (root / "base" / "stage.json").write_text(json.dumps({"accuracy": {"neutral": neutral, "majority_of_3": 0.8},
                                                           "built_from": {"keys": {"seed": seed}}}))
+    (root / "base" / "base_eval.json").write_text(json.dumps({"round2": {"accuracy": neutral + 0.1,
+                                                                         "follows_majority": 0.9}}))
     iv = {"estimate": imad - 0.7, "ci": [imad - 0.75, imad - 0.65], "n": 600, "level": 0.95}
     (root / "report" / "results.json").write_text(json.dumps({
         "seeds": {"preset": seed},
@@ -44,6 +46,8 @@ def test_numbers_and_verdicts_line_up_per_seed(runs):
     assert imad.sd == pytest.approx(0.04)  # sample SD of 0.74 ± 0.04
     assert imad.range == pytest.approx(0.08)
     assert s.number("base neutral accuracy").values == (0.76, 0.72, 0.74)
+    assert s.number("base round-2 accuracy").values == pytest.approx((0.86, 0.82, 0.84))
+    assert s.number("base round-2 follows majority").sd == 0.0
     assert s.number("paired IMAD−Single").values == pytest.approx((0.04, 0.0, 0.08))
     # a claim interval already counted as a paired difference is not repeated under the claim's name
     with pytest.raises(KeyError):
