@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import plotly.graph_objects as go
 
+from analyses.results import RESULTS
 from lens.io import atomic_write_json, atomic_write_text
 from training.errors import UserError
 from training.layout import RunLayout
-
-RESULTS = Path("report") / "results.json"
 
 
 class SpreadError(UserError, ValueError):
@@ -49,16 +49,13 @@ class Spread:
     @property
     def mean(self) -> float:
         vals = self.present
-        return sum(vals) / len(vals) if vals else math.nan
+        return statistics.fmean(vals) if vals else math.nan
 
     @property
     def sd(self) -> float:
         """The sample standard deviation over the runs that have the number (NaN with fewer than two)."""
         vals = self.present
-        if len(vals) < 2:
-            return math.nan
-        m = self.mean
-        return math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+        return statistics.stdev(vals) if len(vals) > 1 else math.nan
 
     @property
     def range(self) -> float:
@@ -98,8 +95,9 @@ class SeedSpread:
 def _run_numbers(run_dir: Path) -> tuple[int, dict[str, float], dict[str, str]]:
     """One run's seed, its numbers (name to value) and its claims' verdicts; a run with a toy base but no report
     yet (``latent-agents toy base`` alone) gives the base's numbers only."""
-    path = run_dir / RESULTS
-    base_stage = RunLayout(run_dir).toy_base / "stage.json"
+    layout = RunLayout(run_dir)
+    path = layout.report / RESULTS
+    base_stage = layout.toy_base / "stage.json"
     if not path.is_file() and not base_stage.is_file():
         raise SpreadError(f"{path} does not exist; finish that run with `latent-agents reproduce --run-dir "
                           f"{run_dir}` (or build its base with `latent-agents toy base`) before measuring the seed "
