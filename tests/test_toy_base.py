@@ -13,8 +13,8 @@ from training.tasks import arithmetic_split
 from training.teacher import Teacher
 from training.tokenizer import IM_END
 from training.presets import PresetError
-from training.toy_base import (Example, build_base, pretraining_rows, sections, teacher_examples, tokenize_examples,
-                                train_base)
+from training.toy_base import (Example, build_base, pretraining_rows, round2_check_problems, sections,
+                                teacher_examples, tokenize_examples, train_base)
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +97,55 @@ def test_phase_mix_is_validated(tmp_path):
         bad.write_text(text.replace("phase_mix = [{}, { n_drills = 300 }]", f"phase_mix = {mix}"))
         with pytest.raises(PresetError, match=message):
             sections(load_preset(bad))
+
+
+def test_repair_mix_and_round2_bar_are_validated():
+    with pytest.raises(PresetError, match=r"repair_mix entry .* unknown key\(s\) \['n_apples'\]"):
+        sections(load_preset("smoke", ["base.repair_mix={ n_apples = 3 }"]))
+    with pytest.raises(PresetError, match="round2_bar"):
+        sections(load_preset("smoke", ["base.round2_bar=1.5"]))
+
+
+def test_round2_check_problems_are_held_out_from_every_phase_and_the_test_split():
+    preset = load_preset("smoke", ["base.round2_bar=0.8", "base.max_repairs=2", "base.n_round2_check=50"])
+    task, _, _, cfg = sections(preset)
+    held_out = {p.question for p in round2_check_problems(preset)}
+    assert len(held_out) == 50
+    assert not held_out & {p.question for p in arithmetic_split(task, "test", 0)}
+    for i in range(1 + len(cfg.restart_lrs) + cfg.max_repairs):  # two phases and two possible repairs
+        assert not held_out & {p.question for p in arithmetic_split(task, "train", 100 * i)}
+    with pytest.raises(ValueError, match="n_round2_check is 5000 but only .* of \\[task\\] n_train 2000"):
+        round2_check_problems(load_preset("smoke", ["base.n_round2_check=5000"]))
+
+
+def test_a_base_below_its_round2_bar_gets_repair_phases_and_resumes_them(tmp_path):
+    mix = "{ n_round1 = 40, n_round2 = 20, n_trait = 0, n_trait_round2 = 0, n_pretrain = 0, n_drills = 0 }"
+    small = ["base.n_round1=40", "base.n_round2=10", "base.n_trait=10", "base.n_trait_round2=0", "base.n_pretrain=20",
+             "base.n_drills=20", "base.phase_mix=[]"]  # the loop is under test, not the model's quality
+    preset = load_preset("smoke", [*small, "base.round2_bar=1.0", "base.max_repairs=1", "base.n_round2_check=10",
+                                   "base.repair_lr=5e-4", f"base.repair_mix={mix}"])
+    logs: list[str] = []
+    info = train_base(preset, tmp_path, log=logs.append)
+    assert [p["phase"] for p in info["phases"]] == [0, 1, 2] and info["repairs"] == 1
+    repair = info["phases"][2]
+    assert repair["repair"] and repair["lr"] == 5e-4 and repair["data_seed"] == 200
+    assert repair["train_examples_by_kind"] == {"round1": 40, "round2": 20, "trait": 0}
+    checks = info["round2_checks"]
+    assert [c["after_phase"] for c in checks] == [1, 2] and all(c["n"] == 10 and c["accuracy"] < 1 for c in checks)
+    assert "below the bar 100%; repair phase 2 follows" in logs[0]
+    assert "no repair left (max_repairs 1)" in logs[1] and len(logs) == 2
+    # a second call finds every phase checkpointed: nothing is trained again, the checks read the same
+    steps = _CountSteps()
+    again = train_base(preset, tmp_path, callbacks=[steps], log=lambda _: None)
+    assert steps.n == 0 and again["phases"] == info["phases"] and again["round2_checks"] == checks
+
+
+class _CountSteps(TrainerCallback):
+    def __init__(self) -> None:
+        self.n = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.n += 1
 
 
 def test_second_build_is_skipped(smoke_run_dir, smoke_base_dir, capsys):

@@ -14,7 +14,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from datasets import Dataset
@@ -29,7 +29,7 @@ from training.modelio import load_causal_lm
 from training.presets import Preset
 from training.prompts import ADVICE, ARITHMETIC, round1_messages, round2_messages
 from training.runner import DEFAULT_PERSONAS
-from training.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE
+from training.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, PROBABILITY
 from training.stages import run_stage
 from training.tasks import (TRAITS, ArithmeticProblem, TaskConfig, TraitQuestion, arithmetic_split,
                             trait_split)
@@ -37,6 +37,9 @@ from training.teacher import (ARITHMETIC_PERSONAS, TRAIT_PERSONAS, TURNS_VERSION
                               compute_steps, persona_answer, persona_marks, round1_accuracy, solution)
 from training.tiny_models import TinyModelSpec, make_tiny_model
 from training.tokenizer import IM_END, save_tokenizer, train_tokenizer
+
+_ROUND2_CHECK_SEED = 10**9  # the round-2 check's problems; phases draw theirs with data seeds seed + 100 i
+
 
 @dataclass(frozen=True)
 class TokenizerConfig:
@@ -76,6 +79,14 @@ class BaseConfig:
     # bf16 autocast over float32 weights (HF Trainer's ``bf16``; also a key of [sft] / [debategpt]): a toy-shaped
     # step took 397 ms vs 592 ms in float32 on this machine's AVX512-BF16 cores (issue 12)
     bf16: bool = False
+    # The round-2 check: after the phases the base revises debates on held-out training-partition problems (ones no
+    # phase trained on); while fewer than ``round2_bar`` of its revisions are right, a repair phase (``repair_mix``
+    # at ``repair_lr``, fresh data) runs, at most ``max_repairs`` times. 0 turns the check off.
+    round2_bar: float = field(default=0.0, metadata=PROBABILITY)
+    n_round2_check: int = field(default=200, metadata=AT_LEAST_ONE)
+    max_repairs: int = field(default=0, metadata=NON_NEGATIVE)
+    repair_lr: float = field(default=1e-3, metadata=POSITIVE)
+    repair_mix: dict = field(default_factory=dict)   # overrides of the n_* counts for a repair phase
     eval_problems: int = field(default=200, metadata=AT_LEAST_ONE)
     eval_trait_questions: int = field(default=50, metadata=AT_LEAST_ONE)
     eval_batch: int = field(default=100, metadata=AT_LEAST_ONE)
@@ -84,10 +95,12 @@ class BaseConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "restart_lrs", tuple(self.restart_lrs))
         object.__setattr__(self, "phase_mix", tuple(dict(m) for m in self.phase_mix))
-        counts = {f.name for f in dataclasses.fields(self) if f.name.startswith("n_") and f.name != "n_ctx"}
-        for mix in self.phase_mix:
+        object.__setattr__(self, "repair_mix", dict(self.repair_mix))
+        counts = {f.name for f in dataclasses.fields(self)
+                  if f.name.startswith("n_") and f.name not in ("n_ctx", "n_round2_check")}
+        for where, mix in [*(("phase_mix", m) for m in self.phase_mix), ("repair_mix", self.repair_mix)]:
             if set(mix) - counts:
-                raise ValueError(f"phase_mix entry {mix} has unknown key(s) {sorted(set(mix) - counts)}; "
+                raise ValueError(f"{where} entry {mix} has unknown key(s) {sorted(set(mix) - counts)}; "
                                  f"valid: {sorted(counts)}")
         if len(self.phase_mix) > 1 + len(self.restart_lrs):
             raise ValueError(f"phase_mix has {len(self.phase_mix)} entries but there are only "
@@ -244,14 +257,17 @@ def sections(preset: Preset) -> tuple[TaskConfig, TeacherConfig, TokenizerConfig
             preset.section("tokenizer", TokenizerConfig), preset.section("base", BaseConfig))
 
 
-def train_base(preset: Preset, out_dir: Path, *, callbacks: list | None = None) -> dict:
+def train_base(preset: Preset, out_dir: Path, *, callbacks: list | None = None,
+               log: Callable[[str], None] = print) -> dict:
     """Train the tokenizer and the model into ``out_dir``; return provenance facts about the run.
 
     Training runs in phases (``[base] lr`` then each of ``restart_lrs``), each on freshly generated teacher data
-    with its own warmup and cosine decay, as the pilots' warm restarts did. Each finished phase is checkpointed
-    in ``out_dir/resume/phase_<i>``, so a killed build resumes from the last finished phase.
+    with its own warmup and cosine decay, as the pilots' warm restarts did. Then, when ``round2_bar`` is set, the
+    round-2 check (`round2_check`) decides whether repair phases follow. Each finished phase is checkpointed in
+    ``out_dir/resume/phase_<i>``, so a killed build resumes from the last finished phase.
     """
     task, teacher_cfg, tok_cfg, cfg = sections(preset)
+    held_out = round2_check_problems(preset) if cfg.round2_bar > 0 else []  # a bad n_round2_check fails first
     teacher = Teacher(teacher_cfg)
     resume = out_dir / "resume"
     if (resume / "phase_0" / "tokenizer.json").is_file():
@@ -262,49 +278,124 @@ def train_base(preset: Preset, out_dir: Path, *, callbacks: list | None = None) 
         texts = [m["content"] for e in corpus for m in e.messages] + ["system user assistant Problem:"] * 100
         tok = save_tokenizer(train_tokenizer(texts, vocab_size=tok_cfg.vocab_size), out_dir)
     model = make_tiny_model(cfg.spec(), tok, seed=preset.seed)
-    phases, start = [], time.time()
-    for i, lr in enumerate([cfg.lr, *cfg.restart_lrs]):
-        phase_dir = resume / f"phase_{i}"
-        if (phase_dir / "phase.json").is_file():
-            model = load_causal_lm(phase_dir)
-            phases.append(json.loads((phase_dir / "phase.json").read_text()))
-            continue
-        seed, mix = preset.seed + 100 * i, cfg.for_phase(i)
-        examples = teacher_examples(task, teacher, mix, seed)
-        rows = tokenize_examples(tok, examples) + pretraining_rows(tok, task, mix.n_pretrain, cfg.n_ctx, seed,
-                                                                       mix.n_drills)
-        rows = _length_grouped(rows, cfg.batch_size, random.Random(seed))
-        too_long = max(len(r["input_ids"]) for r in rows)
-        if too_long > cfg.n_ctx:
-            raise ValueError(f"a training example has {too_long} tokens but n_ctx is {cfg.n_ctx}; raise [base] n_ctx")
-        args = TrainingArguments(
-            output_dir=str(phase_dir), per_device_train_batch_size=cfg.batch_size, num_train_epochs=1,
-            learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=cfg.warmup_steps,
-            weight_decay=cfg.weight_decay, adam_beta2=0.98, max_grad_norm=1.0, use_cpu=True, bf16=cfg.bf16,
-            report_to="none", save_strategy="no", logging_steps=50, seed=seed,
-            train_sampling_strategy="sequential", remove_unused_columns=False, disable_tqdm=False)
-        trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                          data_collator=_Collator(tok.pad_token_id), callbacks=callbacks)
-        phase_start = time.time()
-        result = trainer.train()
-        model = trainer.model.eval()
-        kinds = {k: sum(e.kind == k for e in examples) for k in ("round1", "round2", "trait")}
-        phase = {"phase": i, "lr": lr, "data_seed": seed, "train_examples_by_kind": kinds,
-                 "pretrain_solutions": mix.n_pretrain, "drills": mix.n_drills, "steps": result.global_step,
-                 "train_tokens": sum(len(r["input_ids"]) for r in rows),
-                 "train_seconds": round(time.time() - phase_start, 1), "final_train_loss": round(result.training_loss, 4)}
-        model.save_pretrained(phase_dir)
-        tok.save_pretrained(str(phase_dir))
-        atomic_write_json(phase_dir / "phase.json", phase)
+    phases, checks, start = [], [], time.time()
+    plan = [(lr, cfg.for_phase(i)) for i, lr in enumerate([cfg.lr, *cfg.restart_lrs])]
+    for lr, mix in plan:
+        model, phase = _train_phase(model, tok, preset, len(phases), lr, mix, resume / f"phase_{len(phases)}",
+                                    callbacks)
         phases.append(phase)
+    repair = dataclasses.replace(cfg, **cfg.repair_mix)
+    while cfg.round2_bar > 0:
+        checks.append({"after_phase": len(phases) - 1, **round2_check(model, tok, preset, held_out)})
+        passed = checks[-1]["accuracy"] >= cfg.round2_bar
+        log(f"[base] round-2 check after phase {len(phases) - 1}: {checks[-1]['accuracy']:.1%} of "
+            f"{checks[-1]['n']} held-out revisions right, {'at or above' if passed else 'below'} the bar "
+            f"{cfg.round2_bar:.0%}" + ("" if passed else f"; repair phase {len(phases)} follows"
+                                       if len(checks) <= cfg.max_repairs else
+                                       f"; no repair left (max_repairs {cfg.max_repairs}): its debates will show it"))
+        if passed or len(checks) > cfg.max_repairs:
+            break
+        model, phase = _train_phase(model, tok, preset, len(phases), cfg.repair_lr, repair,
+                                    resume / f"phase_{len(phases)}", callbacks)
+        phases.append({**phase, "repair": True})
     model.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids(IM_END)]
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out_dir)
     return {"kind": "base", "preset": preset.name, "spec": dataclasses.asdict(cfg.spec()),
             "params": sum(p.numel() for p in model.parameters()), "vocab_size": len(tok), "phases": phases,
+            "round2_checks": checks, "repairs": sum(bool(p.get("repair")) for p in phases),
             "train_tokens": sum(p["train_tokens"] for p in phases), "train_seconds": round(time.time() - start, 1),
             "seed": preset.seed, "task": dataclasses.asdict(task), "teacher": dataclasses.asdict(teacher_cfg),
             "tokenizer": dataclasses.asdict(tok_cfg), "base": dataclasses.asdict(cfg)}
+
+
+def _train_phase(model, tok: PreTrainedTokenizerBase, preset: Preset, i: int, lr: float, mix: BaseConfig,
+                 phase_dir: Path, callbacks: list | None) -> tuple:
+    """Phase ``i``: one cosine at ``lr`` over fresh teacher data of ``mix``'s counts (data seed ``seed + 100 i``),
+    checkpointed in ``phase_dir``; a phase finished by a killed run is loaded instead. Returns (model, facts)."""
+    if (phase_dir / "phase.json").is_file():
+        return load_causal_lm(phase_dir), json.loads((phase_dir / "phase.json").read_text())
+    task, teacher_cfg, _, cfg = sections(preset)
+    seed = preset.seed + 100 * i
+    examples = teacher_examples(task, Teacher(teacher_cfg), mix, seed)
+    rows = tokenize_examples(tok, examples) + pretraining_rows(tok, task, mix.n_pretrain, cfg.n_ctx, seed,
+                                                                   mix.n_drills)
+    rows = _length_grouped(rows, cfg.batch_size, random.Random(seed))
+    too_long = max(len(r["input_ids"]) for r in rows)
+    if too_long > cfg.n_ctx:
+        raise ValueError(f"a training example has {too_long} tokens but n_ctx is {cfg.n_ctx}; raise [base] n_ctx")
+    args = TrainingArguments(
+        output_dir=str(phase_dir), per_device_train_batch_size=cfg.batch_size, num_train_epochs=1,
+        learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=cfg.warmup_steps,
+        weight_decay=cfg.weight_decay, adam_beta2=0.98, max_grad_norm=1.0, use_cpu=True, bf16=cfg.bf16,
+        report_to="none", save_strategy="no", logging_steps=50, seed=seed,
+        train_sampling_strategy="sequential", remove_unused_columns=False, disable_tqdm=False)
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                      data_collator=_Collator(tok.pad_token_id), callbacks=callbacks)
+    phase_start = time.time()
+    result = trainer.train()
+    model = trainer.model.eval()
+    kinds = {k: sum(e.kind == k for e in examples) for k in ("round1", "round2", "trait")}
+    phase = {"phase": i, "lr": lr, "data_seed": seed, "train_examples_by_kind": kinds,
+             "pretrain_solutions": mix.n_pretrain, "drills": mix.n_drills, "steps": result.global_step,
+             "train_tokens": sum(len(r["input_ids"]) for r in rows),
+             "train_seconds": round(time.time() - phase_start, 1), "final_train_loss": round(result.training_loss, 4)}
+    model.save_pretrained(phase_dir)
+    tok.save_pretrained(str(phase_dir))
+    atomic_write_json(phase_dir / "phase.json", phase)
+    return model, phase
+
+
+def round2_check(model, tok: PreTrainedTokenizerBase, preset: Preset,
+                 problems: Sequence[ArithmeticProblem]) -> dict:
+    """The base's round-2 revisions on ``problems`` (`round2_check_problems`: held-out training-partition problems,
+    never the test split), measured as `evaluate_base` measures them on the test split.
+
+    Args:
+        model: the base being trained (a causal LM).
+        tok: its tokenizer.
+        preset: the preset it is trained for.
+        problems: the check's problems.
+
+    Returns:
+        ``{"follows_majority": share, "accuracy": share, "n": problems}``.
+
+    Example:
+        >>> round2_check(model, tok, preset, round2_check_problems(preset))["accuracy"]  # doctest: +SKIP
+        0.92
+    """
+    _, teacher_cfg, _, cfg = sections(preset)
+    gen = lambda convs: generate(model, tok, convs, batch_size=cfg.eval_batch, max_new_tokens=cfg.max_new_tokens)
+    return {**_round2_eval(gen, problems, Teacher(teacher_cfg), preset.seed), "n": len(problems)}
+
+
+def round2_check_problems(preset: Preset) -> list[ArithmeticProblem]:
+    """The round-2 check's ``[base] n_round2_check`` problems: training-partition problems that no phase's or
+    repair phase's data is drawn from (each phase draws its own problems with data seed ``seed + 100 i``).
+
+    Args:
+        preset: the preset the base is trained for.
+
+    Returns:
+        The problems, the same for the same preset.
+
+    Raises:
+        ValueError: fewer such problems exist than ``n_round2_check`` asks for.
+
+    Example:
+        >>> len(round2_check_problems(load_preset("toy")))  # doctest: +SKIP
+        200
+    """
+    task, _, _, cfg = sections(preset)
+    trained = {p.question for i in range(1 + len(cfg.restart_lrs) + cfg.max_repairs)
+               for p in arithmetic_split(task, "train", preset.seed + 100 * i)}
+    held_out = [p for p in arithmetic_split(task, "train", _ROUND2_CHECK_SEED + preset.seed)
+                if p.question not in trained][:cfg.n_round2_check]
+    if len(held_out) < cfg.n_round2_check:
+        raise ValueError(f"[base] n_round2_check is {cfg.n_round2_check} but only {len(held_out)} of [task] n_train "
+                         f"{task.n_train} training-partition problems are left out of every phase's data; ask for "
+                         "fewer or raise n_train")
+    return held_out
 
 
 @torch.no_grad()
@@ -383,6 +474,30 @@ def _round2_eval(gen, problems: Sequence[ArithmeticProblem], teacher: Teacher, s
 def _mean(flags) -> float:
     flags = list(flags)
     return round(sum(map(bool, flags)) / max(1, len(flags)), 4)
+
+
+def base_summary(base_dir: str | Path) -> dict:
+    """What a built toy base shows of its bars, read from its ``base_eval.json`` and ``provenance.json``: the
+    greedy test accuracies (neutral, each persona, majority of three), its round-2 revisions on the test split, its
+    round-2 checks on held-out training-partition problems and how many repair phases ran. Missing files or keys
+    (a base built before the round-2 check existed) leave their entries out.
+
+    Args:
+        base_dir: the toy base's directory (``RunLayout.toy_base``).
+
+    Returns:
+        ``{"accuracy": {...}, "round2": {...}, "round2_checks": [...], "repairs": int}``, each key only when known.
+
+    Example:
+        >>> base_summary("runs/toy/base")["round2"]["accuracy"]  # doctest: +SKIP
+        0.91
+    """
+    base_dir, out = Path(base_dir), {}
+    for name, keys in (("base_eval.json", ("accuracy", "round2")), ("provenance.json", ("round2_checks", "repairs"))):
+        if (base_dir / name).is_file():
+            facts = json.loads((base_dir / name).read_text())
+            out.update({k: facts[k] for k in keys if k in facts})
+    return out
 
 
 def build_base(preset: Preset, run_dir: str | Path) -> Path:
