@@ -24,6 +24,10 @@ from analyses.results import RESULTS
 from lens.io import atomic_write_json, atomic_write_text
 from training.errors import UserError
 from training.layout import RunLayout
+from training.toy_base import base_summary
+
+
+MISSING = "–"  # the verdict of a run that lacks the claim or its report
 
 
 class SpreadError(UserError, ValueError):
@@ -81,8 +85,8 @@ class SeedSpread:
 
     @property
     def unstable_claims(self) -> list[str]:
-        """The claims whose verdict is not the same in every run."""
-        return [c for c, v in self.verdicts.items() if len(set(v)) > 1]
+        """The claims whose verdict is not the same in every run that has it (a base-only run has none)."""
+        return [c for c, v in self.verdicts.items() if len(set(v) - {MISSING}) > 1]
 
     def number(self, name: str) -> Spread:
         """The `Spread` called ``name``; KeyError when no run has it."""
@@ -109,10 +113,12 @@ def _run_numbers(run_dir: Path) -> tuple[int, dict[str, float], dict[str, str]]:
         seed = int(((stage.get("built_from") or {}).get("keys") or {}).get("seed", seed))
         for who, acc in (stage.get("accuracy") or {}).items():
             numbers[f"base {who} accuracy"] = acc
-        base_eval = base_stage.with_name("base_eval.json")
-        for key, value in (json.loads(base_eval.read_text()).get("round2") or {}).items() \
-                if base_eval.is_file() else ():
+        base = base_summary(layout.toy_base)
+        for key, value in (base.get("round2") or {}).items():
             numbers[f"base round-2 {key.replace('_', ' ')}"] = value
+        if base.get("round2_checks"):
+            numbers["base round-2 check before repairs"] = base["round2_checks"][0]["accuracy"]
+            numbers["repair phases of the base"] = base["repairs"]  # a count: kept out of the "base " figure (in %)
     if not path.is_file():
         return seed, numbers, {}
     res = json.loads(path.read_text())
@@ -163,7 +169,7 @@ def seed_spread(run_dirs: Sequence[str | Path]) -> SeedSpread:
     return SeedSpread(
         runs=[str(d) for d in run_dirs], seeds=seeds,
         numbers=[Spread(n, tuple(float(numbers.get(n, math.nan)) for numbers in per_run)) for n in names],
-        verdicts={c: [v.get(c, "–") for v in verdicts] for c in claims})
+        verdicts={c: [v.get(c, MISSING) for v in verdicts] for c in claims})
 
 
 def _fmt(v: float) -> str:
@@ -190,8 +196,9 @@ def to_markdown(spread: SeedSpread) -> str:
              "|---|" + "---|" * (len(spread.seeds) + 3)]
     lines += [f"| {s.name} | " + " | ".join(_fmt(v) for v in s.values)
               + f" | {_fmt(s.mean)} | {_fmt(s.sd)} | {_fmt(s.range)} |" for s in spread.numbers]
-    lines += ["", f"| claim | {seeds} | same in every run |", "|---|" + "---|" * (len(spread.seeds) + 1)]
-    lines += [f"| {c} | " + " | ".join(v) + f" | {'yes' if len(set(v)) == 1 else 'no'} |"
+    lines += ["", f"| claim | {seeds} | same in every run that has it |", "|---|" + "---|" * (len(spread.seeds) + 1)]
+    unstable = set(spread.unstable_claims)
+    lines += [f"| {c} | " + " | ".join(v) + f" | {'no' if c in unstable else 'yes'} |"
               for c, v in spread.verdicts.items()]
     return "\n".join(lines) + "\n"
 

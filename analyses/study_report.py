@@ -31,6 +31,7 @@ from training.layout import RunLayout
 from training.pipeline import SINGLE_RL, ExperimentsConfig
 from training.presets import Preset
 from training.stages import stale_stages
+from training.toy_base import base_summary
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,23 @@ def table1_rows(rows: list[dict]) -> list[dict]:
              "seeds": r["n_seeds"], "well-formed debate": "–" if r.get("well_formed") is None
              else f"{100 * r['well_formed']:.0f}%", **({"transfer (%)": transfer(r)} if has_transfer else {})}
             for r in rows]
+
+
+def base_rows(base: dict) -> list[dict]:
+    """`base_summary`'s facts as report rows (measure, value); percentages with one decimal."""
+    acc, rows = base.get("accuracy") or {}, []
+    if acc:
+        rows.append({"measure": "accuracy: " + " / ".join(k.replace("_", " ") for k in acc),
+                     "value": " / ".join(f"{100 * v:.1f}%" for v in acc.values())})
+    if "round2" in base:
+        rows.append({"measure": "round-2 revisions right (test split, the teacher's round-1 turns)",
+                     "value": f"{100 * base['round2']['accuracy']:.1f}%"})
+    for check in base.get("round2_checks") or []:
+        rows.append({"measure": f"round-2 check after phase {check['after_phase']} ({check['n']} held-out "
+                                "training-partition debates)", "value": f"{100 * check['accuracy']:.1f}%"})
+    if "repairs" in base:
+        rows.append({"measure": "repair phases run", "value": str(base["repairs"])})
+    return rows
 
 
 def stage2_points(preset: Preset, run_dir: Path) -> dict[str, list[dict]]:
@@ -257,6 +275,10 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
         rep.heading("Departures from the paper's recipe", 3)
         rep.table([{"departure": d} for d in departures], "What this preset does differently from the paper, and why")
     versions = package_versions()
+    base = base_summary(RunLayout(run_dir).toy_base)
+    if base:
+        rep.table(base_rows(base), "Toy base: greedy accuracy on the test split, its round-2 revisions, and the "
+                                   "round-2 checks on held-out training-partition debates that decide repair phases")
     rep.table([{"stage": s["stage"], "wall seconds": s["wall seconds"]} for s in stages], "Wall time per stage")
     rep.table([{"seed of": k, "value": v} for k, v in seeds.items()], "Seeds")
     if report_config.seed_spread:
@@ -272,7 +294,7 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
                "stage2_curves": curves,
                "agent_subspaces": subs, "malicious": mal, "claims": [c.to_dict() for c in claims],
                "figures": list(rep.figures), "tables": rep.tables, "departures": list(departures),
-               "seed_spread": list(report_config.seed_spread)}
+               "seed_spread": list(report_config.seed_spread), "base": base}
     return rep, payload
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +18,8 @@ def _run(root, seed: int, imad: float, verdict: str, neutral: float, alpha: floa
     (root / "base").mkdir()
     (root / "base" / "stage.json").write_text(json.dumps({"accuracy": {"neutral": neutral, "majority_of_3": 0.8},
                                                           "built_from": {"keys": {"seed": seed}}}))
-    (root / "base" / "base_eval.json").write_text(json.dumps({"round2": {"accuracy": neutral + 0.1,
+    (root / "base" / "base_eval.json").write_text(json.dumps({"accuracy": {"neutral": neutral, "majority_of_3": 0.8},
+                                                              "round2": {"accuracy": neutral + 0.1,
                                                                          "follows_majority": 0.9}}))
     iv = {"estimate": imad - 0.7, "ci": [imad - 0.75, imad - 0.65], "n": 600, "level": 0.95}
     (root / "report" / "results.json").write_text(json.dumps({
@@ -85,6 +87,34 @@ def test_a_run_with_only_its_base_adds_the_bases_numbers(runs, tmp_path):
     imad = s.number("Table 1 IMAD accuracy")
     assert math.isnan(imad.values[3]) and imad.mean == pytest.approx(0.74)  # summarised over the runs that have it
     assert s.verdicts["evil_suppressed"] == ["not reproduced"] * 3 + ["–"]
+    assert s.unstable_claims == ["accuracy_vs_debate"]  # the base-only run has no verdicts to disagree with
+    assert "| evil_suppressed | not reproduced | not reproduced | not reproduced | – | yes |" in to_markdown(s)
+
+
+def _repaired(run: str, first: float, repairs: int) -> None:
+    """The base's provenance as a build with the round-2 check writes it."""
+    checks = [{"after_phase": 3 + i, "accuracy": first if i == 0 else 0.9, "follows_majority": 0.9, "n": 200}
+              for i in range(repairs + 1)]
+    (Path(run) / "base" / "provenance.json").write_text(json.dumps({"round2_checks": checks, "repairs": repairs}))
+
+
+def test_the_round2_check_and_repairs_join_the_spread_and_the_report(runs):
+    from analyses.study_report import base_rows
+    from training.toy_base import base_summary
+
+    _repaired(runs[0], 0.92, 0)
+    _repaired(runs[1], 0.335, 1)  # run 2 was built before the check existed: its entries are missing
+    s = seed_spread(runs)
+    assert s.number("base round-2 check before repairs").values[:2] == (0.92, 0.335)
+    assert math.isnan(s.number("base round-2 check before repairs").values[2])
+    assert s.number("repair phases of the base").values[:2] == (0, 1)
+    rows = {r["measure"]: r["value"] for r in base_rows(base_summary(Path(runs[1]) / "base"))}
+    assert rows["round-2 check after phase 3 (200 held-out training-partition debates)"] == "33.5%"
+    assert rows["round-2 check after phase 4 (200 held-out training-partition debates)"] == "90.0%"
+    assert rows["repair phases run"] == "1"
+    assert rows["round-2 revisions right (test split, the teacher's round-1 turns)"] == "82.0%"
+    assert rows["accuracy: neutral / majority of 3"] == "72.0% / 80.0%"
+    assert base_summary(Path(runs[2]) / "nowhere") == {}
 
 
 def test_cli_prints_the_tables(runs, capsys):
