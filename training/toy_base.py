@@ -279,10 +279,8 @@ def train_base(preset: Preset, out_dir: Path, *, callbacks: list | None = None,
         tok = save_tokenizer(train_tokenizer(texts, vocab_size=tok_cfg.vocab_size), out_dir)
     model = make_tiny_model(cfg.spec(), tok, seed=preset.seed)
     phases, checks, start = [], [], time.time()
-    plan = [(lr, cfg.for_phase(i)) for i, lr in enumerate([cfg.lr, *cfg.restart_lrs])]
-    for lr, mix in plan:
-        model, phase = _train_phase(model, tok, preset, len(phases), lr, mix, resume / f"phase_{len(phases)}",
-                                    callbacks)
+    for i, lr in enumerate([cfg.lr, *cfg.restart_lrs]):
+        model, phase = _train_phase(model, tok, preset, i, lr, cfg.for_phase(i), resume, callbacks)
         phases.append(phase)
     repair = dataclasses.replace(cfg, **cfg.repair_mix)
     while cfg.round2_bar > 0:
@@ -295,8 +293,7 @@ def train_base(preset: Preset, out_dir: Path, *, callbacks: list | None = None,
                                        f"; no repair left (max_repairs {cfg.max_repairs}): its debates will show it"))
         if passed or len(checks) > cfg.max_repairs:
             break
-        model, phase = _train_phase(model, tok, preset, len(phases), cfg.repair_lr, repair,
-                                    resume / f"phase_{len(phases)}", callbacks)
+        model, phase = _train_phase(model, tok, preset, len(phases), cfg.repair_lr, repair, resume, callbacks)
         phases.append({**phase, "repair": True})
     model.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids(IM_END)]
     model.generation_config.pad_token_id = tok.pad_token_id
@@ -310,9 +307,10 @@ def train_base(preset: Preset, out_dir: Path, *, callbacks: list | None = None,
 
 
 def _train_phase(model, tok: PreTrainedTokenizerBase, preset: Preset, i: int, lr: float, mix: BaseConfig,
-                 phase_dir: Path, callbacks: list | None) -> tuple:
+                 resume: Path, callbacks: list | None) -> tuple:
     """Phase ``i``: one cosine at ``lr`` over fresh teacher data of ``mix``'s counts (data seed ``seed + 100 i``),
-    checkpointed in ``phase_dir``; a phase finished by a killed run is loaded instead. Returns (model, facts)."""
+    checkpointed in ``resume/phase_<i>``; a phase finished by a killed run is loaded instead. Returns (model, facts)."""
+    phase_dir = resume / f"phase_{i}"
     if (phase_dir / "phase.json").is_file():
         return load_causal_lm(phase_dir), json.loads((phase_dir / "phase.json").read_text())
     task, teacher_cfg, _, cfg = sections(preset)
