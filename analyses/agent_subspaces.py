@@ -235,7 +235,7 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     layout, out_dir = RunLayout.of(preset, run_dir), Path(out_dir)
     heldout = heldout_transcripts(layout.root, cfg.experiment, cfg.n_heldout)
     run = Run(preset, run_dir)
-    sft = lens.load_model(layout.sft(cfg.experiment), keep_hf=True, **run.placement.load())  # HF twin: faster reads
+    sft = lens.load_model(layout.sft(cfg.experiment), **run.placement.lens())
     layer = middle_layer(sft) if cfg.layer is None else cfg.layer
     agents = sorted({turn.agent for t in heldout for turn in t.turns})
     personas = {str(a): heldout[0].persona_of(a) for a in agents}
@@ -261,8 +261,8 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     neutral = arithmetic_split(preset.section("task", TaskConfig), "test", preset.seed)[:cfg.n_steer]
     dirs = {"base": layout.base, "imad": layout.internalize(cfg.experiment)}
     for kind in MODELS:
-        # the HF twin generates (forward hooks at the same resid_post site, identical greedy tokens, ~2x faster)
-        model = lens.load_model(dirs[kind], keep_hf=True, **run.placement.load())
+        # with [model] keep_hf the HF twin generates (hooks at the same resid_post site, identical greedy tokens, ~2x faster)
+        model = lens.load_model(dirs[kind], **run.placement.lens())
         if kind == "imad":
             probes["imad"] = lens.probe_layers(model, heldout).to_dict()
         rouge[kind] = rouge_sweeps(model, subs, {a: turn_prompts(heldout, a, cfg.rounds) for a in agents}, cfg)

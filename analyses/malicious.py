@@ -277,7 +277,7 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     layout, out_dir, run = RunLayout.of(preset, run_dir), Path(out_dir), Run(preset, run_dir)
     problems = run.capability_questions(cfg.n_capability, cfg.seed)
     select = arithmetic_split(task, "train", preset.seed)[:cfg.n_select]
-    load = {**run.placement.load(), "keep_hf": True}  # the HF twin: generation and reads run ~2x faster (lens)
+    load = run.placement.lens()  # [model] keep_hf: the HF twin generates and reads ~2x faster
     base = lens.load_model(layout.base, **load)
     layer = middle_layer(base) if cfg.layer is None else cfg.layer
     unit = RESIDUAL_UNIT if cfg.alpha_search else alpha_unit(cfg.normalize)
@@ -473,7 +473,8 @@ def figures(results: dict, run_dir: str | Path | None = None) -> dict[str, go.Fi
             fr = lens.ParetoFrontier(**{k: block["pareto"][k] for k in ("points", "frontier", "budget", "best")})
             figs[f"pareto_{trait}"] = lens.plots.pareto_plot(
                 fr, title=f"{trait}: trait reduction vs accuracy drop, every method",
-                strength_unit=results["alpha_unit"])
+                strength_unit={**{METHOD_NAMES[k]: results["alpha_unit"] for k in ("imad", "base", "random_imad")},
+                               METHOD_NAMES["capping_imad"]: "percentile"})
     if run_dir is not None:
         for trait in results["traits"]:
             reports = {kind: load_report(run_dir, trait, kind) for kind in ("base", "imad")}

@@ -103,14 +103,16 @@ def suppression_tradeoff(reports: SuppressionReport | Mapping[str, SuppressionRe
     return fig
 
 
-def pareto_plot(frontier: ParetoFrontier, *, title: str | None = None, strength_unit: str = "") -> go.Figure:
+def pareto_plot(frontier: ParetoFrontier, *, title: str | None = None,
+                strength_unit: str | Mapping[str, str] = "") -> go.Figure:
     """Trait reduction vs capability drop for every method and strength, the Pareto frontier as a line, the
     capability budget as a dashed line and the best point within it ringed.
 
     Args:
         frontier: A `lens.rating.ParetoFrontier`.
         title: Figure title.
-        strength_unit: Appended to the hover text of each point's strength (e.g. the α unit).
+        strength_unit: Appended to the hover text of each point's strength (e.g. the α unit); a mapping gives each
+            method its own unit (methods it does not name get none), e.g. α for vectors and percentiles for capping.
 
     Returns:
         A plotly Figure.
@@ -122,12 +124,14 @@ def pareto_plot(frontier: ParetoFrontier, *, title: str | None = None, strength_
     finite = lambda p: all(isinstance(p[k], (int, float)) and np.isfinite(p[k])  # noqa: E731
                            for k in ("trait_reduction", "capability_drop"))
     methods = list(dict.fromkeys(p["method"] for p in frontier.points))
+    units = strength_unit if isinstance(strength_unit, Mapping) else dict.fromkeys(methods, strength_unit)
     for method, color in zip(methods, PALETTE * (1 + len(methods) // len(PALETTE))):
         pts = [p for p in frontier.points if p["method"] == method and finite(p)]
+        unit = units.get(method, "")
         fig.add_trace(go.Scatter(
             x=[100 * p["capability_drop"] for p in pts], y=[p["trait_reduction"] for p in pts], mode="markers",
             name=method, marker=dict(color=color, size=9),
-            text=[f"{method} {p['strength']:g}{(' ' + strength_unit) if strength_unit else ''}" for p in pts],
+            text=[f"{method} {p['strength']:g}{(' ' + unit) if unit else ''}" for p in pts],
             hoverinfo="text+x+y"))
     front = [frontier.points[i] for i in frontier.frontier]
     fig.add_trace(go.Scatter(x=[100 * p["capability_drop"] for p in front], y=[p["trait_reduction"] for p in front],

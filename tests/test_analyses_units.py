@@ -191,6 +191,11 @@ def test_pareto_frontier_on_a_hand_made_table():
     assert f.to_dict()["best_method"] == "cap"
     fig = lens.plots.pareto_plot(f)
     assert {t.name for t in fig.data} >= {"add", "cap", "random", "Pareto frontier", "best: cap 90"}
+    hover = {t.name: list(t.text) for t in lens.plots.pareto_plot(f, strength_unit={"add": "α", "cap": "pct"}).data
+             if t.text is not None}
+    assert hover["add"] == ["add -1 α", "add -2 α"] and hover["cap"] == ["cap 90 pct", "cap 50 pct"]
+    assert hover["random"] == ["random -2"]  # a method the mapping does not name gets no unit
+    assert list(lens.plots.pareto_plot(f, strength_unit="α").data[1].text) == ["cap 90 α", "cap 50 α"]
     with pytest.raises(lens.LensInputError, match="lacks"):
         pareto_frontier([{"method": "x", "strength": 1.0}])
 

@@ -127,6 +127,28 @@ def test_killed_experiment_resumes_without_redoing_finished_stages(smoke_study, 
     shutil.rmtree(keep)
 
 
+@pytest.mark.slow
+def test_keep_hf_false_runs_the_malicious_experiment_on_transformer_lens_alone(smoke_study, tmp_path, monkeypatch):
+    import lens
+    from analyses import malicious
+
+    real, loads = lens.load_model, []
+
+    def recording(path, **kw):
+        model = real(path, **kw)
+        loads.append((kw.get("keep_hf"), getattr(model, "lens_hf", None)))
+        return model
+
+    monkeypatch.setattr(lens, "load_model", recording)
+    results = malicious.run(load_preset("smoke", ["model.keep_hf=false"]), smoke_study, tmp_path)
+    assert loads and all(keep is False and twin is None for keep, twin in loads)
+    cached = json.loads((smoke_study / "analyses" / "malicious" / "results.json").read_text())
+    assert sorted(results["traits"]) == sorted(cached["traits"])
+    for trait, block in results["traits"].items():  # the same curves, computed without the HF twin
+        assert block["imad"]["alphas"] == cached["traits"][trait]["imad"]["alphas"]
+        assert len(block["imad"]["trait"]) == len(cached["traits"][trait]["imad"]["trait"])
+
+
 @pytest.mark.parametrize("name", PAPER_PRESETS)
 def test_paper_presets_validate(name):
     sections = validate_preset(load_preset(name))

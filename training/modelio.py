@@ -18,7 +18,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class Placement:
     """Where and how every stage, the evaluation and both experiments load a model: ``[model] device``
     (``auto``: CUDA when present), ``dtype`` (``auto``: bfloat16 on CUDA, float32 elsewhere) and
-    ``gradient_checkpointing`` for the training stages, resolved once.
+    ``gradient_checkpointing`` for the training stages, ``keep_hf`` for the experiments' `lens.load_model`,
+    resolved once.
 
     Example:
         >>> Placement.of(load_preset("smoke")).torch_dtype
@@ -28,6 +29,7 @@ class Placement:
     device: str = "cpu"
     dtype: str = "float32"
     gradient_checkpointing: bool = False
+    keep_hf: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -37,7 +39,7 @@ class Placement:
     def of(cls, preset) -> Placement:
         """The placement ``preset``'s ``[model]`` section asks for, ``auto`` resolved on this machine."""
         model = preset.model
-        return cls(model.resolved_device(), model.resolved_dtype(), model.gradient_checkpointing)
+        return cls(model.resolved_device(), model.resolved_dtype(), model.gradient_checkpointing, model.keep_hf)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -46,6 +48,15 @@ class Placement:
     def load(self) -> dict:
         """Keyword arguments for `load_causal_lm` (and `lens.load_model`)."""
         return {"device": self.device, "dtype": self.torch_dtype}
+
+    def lens(self) -> dict:
+        """Keyword arguments for `lens.load_model` in the experiments: `load` plus ``keep_hf``.
+
+        Example:
+            >>> Placement.of(load_preset("smoke")).lens()["keep_hf"]
+            True
+        """
+        return {**self.load(), "keep_hf": self.keep_hf}
 
     def trainer(self, bf16: bool = False) -> dict:
         """TRL / Trainer arguments for the training stages: the device, mixed precision, checkpointing.

@@ -47,13 +47,17 @@ class ModelConfig:
     ``path`` empty means the toy world (the base model is trained from scratch into the run dir); otherwise a
     local HF model dir or ``hf://<repo id>``, looked up in the local Hugging Face cache only. ``device`` ``auto``
     is CUDA when present; ``dtype`` ``auto`` is bfloat16 on CUDA and float32 elsewhere. The defaults (float32 on
-    the CPU) are what every stage did before these keys existed.
+    the CPU) are what every stage did before these keys existed. ``keep_hf``: the two experiments keep each model's
+    HF twin beside its TransformerLens copy (`lens.load_model(keep_hf=True)`), which generates and reads
+    activations about 2x faster on the toy but holds the weights twice; ``false`` for a model whose two copies do
+    not fit on the device (the experiments then run on TransformerLens alone, same results up to float rounding).
     """
 
     path: str = ""
     device: str = field(default="cpu", metadata=matches(r"auto|cpu|cuda(:\d+)?", '"auto", "cpu", "cuda" or "cuda:<n>"'))
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     gradient_checkpointing: bool = False
+    keep_hf: bool = True
 
     def resolved_device(self) -> str:
         """The device stages load onto: ``auto`` becomes ``cuda`` when torch sees a GPU, else ``cpu``."""
