@@ -261,7 +261,7 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     neutral = arithmetic_split(preset.section("task", TaskConfig), "test", preset.seed)[:cfg.n_steer]
     dirs = {"base": layout.base, "imad": layout.internalize(cfg.experiment)}
     for kind in MODELS:
-        # with [model] keep_hf the HF twin generates (hooks at the same resid_post site, identical greedy tokens, ~2x faster)
+        # with [model] keep_hf the HF twin generates (same resid_post hooks, same greedy tokens, ~2x faster)
         model = lens.load_model(dirs[kind], **run.placement.lens())
         if kind == "imad":
             probes["imad"] = lens.probe_layers(model, heldout).to_dict()
