@@ -45,8 +45,29 @@ def resolve_prepend_bos(model, prepend_bos: bool | None) -> bool:
     return prepend_bos
 
 
+class LabelledReadings:
+    """What a result with one label dict per reading (``labels``) offers: its labels by key."""
+
+    labels: list[dict]
+
+    def column(self, key: str) -> list:
+        """One label of every reading.
+
+        Args:
+            key: A label key (``"agent"``, ``"round"``, ``"persona"``, ...).
+
+        Returns:
+            Its value per reading, in reading order (``None`` where a reading has no such label).
+
+        Example:
+            >>> acts.column("agent")[:4]  # doctest: +SKIP
+            [1, 2, 3, 1]
+        """
+        return [lab.get(key) for lab in self.labels]
+
+
 @dataclass
-class ActivationSet:
+class ActivationSet(LabelledReadings):
     """Activations ``acts[i, n]`` at ``layers[i]`` for reading ``n``, with one label dict per reading.
 
     Collect once (`collect_activations`, `turn_activations`, `contrast_activations`), then fit as often as you like:
@@ -80,7 +101,21 @@ class ActivationSet:
         return [hook_name(l, self.site) for l in self.layers]
 
     def layer_index(self, layer: int) -> int:
-        """A model layer index (``-1`` = the model's last layer) as a non-negative one that was collected."""
+        """A model layer index (``-1`` = the model's last layer) as a non-negative one that was collected.
+
+        Args:
+            layer: A model layer index; negative ones count from the model's last layer.
+
+        Returns:
+            The non-negative index.
+
+        Raises:
+            LensInputError: the layer was not collected, or it is negative and the model's layer count is unknown.
+
+        Example:
+            >>> acts.layer_index(-1)  # doctest: +SKIP
+            3
+        """
         if isinstance(layer, int) and not isinstance(layer, bool) and layer < 0:
             if self.n_layers is None:
                 raise LensInputError(f"layer {layer} counts from the end, but these activations do not record the "
@@ -91,7 +126,21 @@ class ActivationSet:
         return layer
 
     def select_layers(self, layers: int | Sequence[int] | None) -> list[int]:
-        """Collected layers named by ``layers`` (``None``: all collected; negatives count from the model's end)."""
+        """Collected layers named by ``layers``.
+
+        Args:
+            layers: One layer, several, or ``None`` for every collected layer; negatives count from the model's end.
+
+        Returns:
+            Non-negative layer indices, in the order given.
+
+        Raises:
+            LensInputError: ``layers`` is empty or names a layer that was not collected.
+
+        Example:
+            >>> acts.select_layers([1, -1])  # doctest: +SKIP
+            [1, 3]
+        """
         if layers is None:
             return list(self.layers)
         layers = [layers] if isinstance(layers, int) else list(layers)
@@ -100,14 +149,33 @@ class ActivationSet:
         return [self.layer_index(l) for l in layers]
 
     def at(self, layer: int) -> Float[Tensor, "n d_model"]:
-        """Activations at one layer (by model layer index, not by position in ``layers``)."""
+        """Activations at one layer.
+
+        Args:
+            layer: A model layer index (not a position in ``layers``); negatives count from the model's end.
+
+        Returns:
+            ``[n_readings, d_model]`` activations.
+
+        Example:
+            >>> acts.at(2).shape  # doctest: +SKIP
+            torch.Size([120, 128])
+        """
         return self.acts[self.layers.index(self.layer_index(layer))]
 
-    def column(self, key: str) -> list:
-        return [lab.get(key) for lab in self.labels]
-
     def save(self, path: str | Path) -> Path:
-        """Safetensors (the tensor) + JSON sidecar (layers, site, position, labels); both written atomically."""
+        """Safetensors (the tensor) + JSON sidecar (layers, site, position, labels); both written atomically.
+
+        Args:
+            path: Where to write; the suffix becomes ``.safetensors`` and the sidecar ``.json``.
+
+        Returns:
+            The ``.safetensors`` path (`ActivationSet.load` reads it back).
+
+        Example:
+            >>> acts.save("runs/acts/main")  # doctest: +SKIP
+            PosixPath('runs/acts/main.safetensors')
+        """
         path = Path(path).with_suffix(".safetensors")
         atomic_save_tensors(path, {"acts": self.acts})
         atomic_write_json(path.with_suffix(".json"), {"layers": self.layers, "position": self.position,

@@ -162,9 +162,33 @@ class Transcript:
         return None if self.gold is None else self.consensus_answer == normalize_answer(self.gold)
 
     def round_turns(self, round_: int) -> list[Turn]:
+        """The turns of one round, in agent order.
+
+        Args:
+            round_: The round (1 = the first).
+
+        Returns:
+            Its turns (empty when the debate stopped earlier).
+
+        Example:
+            >>> [t.agent for t in transcript.round_turns(2)]  # doctest: +SKIP
+            [1, 2, 3]
+        """
         return [t for t in self.turns if t.round == round_]
 
     def persona_of(self, agent: int) -> str | None:
+        """The persona an agent was given.
+
+        Args:
+            agent: The agent (1 = the first).
+
+        Returns:
+            Its persona, or ``None`` when the transcript records no personas or none for this agent.
+
+        Example:
+            >>> transcript.persona_of(2)  # doctest: +SKIP
+            'critic'
+        """
         return None if self.personas is None or agent > len(self.personas) else self.personas[agent - 1]
 
     def to_dict(self) -> dict:

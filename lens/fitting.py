@@ -34,6 +34,18 @@ class Readings:
     slot: Int[Tensor, "n"]
 
     def subset(self, idx: Int[Tensor, "m"]) -> "Readings":
+        """The readings at ``idx`` (a fold of a cross-validation).
+
+        Args:
+            idx: Reading indices.
+
+        Returns:
+            A `Readings` of those rows.
+
+        Example:
+            >>> readings.subset(torch.tensor([0, 2])).x.shape  # doctest: +SKIP
+            torch.Size([2, 128])
+        """
         return Readings(self.x[idx], self.is_target[idx], self.slot[idx])
 
 

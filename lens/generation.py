@@ -55,7 +55,19 @@ class Generation:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def select(self, *, arm: Any = _ANY, alpha: Any = _ANY) -> list[str]:
-        """Texts of the rows with this arm and α (either may be left out), in prompt order."""
+        """Texts of the rows with this arm and α (either may be left out), in prompt order.
+
+        Args:
+            arm: The arm's name (``None`` is the single unnamed arm); left out, every arm.
+            alpha: The strength; left out, every α.
+
+        Returns:
+            The decoded responses of those rows.
+
+        Example:
+            >>> gen.select(arm="agent2", alpha=-1.0)[:1]  # doctest: +SKIP
+            ['I would talk it through openly ...']
+        """
         return [t for t, a, x in zip(self.texts, self.arm, self.alpha)
                 if (arm is _ANY or a == arm) and (alpha is _ANY or x == alpha)]
 

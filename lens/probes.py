@@ -10,7 +10,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lens.activations import ActivationSet, Position, turn_activations
+from lens.activations import ActivationSet, LabelledReadings, Position, turn_activations
 from lens.errors import LensInputError
 from lens.fitting import as_groups, group_folds, small_fits
 from lens.sites import DEFAULT_SITE, middle_layer
@@ -121,7 +121,7 @@ def probe_layers(source, transcripts=None, *, layers: int | Sequence[int] | None
 
 
 @dataclass
-class PCAProjection:
+class PCAProjection(LabelledReadings):
     """2-D (or n-D) PCA coordinates of every turn at one layer, with the turn labels for colouring."""
 
     coords: Float[Tensor, "n n_components"]
@@ -132,9 +132,6 @@ class PCAProjection:
     position: Position
     center: str
     site: str = DEFAULT_SITE
-
-    def column(self, key: str) -> list:
-        return [lab.get(key) for lab in self.labels]
 
 
 def pca_projection(source, transcripts=None, *, layer: int | None = None, position: Position = "turn_end",

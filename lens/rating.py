@@ -78,7 +78,22 @@ def _score_trait(trait, questions: Sequence[str], responses: Sequence[str]) -> l
 
 def response_perplexities(reference, pairs: Sequence[tuple[str, str]], *, batch_size: int = 16,
                           prepend_bos: bool | None = None) -> list[float]:
-    """Perplexity of each response given its prompt under ``reference`` (prompt tokens masked out)."""
+    """Perplexity of each response given its prompt under ``reference`` (prompt tokens masked out): how fluent
+    steered text still reads to an unsteered model.
+
+    Args:
+        reference: A model loaded with `lens.load_model` (its tokenizer tokenizes the pairs).
+        pairs: ``(prompt, response)`` texts.
+        batch_size: Rows per forward pass.
+        prepend_bos: Prepend BOS to each prompt (default: the model's own choice).
+
+    Returns:
+        exp(mean negative log-likelihood of the response tokens) per pair; NaN for an empty response.
+
+    Example:
+        >>> response_perplexities(model, [("Q: 2+2?", " 4")])  # doctest: +SKIP
+        [3.1]
+    """
     tok = reference.tokenizer
     bos = [tok.bos_token_id] if resolve_prepend_bos(reference, prepend_bos) else []
     rows = [(bos + tok(p, add_special_tokens=False)["input_ids"], tok(r, add_special_tokens=False)["input_ids"])
@@ -204,7 +219,19 @@ def rate_suppression(model, subspace: AgentSubspace | Add, *, alphas: Sequence[f
 
 def suppression_auc(alphas: Sequence[float], trait_mean: Sequence[float]) -> float:
     """Trapezoid mean over the α range of the relative suppression max(0, trait(0) − trait(α)) / trait(0):
-    0 = no suppression anywhere, 1 = the trait gone at every α. Pass the α range you care about."""
+    0 = no suppression anywhere, 1 = the trait gone at every α. Pass the α range you care about.
+
+    Args:
+        alphas: The strengths, including 0.
+        trait_mean: The mean trait score at each strength.
+
+    Returns:
+        The mean relative suppression in [0, 1]; NaN when the unsteered trait is 0 or fewer than two strengths.
+
+    Example:
+        >>> suppression_auc([0.0, 1.0, 2.0], [80.0, 40.0, 0.0])
+        0.5
+    """
     i0 = list(alphas).index(0.0)
     t0 = trait_mean[i0]
     if not t0 > 0 or len(alphas) < 2:

@@ -78,7 +78,18 @@ class AgentSubspace:
                 "provenance": self.provenance, "k": self.k, "d_model": self.d_model, "site": self.site}
 
     def save(self, path: str | Path) -> Path:
-        """``path.safetensors`` (the basis) + ``path.json`` (everything else), both atomic."""
+        """``path.safetensors`` (the basis) + ``path.json`` (everything else), both atomic.
+
+        Args:
+            path: Where to write; the suffix becomes ``.safetensors`` and the sidecar ``.json``.
+
+        Returns:
+            The ``.safetensors`` path (`AgentSubspace.load` reads it back).
+
+        Example:
+            >>> subspace.save("runs/vectors/agent2")  # doctest: +SKIP
+            PosixPath('runs/vectors/agent2.safetensors')
+        """
         path = Path(path).with_suffix(".safetensors")
         atomic_save_tensors(path, {"basis": self.basis}, metadata={"hook_name": self.hook_name})
         atomic_write_json(path.with_suffix(".json"), self._meta())
