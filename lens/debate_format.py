@@ -39,7 +39,22 @@ class DebateFormatError(LensInputError):
 
 
 def agent_tag(agent: int, round_: int) -> str:
-    """The tag opening agent ``agent``'s turn (1-based) in round ``round_`` (1-based)."""
+    """The tag opening agent ``agent``'s turn (1-based) in round ``round_`` (1-based).
+
+    Args:
+        agent: The agent, 1..3.
+        round_: The round, 1 or 2.
+
+    Returns:
+        The paper's tag.
+
+    Raises:
+        DebateFormatError: the agent or round is out of range.
+
+    Example:
+        >>> agent_tag(2, 2)
+        '<|Agent 2 Revision|>'
+    """
     if not 1 <= agent <= MAX_AGENTS:
         raise DebateFormatError(f"agent {agent} is out of range: agents are numbered 1..{MAX_AGENTS}")
     if round_ not in (1, 2):
@@ -59,7 +74,18 @@ def _tag_meaning(tag: str) -> tuple[str, int, int]:
 
 
 def extract_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` (nested braces allowed; ``\\(\\boxed{x}\\)`` works too)."""
+    r"""The content of the last ``\boxed{...}`` (nested braces allowed; ``\(\boxed{x}\)`` works too).
+
+    Args:
+        text: A response.
+
+    Returns:
+        The boxed answer, normalised by `normalize_answer`; ``None`` when nothing is boxed.
+
+    Example:
+        >>> extract_boxed(r"2+3=5, so \boxed{1,005.} and then \boxed{ 12 }")
+        '12'
+    """
     found = None
     for m in _BOXED_RE.finditer(text):
         depth, i = 1, m.end()
@@ -72,7 +98,18 @@ def extract_boxed(text: str) -> str | None:
 
 
 def normalize_answer(answer: str) -> str:
-    """Canonical answer string for exact match: no spaces, no thousands commas, no trailing period, ``-`` minus."""
+    """Canonical answer string for exact match: no spaces, no thousands commas, no trailing period, ``-`` minus.
+
+    Args:
+        answer: An answer as written.
+
+    Returns:
+        The canonical string (numbers lose their commas and trailing period; other answers keep their text).
+
+    Example:
+        >>> normalize_answer(" \u22121,234. ")
+        '-1234'
+    """
     a = answer.strip().strip("$").replace("\u2212", "-").replace(" ", "")
     if re.fullmatch(r"-?[\d,]+(\.\d+)?\.?", a):
         a = a.replace(",", "").rstrip(".")
@@ -80,7 +117,18 @@ def normalize_answer(answer: str) -> str:
 
 
 def majority(answers: Sequence[str | None]) -> str | None:
-    """The answer held by more than half of ``answers`` (``None`` answers count against), else ``None``."""
+    """The answer held by more than half of ``answers`` (``None`` answers count against), else ``None``.
+
+    Args:
+        answers: One answer per agent (``None``: the agent gave none).
+
+    Returns:
+        The strict-majority answer, or ``None``.
+
+    Example:
+        >>> majority(["7", None, "7"]), majority(["7", None, "5"])
+        ('7', None)
+    """
     counts = Counter(a for a in answers if a is not None)
     if not counts:
         return None
@@ -89,7 +137,18 @@ def majority(answers: Sequence[str | None]) -> str | None:
 
 
 def consensus_line(answers: Sequence[str | None]) -> str | None:
-    """The paper's consensus sentence for the final-round ``answers``, or ``None`` when there is no majority."""
+    r"""The paper's consensus sentence for the final-round ``answers``, or ``None`` when there is no majority.
+
+    Args:
+        answers: The agents' final-round answers.
+
+    Returns:
+        The full-consensus sentence when all agree, the majority sentence when more than half do, else ``None``.
+
+    Example:
+        >>> consensus_line(["7", "7", "5"])
+        'A majority of agents converged on the solution of \\boxed{7}'
+    """
     top = majority(answers)
     if top is None:
         return None
@@ -204,7 +263,17 @@ class Transcript:
 
 
 def validate(t: Transcript) -> None:
-    """Raise `DebateFormatError` unless rounds and agents come in order, and no turn or consensus is empty."""
+    """Raise `DebateFormatError` unless rounds and agents come in order, and no turn or consensus is empty.
+
+    Args:
+        t: The transcript (`Transcript` validates itself when built, so this matters for one changed in place).
+
+    Raises:
+        DebateFormatError: one sentence naming the trace and the problem.
+
+    Example:
+        >>> validate(transcript)  # doctest: +SKIP
+    """
     if not t.turns:
         raise DebateFormatError(f"trace {t.name}: has no agent turns; a debate needs at least Agent 1's solution")
     expected_round, last_agent = 1, 0
@@ -230,7 +299,26 @@ def validate(t: Transcript) -> None:
 
 
 def render_trace(t: Transcript) -> str:
-    """The paper's trace text for ``t`` (no ``Problem:`` prefix)."""
+    r"""The paper's trace text for ``t`` (no ``Problem:`` prefix).
+
+    Args:
+        t: The transcript.
+
+    Returns:
+        Tagged text exactly as the paper's released traces are written; `parse_trace` reads it back.
+
+    Example:
+        >>> t = Transcript("1+1", [Turn(1, 1, "\\boxed{2}")], "All agents reached a consensus of \\boxed{2}")
+        >>> print(render_trace(t))
+        <|Round 1 - Initial Solutions|>
+        <BLANKLINE>
+        <|Agent 1 Solution|>: \boxed{2}
+        <BLANKLINE>
+        <|Consensus|>
+        All agents reached a consensus of \boxed{2}
+        <BLANKLINE>
+        <|endofdebate|>
+    """
     return "".join(_render_parts(t))
 
 
@@ -247,17 +335,53 @@ def _render_parts(t: Transcript) -> Iterator[str]:
 
 
 def prompt_text(question: str) -> str:
-    """The prompt stage 1, stage 2 and steering share: ``Problem: {q}\\n\\n``."""
+    r"""The prompt stage 1, stage 2 and steering share: ``Problem: {q}\n\n``.
+
+    Args:
+        question: The question.
+
+    Returns:
+        The prompt text.
+
+    Example:
+        >>> prompt_text("2+3*4")
+        'Problem: 2+3*4\n\n'
+    """
     return PROBLEM_PREFIX.format(question=question)
 
 
 def training_text(t: Transcript) -> str:
-    """Prompt plus trace: what stage 1 trains on (the prompt part is masked)."""
+    """Prompt plus trace: what stage 1 trains on (the prompt part is masked).
+
+    Args:
+        t: The transcript.
+
+    Returns:
+        `prompt_text` of its question followed by `render_trace`.
+
+    Example:
+        >>> training_text(transcript).startswith("Problem: ")  # doctest: +SKIP
+        True
+    """
     return prompt_text(t.question) + render_trace(t)
 
 
 def turn_spans(t: Transcript, *, with_prompt: bool = True) -> list[TurnSpan]:
-    """Character spans of every turn's text within `training_text` (or `render_trace` without the prompt)."""
+    r"""Character spans of every turn's text within `training_text` (or `render_trace` without the prompt).
+
+    Args:
+        t: The transcript.
+        with_prompt: Offsets into `training_text` (default) or into `render_trace`.
+
+    Returns:
+        One `TurnSpan` per turn, in order; ``text[span.start:span.end] == span.turn.text``.
+
+    Example:
+        >>> t = Transcript("1+1", [Turn(1, 1, "\\boxed{2}")], "All agents reached a consensus of \\boxed{2}")
+        >>> s = turn_spans(t)[0]
+        >>> training_text(t)[s.start:s.end]
+        '\\boxed{2}'
+    """
     pos = len(prompt_text(t.question)) if with_prompt else 0
     spans, turns = [], iter(t.turns)
     parts = list(_render_parts(t))
@@ -270,7 +394,26 @@ def turn_spans(t: Transcript, *, with_prompt: bool = True) -> list[TurnSpan]:
 
 def parse_trace(trace: str, *, question: str, gold: str | None = None, personas: Sequence[str] | None = None,
                 id: str | None = None) -> Transcript:
-    """Parse the paper's trace text back into a `Transcript`; `render_trace` gives ``trace`` back exactly."""
+    """Parse the paper's trace text back into a `Transcript`; `render_trace` gives ``trace`` back exactly.
+
+    Args:
+        trace: The tagged trace (the paper's ``debate_trace``).
+        question: The question it debates.
+        gold: The gold answer, if known.
+        personas: The agents' personas, if known (agent 1 first).
+        id: A name for error messages and for the transcript.
+
+    Returns:
+        The transcript.
+
+    Raises:
+        DebateFormatError: text outside the tags, missing or misplaced tags, or turns out of order, naming the trace.
+
+    Example:
+        >>> t = parse_trace(render_trace(transcript), question=transcript.question)  # doctest: +SKIP
+        >>> render_trace(t) == render_trace(transcript)  # doctest: +SKIP
+        True
+    """
     name = id if id is not None else repr(question[:40])
     pieces = _TAG_RE.split(trace)
     tags = _TAG_RE.findall(trace)
@@ -361,7 +504,19 @@ def read_paper_json(path: str | Path) -> list[Transcript]:
 
 
 def write_jsonl(transcripts: Iterable[Transcript], path: str | Path) -> Path:
-    """Write transcripts as JSONL atomically (temp file, then rename)."""
+    """Write transcripts as JSONL atomically (temp file, then rename).
+
+    Args:
+        transcripts: The transcripts.
+        path: The file to write.
+
+    Returns:
+        The path written (`read_jsonl` reads it back).
+
+    Example:
+        >>> write_jsonl(transcripts, "debates.jsonl")  # doctest: +SKIP
+        PosixPath('debates.jsonl')
+    """
     return atomic_write_text(path, "".join(json.dumps(t.to_dict()) + "\n" for t in transcripts))
 
 

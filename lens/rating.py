@@ -26,6 +26,9 @@ from lens.subspace import AgentSubspace
 
 @runtime_checkable
 class Judge(Protocol):
+    """A trait judge: ``score_many(questions, responses)`` gives one score in 0..100 per response (``None`` where it
+    cannot score one)."""
+
     def score_many(self, questions: Sequence[str], responses: Sequence[str]) -> Sequence[float | None]: ...
 
 
@@ -56,7 +59,18 @@ class SuppressionReport:
 
 
 def mean_se(values: Sequence[float | None]) -> tuple[float, float]:
-    """Mean and standard error of ``values``, Nones and NaNs dropped (SE 0 for one value, NaN for none)."""
+    """Mean and standard error of ``values``, Nones and NaNs dropped (SE 0 for one value, NaN for none).
+
+    Args:
+        values: Scores; ``None`` (a judge that could not score) and NaN are left out.
+
+    Returns:
+        ``(mean, standard error)`` with the sample standard deviation (ddof 1).
+
+    Example:
+        >>> mean_se([10.0, None, 30.0])
+        (20.0, 10.0)
+    """
     v = np.array([x for x in values if x is not None and not math.isnan(x)], dtype=float)
     if len(v) == 0:
         return float("nan"), float("nan")
@@ -403,6 +417,18 @@ def capability_over(model, add: Add, alphas: Sequence[float], capability: Callab
     """``capability`` under ``add`` scaled by each of ``alphas``: one batched pass for a `GridCapability`, else
     one call per α under `intervene`.
 
+    Args:
+        model: A model loaded with `lens.load_model`.
+        add: The intervention at strength 1 (each α scales its strength).
+        alphas: The strengths.
+        capability: ``model -> score``, or a `GridCapability` that scores a whole grid in one batched pass.
+
+    Returns:
+        The capability at each α, in the order of ``alphas``.
+
+    Raises:
+        LensInputError: a `GridCapability` returned a different number of values than ``alphas``.
+
     Example:
         >>> capability_over(model, Add(sub, 1.0), [-0.2, 0.0, 0.2], accuracy)  # doctest: +SKIP
         [0.4, 0.7, 0.65]
@@ -423,6 +449,17 @@ def capability_over(model, add: Add, alphas: Sequence[float], capability: Callab
 def strength_grid(negative: float, positive: float, n: int) -> list[float]:
     """``n`` evenly spaced strengths from 0 to each end (both included), plus 0: the grid scored on the test
     items once `halving_strength` has found the ends.
+
+    Args:
+        negative: The end in the negative direction (≤ 0).
+        positive: The end in the positive direction (≥ 0).
+        n: Points per direction, the end included.
+
+    Returns:
+        The sorted strengths, 0 once.
+
+    Raises:
+        LensInputError: ``n`` is below 1.
 
     Example:
         >>> strength_grid(-1.0, 2.0, 2)
