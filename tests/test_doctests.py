@@ -1,0 +1,31 @@
+"""lens's docstring examples are behaviour: every example not marked ``+SKIP`` (those need a trained model or
+a run dir) runs and prints what its docstring says, with ``lens`` and ``torch`` imported as a user would."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+
+import pytest
+import torch
+
+import lens
+
+MODULES = sorted(m.name for m in pkgutil.iter_modules(lens.__path__, "lens."))
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples_run(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an example that writes a file writes it here
+    result = doctest.testmod(importlib.import_module(name), extraglobs={"lens": lens, "torch": torch},
+                             optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0, (f"{result.failed} of {result.attempted} docstring examples of {name} failed; "
+                                f"see the output above, or run python -m doctest -v {name.replace('.', '/')}.py")
+
+
+def test_the_debate_format_examples_are_counted():
+    """The format users write their own transcripts in keeps runnable examples (a test that finds none would pass
+    vacuously)."""
+    result = doctest.testmod(importlib.import_module("lens.debate_format"))
+    assert result.failed == 0 and result.attempted >= 10
