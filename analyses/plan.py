@@ -275,7 +275,7 @@ def plan(preset: Preset, run_dir: str | Path, *, out: Callable[[str], None] = pr
         0 when every check passes, 1 otherwise (each failing check is then one sentence at the end).
 
     Example:
-        >>> plan(load_preset("smoke", ["sft.max_steps=2"]), "runs/smoke")
+        >>> plan(load_preset("smoke", ["sft.max_steps=2"]), "runs/smoke")  # doctest: +SKIP
         0
     """
     run_dir = Path(run_dir)

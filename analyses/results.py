@@ -21,7 +21,7 @@ def load_results(run_dir: str | Path, experiment: str) -> dict:
         The experiment's ``results.json``.
 
     Example:
-        >>> load_results("runs/toy", "agent_subspaces")["auc"]
+        >>> load_results("runs/toy", "agent_subspaces")["auc"]  # doctest: +SKIP
     """
     path = RunLayout(Path(run_dir)).analysis(experiment) / RESULTS
     if not path.is_file():

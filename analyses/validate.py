@@ -45,6 +45,7 @@ def validate_preset(preset: Preset) -> dict[str, object]:
         PresetError: an unknown section or key, a wrong type or an impossible value, as one sentence.
 
     Example:
+        >>> from training.presets import load_preset
         >>> validate_preset(load_preset("smoke", ["sft.max_steps=2"]))["sft"].max_steps
         2
     """

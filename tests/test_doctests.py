@@ -1,5 +1,6 @@
-"""lens's docstring examples are behaviour: every example not marked ``+SKIP`` (those need a trained model or
-a run dir) runs and prints what its docstring says, with ``lens`` and ``torch`` imported as a user would."""
+"""Docstring examples are behaviour: every example in ``lens``, ``training`` and ``analyses`` not marked ``+SKIP``
+(those need a trained model or a run dir) runs and prints what its docstring says, with ``lens`` and ``torch``
+imported as a user would."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ import pkgutil
 import pytest
 import torch
 
+import analyses
 import lens
+import training
 
-MODULES = sorted(m.name for m in pkgutil.iter_modules(lens.__path__, "lens."))
+MODULES = sorted(m.name for pkg in (lens, training, analyses)
+                 for m in pkgutil.iter_modules(pkg.__path__, pkg.__name__ + "."))
 
 
 @pytest.mark.parametrize("name", MODULES)

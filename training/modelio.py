@@ -22,6 +22,7 @@ class Placement:
     resolved once.
 
     Example:
+        >>> from training.presets import load_preset
         >>> Placement.of(load_preset("smoke")).torch_dtype
         torch.float32
     """
@@ -53,6 +54,7 @@ class Placement:
         """Keyword arguments for `lens.load_model` in the experiments: `load` plus ``keep_hf``.
 
         Example:
+            >>> from training.presets import load_preset
             >>> Placement.of(load_preset("smoke")).lens()["keep_hf"]
             True
         """
@@ -82,7 +84,7 @@ def load_causal_lm(path: str | Path, *, device: str | torch.device = "cpu",
         The model (in train mode, as ``from_pretrained`` leaves it; call ``.eval()`` for inference).
 
     Example:
-        >>> model = load_causal_lm("runs/toy/sft/main").eval()
+        >>> model = load_causal_lm("runs/toy/sft/main").eval()  # doctest: +SKIP
     """
     path = Path(path)
     if (path / "adapter_config.json").is_file():

@@ -118,8 +118,14 @@ class Preset:
             PresetError: an unknown section, or the first bad key, as one sentence.
 
         Example:
-            >>> load_preset("smoke").validate({"sft": Stage1Config})["sft"].max_steps
+            >>> from training.sft import Stage1Config
+            >>> mine = Preset("mine", Path("mine.toml"), {"meta": {"seed": 1}, "sft": {"max_steps": 4}})
+            >>> mine.validate({"sft": Stage1Config})["sft"].max_steps
             4
+            >>> mine.validate({})
+            Traceback (most recent call last):
+            ...
+            training.errors.PresetError: preset 'mine': unknown section [sft]; valid: meta, model
         """
         known = {"meta": MetaConfig, "model": ModelConfig, **sections}
         unknown = sorted(set(self.data) - set(known))

@@ -229,8 +229,8 @@ def correctness_reward(vocab: TagVocab, spec: RewardSpec, check_for: Callable[[s
         ``correctness(prompts, completions, completion_ids, question, gold, **_) -> list[float]``.
 
     Example:
-        >>> reward = correctness_reward(vocab, RewardSpec(budget=500, coeff=0.05), lambda q, g: gold_match(g))
-        >>> reward(prompts, completions, completion_ids, question=questions, gold=golds)
+        >>> reward = correctness_reward(vocab, RewardSpec(budget=500, coeff=0.05), lambda q, g: gold_match(g))  # doctest: +SKIP
+        >>> reward(prompts, completions, completion_ids, question=questions, gold=golds)  # doctest: +SKIP
     """
     def correctness(prompts, completions, completion_ids, question, gold, **_) -> list[float]:
         return [score_completion(ids, vocab, spec, check_for(q, g)).correct
@@ -251,7 +251,7 @@ def structure_reward(vocab: TagVocab, spec: RewardSpec) -> Callable[..., list[fl
         ``structure(prompts, completions, completion_ids, **_) -> list[float]``.
 
     Example:
-        >>> structure_reward(vocab, RewardSpec(budget=2048, coeff=1.0))(prompts, completions, completion_ids)
+        >>> structure_reward(vocab, RewardSpec(budget=2048, coeff=1.0))(prompts, completions, completion_ids)  # doctest: +SKIP
     """
     def structure(prompts, completions, completion_ids, **_) -> list[float]:
         return [structure_score(vocab.segments(list(ids)[: spec.budget]), spec) for ids in completion_ids]

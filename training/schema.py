@@ -92,7 +92,7 @@ def bounds(*, ge: float | None = None, gt: float | None = None, le: float | None
         The ``metadata`` mapping for ``dataclasses.field``.
 
     Example:
-        >>> lora_r: int = field(default=64, metadata=bounds(ge=1))
+        >>> lora_r: int = field(default=64, metadata=bounds(ge=1))  # doctest: +SKIP
     """
     return {VALID: Range(ge=ge, gt=gt, le=le, lt=lt, also=tuple(also), nonempty=nonempty)}
 
@@ -101,7 +101,7 @@ def matches(pattern: str, text: str) -> dict:
     """Field metadata declaring that a string must match ``pattern`` (``text`` names the valid strings).
 
     Example:
-        >>> device: str = field(default="cpu", metadata=matches(r"auto|cpu|cuda(:\\d+)?", "auto, cpu, cuda or cuda:<n>"))
+        >>> device: str = field(default="cpu", metadata=matches(r"auto|cpu|cuda(:\\d+)?", "auto, cpu, cuda or cuda:<n>"))  # doctest: +SKIP
     """
     return {VALID: Matches(pattern, text)}
 
@@ -292,6 +292,7 @@ def parse_section(cls: type, raw: Any, where: str) -> Any:
         PresetError: one sentence naming the key, the value and what is valid.
 
     Example:
+        >>> from training.sft import Stage1Config
         >>> parse_section(Stage1Config, {"learning_rate": 1e-4}, "preset 'mine' [sft]").learning_rate
         0.0001
     """

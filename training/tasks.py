@@ -104,13 +104,33 @@ class FileQuestion:
 
 def gold_answer(question: object) -> str | None:
     """The exact answer of a question that has one (arithmetic, a debate file's); ``None`` for trait questions
-    (judged, not matched)."""
+    (judged, not matched).
+
+    Args:
+        question: A question object (`ArithmeticProblem`, `TraitQuestion`, a debate file's question).
+
+    Returns:
+        Its ``answer`` as a string, or ``None``.
+
+    Example:
+        >>> gold_answer(ArithmeticProblem.from_operands((1, 2, 3, 4, 5, 6)))
+        '-19'
+    """
     answer = getattr(question, "answer", None)
     return None if answer is None else str(answer)
 
 
 def read_question_file(path: str | Path) -> list[str]:
     """A JSON list of question strings (the paper's ``data/{evil,hallu}_{train,test}.json``).
+
+    Args:
+        path: The JSON file.
+
+    Returns:
+        The questions, in file order.
+
+    Raises:
+        ValueError: the file is missing, not JSON, not a list, or holds an empty or non-string item.
 
     Example:
         >>> read_question_file("data/evil_test.json")[:1]  # doctest: +SKIP
@@ -142,7 +162,23 @@ def _in_test(text: str, fraction: float) -> bool:
 
 
 def arithmetic_split(cfg: TaskConfig, split: str, seed: int = 0) -> list[ArithmeticProblem]:
-    """``cfg.n_train`` or ``cfg.n_test`` distinct problems from the split's partition, drawn with ``seed``."""
+    """``cfg.n_train`` or ``cfg.n_test`` distinct problems from the split's partition, drawn with ``seed``.
+
+    Args:
+        cfg: The preset's ``[task]`` section.
+        split: ``train`` or ``test`` (a stable hash of each question decides its partition, for every seed).
+        seed: Which draw from the partition.
+
+    Returns:
+        The problems, the same for the same arguments.
+
+    Raises:
+        ValueError: an unknown split, or more problems asked for than the operand range gives.
+
+    Example:
+        >>> arithmetic_split(TaskConfig(n_train=100, n_test=2), "test")[0].question
+        '2+3*2+5-4*9'
+    """
     _check_split(split)
     n = cfg.n_train if split == "train" else cfg.n_test
     want_test = split == "test"
@@ -285,7 +321,24 @@ def _all_trait_questions(trait: str) -> list[TraitQuestion]:
 
 
 def trait_split(cfg: TaskConfig, trait: str, split: str, seed: int = 0) -> list[TraitQuestion]:
-    """``cfg.n_trait_train`` or ``cfg.n_trait_test`` distinct questions for ``trait`` from the split's partition."""
+    """``cfg.n_trait_train`` or ``cfg.n_trait_test`` distinct questions for ``trait`` from the split's partition.
+
+    Args:
+        cfg: The preset's ``[task]`` section.
+        trait: ``evil`` or ``hallucination``.
+        split: ``train`` or ``test``.
+        seed: Which draw from the partition.
+
+    Returns:
+        The questions (the toy templates; `read_question_file` reads the paper's).
+
+    Raises:
+        ValueError: an unknown trait or split, or more questions asked for than the templates give.
+
+    Example:
+        >>> len(trait_split(TaskConfig(), "evil", "test"))
+        100
+    """
     _check_split(split)
     pool = [q for q in _all_trait_questions(trait)
             if _in_test(q.question, cfg.test_fraction) == (split == "test")]

@@ -118,7 +118,7 @@ def generation_threads(environ: MutableMapping[str, str] = os.environ) -> Iterat
         The thread count in force inside the block.
 
     Example:
-        >>> with generation_threads() as n:
+        >>> with generation_threads() as n:  # doctest: +SKIP
         ...     outs = lens.generate(model, prompts, alphas=[0.0, 5.0], interventions=sub)
     """
     import torch
