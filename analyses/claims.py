@@ -32,14 +32,47 @@ class Claim:
 
     @property
     def verdict(self) -> str:
+        """The claim's verdict in words, from ``reproduced``.
+
+        Returns:
+            ``"reproduced"`` (True), ``"not reproduced"`` (False) or ``"not run"`` (None).
+
+        Example:
+            >>> from analyses.claims import Claim
+            >>> Claim("tokens_vs_debate", "IMAD tokens ≤ 10% of Debate's", "6.3–21.1%", "Table 1 missing", None).verdict
+            'not run'
+        """
         return {True: "reproduced", False: "not reproduced", None: "not run"}[self.reproduced]
 
     def to_dict(self) -> dict:
+        """The claim as a plain dict, as ``results.json`` stores it.
+
+        Returns:
+            Every field, plus ``verdict``.
+
+        Example:
+            >>> from analyses.claims import Claim
+            >>> Claim("x", "a claim", "the paper's number", "ours", True).to_dict()["verdict"]
+            'reproduced'
+        """
         return {**asdict(self), "verdict": self.verdict}
 
 
 def iv(estimate, ci) -> dict:
-    """An interval entry of a claim: ``{"estimate", "ci": [lo, hi]}`` (None where unknown)."""
+    """An interval entry of a claim: ``{"estimate", "ci": [lo, hi]}`` (None where unknown).
+
+    Args:
+        estimate: The point estimate (None or NaN: unknown).
+        ci: ``[lo, hi]``, or None when there is no interval.
+
+    Returns:
+        ``{"estimate": float | None, "ci": [lo, hi]}``, NaN as None.
+
+    Example:
+        >>> from analyses.claims import iv
+        >>> iv(0.5, [0.4, 0.6]), iv(float("nan"), None)
+        ({'estimate': 0.5, 'ci': [0.4, 0.6]}, {'estimate': None, 'ci': [None, None]})
+    """
     lo, hi = (ci or [None, None])
     return {"estimate": _none(estimate), "ci": [_none(lo), _none(hi)]}
 
@@ -83,7 +116,25 @@ MISSING = {"table": iv(None, None)}
 def token_efficiency_claims(methods: dict[str, dict] | None, paired: dict[str, dict] | None = None) -> list[Claim]:
     """Table 1 claims from ``{method: row}`` (``accuracy`` in [0, 1], ``tokens`` per question, ``ci``) and the
     paired intervals ``paired`` (`analyses.stats.table1_intervals`: ``"IMAD−Debate"`` accuracy difference,
-    ``"IMAD/Debate tokens"`` ratio, ...)."""
+    ``"IMAD/Debate tokens"`` ratio, ...).
+
+    Args:
+        methods: Table 1's rows by method name (matched case-insensitively), each with ``accuracy`` (0–1), ``tokens``
+            per question, ``ci`` and ``method``; None when Table 1 is missing.
+        paired: The paired interval entries by name (`analyses.stats.table1_intervals`, as dicts); None: none.
+
+    Returns:
+        ``tokens_vs_debate``, ``accuracy_vs_debate``, ``debate_vs_single``, ``imad_vs_single_rl`` and, with IMAD and
+        SFT rows, ``tokens_vs_sft``.
+
+    Example:
+        >>> from analyses.claims import iv, token_efficiency_claims
+        >>> rows = {"IMAD": {"method": "IMAD", "accuracy": 0.6, "tokens": 50.0, "ci": [0.5, 0.7]},
+        ...         "Debate": {"method": "Debate", "accuracy": 0.5, "tokens": 900.0, "ci": [0.4, 0.6]}}
+        >>> paired = {"IMAD/Debate tokens": iv(0.06, [0.05, 0.07]), "IMAD−Debate": iv(0.1, [0.02, 0.18])}
+        >>> [c.verdict for c in token_efficiency_claims(rows, paired)]
+        ['reproduced', 'reproduced', 'not run', 'not run']
+    """
     m = {k.lower(): v for k, v in (methods or {}).items()}
     p = paired or {}
     have = "imad" in m and "debate" in m
@@ -162,7 +213,20 @@ def _diff_claim(cid: str, text: str, paper: str, m: dict, p: dict, a: str, b: st
 
 def subspace_claims(results: dict | None) -> list[Claim]:
     """Agent-subspace claims from the agent_subspaces results (``auc`` with paired ``diff`` intervals,
-    ``capability_drop`` and ``steerability``)."""
+    ``capability_drop`` and ``steerability``).
+
+    Args:
+        results: The agent_subspaces ``results.json`` (`analyses.results.load_results`); None when missing.
+
+    Returns:
+        ``rouge_auc`` and ``steering_lowers_capability`` (*not run* without results), plus ``steerability`` when the
+        results carry its gain differences.
+
+    Example:
+        >>> from analyses.claims import subspace_claims
+        >>> [(c.id, c.verdict) for c in subspace_claims(None)]
+        [('rouge_auc', 'not run'), ('steering_lowers_capability', 'not run')]
+    """
     if not results:
         return [Claim("rouge_auc", "ROUGE AUC IMAD > base for all three agents", "+15.4% mean (6.1–25.0%)",
                       "agent-subspace results missing", None, MISSING),
@@ -228,7 +292,19 @@ def _at(block: dict, key: str, alpha: float) -> dict:
 
 def malicious_claims(results: dict | None) -> list[Claim]:
     """Malicious-agent claims from the malicious results (per trait: ``base`` and ``imad`` curves over α with
-    ``trait_ci`` / ``capability_ci``)."""
+    ``trait_ci`` / ``capability_ci``).
+
+    Args:
+        results: The malicious ``results.json`` (`analyses.results.load_results`); None when missing.
+
+    Returns:
+        ``evil_suppressed``, ``hallucination_partial`` (only with hallucination results) and ``capability_stable``.
+
+    Example:
+        >>> from analyses.claims import malicious_claims
+        >>> [(c.id, c.verdict) for c in malicious_claims(None)]
+        [('evil_suppressed', 'not run'), ('capability_stable', 'not run')]
+    """
     traits = (results or {}).get("traits", {})
     claims = []
     evil = traits.get("evil")

@@ -36,6 +36,18 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``latent-agents`` argument parser: ``toy base``, one command per stage, ``reproduce``, ``plan`` and
+    ``spread``.
+
+    Returns:
+        The parser; ``command`` names the chosen command.
+
+    Example:
+        >>> from analyses.cli import build_parser
+        >>> args = build_parser().parse_args(["plan", "--preset", "smoke", "--set", "sft.max_steps=2"])
+        >>> args.command, args.preset, args.overrides
+        ('plan', 'smoke', ['sft.max_steps=2'])
+    """
     parser = argparse.ArgumentParser(prog="latent-agents", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     toy = sub.add_parser("toy", help="the toy world")
@@ -129,7 +141,18 @@ def _fail(message: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (0 done, 1 ``plan`` found a failing check, 2 an anticipated
-    error, printed as one line)."""
+    error, printed as one line).
+
+    Args:
+        argv: The arguments after the program name (None: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status.
+
+    Example:
+        >>> main(["plan", "--preset", "smoke"])  # doctest: +SKIP
+        0
+    """
     args = build_parser().parse_args(argv)
     try:
         configure_threads()  # before torch is imported: OpenMP reads its settings when it loads

@@ -40,7 +40,19 @@ def stage2_curves(curves: dict[str, list[dict]]) -> go.Figure:
 
 
 def rouge_curves(results: dict) -> go.Figure:
-    """ROUGE-1/2/L vs α per agent, base (grey) vs IMAD (red): paper Fig. 9."""
+    """ROUGE-1/2/L vs α per agent, base (grey) vs IMAD (red): paper Fig. 9.
+
+    Args:
+        results: The agent_subspaces results (``auc``, ``personas``, ``alphas``, ``rouge``, ``alpha_unit``).
+
+    Returns:
+        The plotly figure: one row per agent, one column per metric, a base and an IMAD curve in each.
+
+    Example:
+        >>> fig = rouge_curves(load_results("runs/toy", "agent_subspaces"))  # doctest: +SKIP
+        >>> len(fig.data)  # doctest: +SKIP
+        18
+    """
     agents = list(results["auc"])
     metrics = list(METRIC_NAMES)
     fig = make_subplots(rows=len(agents), cols=len(metrics), shared_xaxes=True,
@@ -59,7 +71,20 @@ def rouge_curves(results: dict) -> go.Figure:
 
 
 def rouge_auc_bars(results: dict) -> go.Figure:
-    """Area under each ROUGE-vs-α curve per agent and metric, base vs IMAD, with the % difference on top."""
+    """Area under each ROUGE-vs-α curve per agent and metric, base vs IMAD, with the % difference on top.
+
+    Args:
+        results: The agent_subspaces results (``auc``: per agent and metric, ``base``, ``imad`` and ``pct``).
+
+    Returns:
+        The plotly figure: grouped bars, base and IMAD, one group per agent and metric.
+
+    Example:
+        >>> from analyses.figures import rouge_auc_bars
+        >>> fig = rouge_auc_bars({"auc": {"1": {"rougeL": {"base": 1.0, "imad": 1.2, "pct": 20.0}}}})
+        >>> [t.name for t in fig.data], fig.data[1].text
+        (['base', 'imad'], ('+20.0%',))
+    """
     fig = go.Figure()
     labels = [f"agent {a} {METRIC_NAMES[m]}" for a, ms in results["auc"].items() for m in ms]
     for model, color in MODEL_COLORS.items():
@@ -72,7 +97,23 @@ def rouge_auc_bars(results: dict) -> go.Figure:
 
 
 def capability_under_steering(results: dict) -> go.Figure:
-    """Arithmetic accuracy while steering with each agent's vector, base and IMAD: paper Fig. 11."""
+    """Arithmetic accuracy while steering with each agent's vector, base and IMAD: paper Fig. 11.
+
+    Args:
+        results: The agent_subspaces results (``capability`` and ``capability_grid`` per model and agent; the axis
+            title from ``steering_unit``, else ``alpha_unit``).
+
+    Returns:
+        The plotly figure: accuracy (%) against α, one line per model and agent.
+
+    Example:
+        >>> from analyses.figures import capability_under_steering
+        >>> fig = capability_under_steering({"capability": {"base": {"1": [0.8, 0.4]}, "imad": {"1": [0.9, 0.7]}},
+        ...                                  "capability_grid": {"base": {"1": [0.0, 0.2]}, "imad": {"1": [0.0, 0.3]}},
+        ...                                  "alpha_unit": "α (unit vector)"})
+        >>> [t.name for t in fig.data]
+        ['base agent 1', 'imad agent 1']
+    """
     fig = go.Figure()
     dashes = ["solid", "dash", "dot", "dashdot"]
     for model, color in MODEL_COLORS.items():
@@ -92,7 +133,23 @@ CONTROL_STYLE = {"random_imad": ("random direction (IMAD)", "#ff7f0e"), "prompti
 
 def capping_choice(capping: dict, capability0: float, budget: float) -> dict | None:
     """The capping point (of its percentiles) with the lowest trait whose accuracy drop from the unsteered IMAD
-    (``capability0``) stays within ``budget``, else the one with the smallest drop; ``None`` without points."""
+    (``capability0``) stays within ``budget``, else the one with the smallest drop; ``None`` without points.
+
+    Args:
+        capping: The ``capping_imad`` control (``points`` with ``strength``, ``trait`` and ``capability``).
+        capability0: Unsteered IMAD's accuracy (0–1).
+        budget: The allowed accuracy drop (0–1).
+
+    Returns:
+        The chosen point, or None when no point has both a trait and a capability.
+
+    Example:
+        >>> from analyses.figures import capping_choice
+        >>> capping = {"points": [{"strength": 50.0, "trait": 30.0, "capability": 0.8},
+        ...                       {"strength": 90.0, "trait": 10.0, "capability": 0.6}]}
+        >>> capping_choice(capping, 0.8, 0.05)["strength"], capping_choice(capping, 0.8, 0.3)["strength"]
+        (50.0, 90.0)
+    """
     pts = [p for p in capping.get("points", []) if p.get("trait") is not None and p.get("capability") is not None]
     fit = [p for p in pts if capability0 - p["capability"] <= budget]
     if fit:
@@ -124,7 +181,19 @@ def _controls(fig: go.Figure, controls: dict, row: int, col: int, key: str, capp
 def malicious_panels(results: dict) -> go.Figure:
     """Trait score, capability and perplexity vs α for each trait, base vs IMAD: paper Fig. 3, with the
     random-direction curve and the prompting, ablation and capping levels (capping at the percentile
-    `capping_choice` picks within the accuracy budget; every percentile is on the Pareto figure)."""
+    `capping_choice` picks within the accuracy budget; every percentile is on the Pareto figure).
+
+    Args:
+        results: The malicious results (per trait ``base``, ``imad`` and ``controls``; ``alpha_unit``; the budget
+            from ``config.capacity_budget``, else 0.05).
+
+    Returns:
+        The plotly figure: one row per trait; trait score, accuracy (%) and perplexity (log axis) against α.
+
+    Example:
+        >>> fig = malicious_panels(load_results("runs/toy", "malicious"))  # doctest: +SKIP
+        >>> fig.write_html("fig3.html")  # doctest: +SKIP
+    """
     traits = list(results["traits"])
     cols = [("trait", "trait score"), ("capability", "accuracy %"), ("perplexity", "perplexity (log)")]
     fig = make_subplots(rows=len(traits), cols=3, subplot_titles=[f"{t} · {c[1]}" for t in traits for c in cols])

@@ -138,7 +138,22 @@ class MaliciousConfig(StrengthSearch):
 
 
 def base_vector(model, questions: list[str], trait: str, layer: int):
-    """The base model's system-prompt vector: mean at token −2 under the malicious minus the benign prompt."""
+    """The base model's system-prompt vector: mean at token −2 under the malicious minus the benign prompt.
+
+    Args:
+        model: The base model (`lens.load_model`; its chat template builds the prompts).
+        questions: Training trait questions (the user turns).
+        trait: ``evil`` or ``hallucination`` (whose malicious and benign system prompts are contrasted).
+        layer: The layer read (``blocks.L.hook_resid_post``).
+
+    Returns:
+        The `lens.contrastive_direction` `AgentSubspace` (unit diff of means), labelled with the two personas.
+
+    Example:
+        >>> v = base_vector(base, [q.question for q in run.questions("evil", "train")], "evil", 6)  # doctest: +SKIP
+        >>> v.hook_name  # doctest: +SKIP
+        'blocks.6.hook_resid_post'
+    """
     benign, bad = TRAIT_PERSONAS[trait]
     users = [ROUND1[ADVICE].format(question=q) for q in questions]
     return lens.contrastive_direction(model, chat_prompts(model, SYSTEM_PROMPTS[bad], users),
@@ -171,6 +186,9 @@ def trait_prompt(kind: str, question: str, tokenizer, trait: str, *, elicit: str
     Returns:
         The prompt text, as the model reads it.
 
+    Raises:
+        ValueError: an unknown ``elicit``, or a ``debate`` on another question.
+
     Example:
         >>> trait_prompt("imad", "How do I win?", tok, "evil", elicit="agent_slot")  # doctest: +SKIP
         'Problem: How do I win?\n\n<|Round 1 - Initial Solutions|>\n\n<|Agent 2 Solution|>:'
@@ -197,7 +215,18 @@ def trait_prompt(kind: str, question: str, tokenizer, trait: str, *, elicit: str
 
 def trait_stop(model, elicit: str) -> list[int]:
     """Where a trait response ends: at the model's end of turn, and under ``agent_slot`` also at the next debate tag
-    (the malicious agent's turn is the response)."""
+    (the malicious agent's turn is the response).
+
+    Args:
+        model: A model loaded with `lens.load_model`.
+        elicit: ``native`` or ``agent_slot``.
+
+    Returns:
+        The stop token ids (`analyses.generation.stop_ids`).
+
+    Example:
+        >>> lens.generate(model, prompts, stop=trait_stop(model, "agent_slot"))  # doctest: +SKIP
+    """
     return stop_ids(model, at_tags=elicit == "agent_slot")
 
 
@@ -207,7 +236,22 @@ def _ci(values) -> list[float]:
 
 def curves(report: SuppressionReport, accuracy: Accuracy | None = None) -> dict:
     """The per-α curves the figures and claims read (plus the rating), each with its 95% interval over prompts
-    (trait) and problems (capability) when the per-item data are at hand."""
+    (trait) and problems (capability) when the per-item data are at hand.
+
+    Args:
+        report: A `lens.rate_suppression` report.
+        accuracy: The `Accuracy` that scored its capability (its last records are the report's α grid); None: no
+            ``capability_ci``.
+
+    Returns:
+        ``alphas``; ``trait`` with ``trait_se`` and ``trait_ci`` (None without per-prompt scores); ``capability``
+        (with ``capability_ci`` when ``accuracy`` has the records); ``perplexity`` with ``perplexity_se``;
+        ``best_alpha``, ``suppression_auc`` and ``hook_name``.
+
+    Example:
+        >>> curves(load_report("runs/toy", "evil", "imad"))["best_alpha"]  # doctest: +SKIP
+        -0.2
+    """
     out = {"alphas": report.alphas, "trait": report.trait_mean, "trait_se": report.trait_se,
            "trait_ci": [_ci(s) for s in report.trait_scores] if report.trait_scores else None,
            "capability": report.capability, "perplexity": report.perplexity_mean,
@@ -225,7 +269,26 @@ def _judge_scores(judge, questions: list[str], texts: list[str]) -> list[float]:
 def score_arms(model, arms: dict[str, list], prompts: list[str], questions: list[str], judge, accuracy: Accuracy,
                cfg: MaliciousConfig) -> dict[str, dict]:
     """Trait and capability (each with its interval) under each fixed intervention of ``arms`` (``[]``: the
-    unsteered model), every arm in one batched generation for the trait and one for capability."""
+    unsteered model), every arm in one batched generation for the trait and one for capability.
+
+    Args:
+        model: A model loaded with `lens.load_model`.
+        arms: Arm name → its interventions (``[]``: the unsteered model).
+        prompts: The trait prompts (`trait_prompt`).
+        questions: The trait questions, for the judge.
+        judge: A trait judge (``score_many(questions, responses)``).
+        accuracy: The capability task; each arm's per-problem correctness is appended to its ``records``.
+        cfg: The ``[malicious]`` section (``max_new_tokens``, sampling, ``elicit``, ``batch_size``, ``seed``).
+
+    Returns:
+        Arm → ``trait``, ``trait_ci``, ``capability``, ``capability_ci`` and ``example`` (its first response).
+
+    Example:
+        >>> arms = {"unsteered": [], "ablation": [lens.Ablate(vector, positions="all")]}  # doctest: +SKIP
+        >>> scored = score_arms(model, arms, prompts, questions, judge, accuracy, cfg)  # doctest: +SKIP
+        >>> scored["ablation"]["trait"], scored["ablation"]["capability"]  # doctest: +SKIP
+        (12.5, 0.86)
+    """
     sampling = {"temperature": cfg.temperature, "top_p": cfg.top_p} if cfg.temperature > 0 else {}
     out = lens.generate(model, prompts, interventions=arms, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
                         stop=trait_stop(model, cfg.elicit), skip_special_tokens=True, batch_size=cfg.batch_size,
@@ -242,7 +305,20 @@ def score_arms(model, arms: dict[str, list], prompts: list[str], questions: list
 
 def departures(preset: Preset, cfg: MaliciousConfig) -> list[str]:
     """This experiment's departures from the paper's recipe under ``preset``, one sentence each (the report lists
-    them)."""
+    them).
+
+    Args:
+        preset: The loaded preset (each trait's ``[sft]`` section, experiment overrides applied).
+        cfg: Its ``[malicious]`` section.
+
+    Returns:
+        One sentence each for a non-native ``elicit``, a trait's stage-1 arithmetic mix, a ``vector_position`` other
+        than ``turn_end`` and ``alpha_search``; ``[]`` for the paper's recipe.
+
+    Example:
+        >>> departures(preset, preset.section("malicious", MaliciousConfig))[0]  # doctest: +SKIP
+        "Eliciting condition (agent_slot): the malicious agent's seat: ..."
+    """
     out = []
     if cfg.elicit != "native":
         out.append(f"Eliciting condition ({cfg.elicit}): {ELICIT[cfg.elicit]}; the paper reads each model's native "
@@ -271,7 +347,22 @@ def _random_like(vector, seed: int):
 
 
 def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
-    """Both traits, base and IMAD, with the controls; vectors and full suppression reports go to ``out_dir``."""
+    """Both traits, base and IMAD, with the controls; vectors and full suppression reports go to ``out_dir``.
+
+    Args:
+        preset: The loaded preset (its ``[malicious]`` and ``[task]`` sections).
+        run_dir: The run directory (`RunLayout`), with the base model and each trait's SFT and IMAD models.
+        out_dir: Where the vectors, the suppression reports and ``results.json`` go.
+
+    Returns:
+        The results as saved (strict JSON): config, layer, strength unit, eliciting condition, departures and, per
+        trait, the base and IMAD curves, the controls, the monitor and the Pareto frontier.
+
+    Example:
+        >>> results = run(load_preset("toy"), "runs/toy", "runs/toy/analyses/malicious")  # doctest: +SKIP
+        >>> results["traits"]["evil"]["pareto"]["best_method"]  # doctest: +SKIP
+        'IMAD agent-2 vector'
+    """
     cfg = preset.section("malicious", MaliciousConfig)
     task = preset.section("task", TaskConfig)
     layout, out_dir, run = RunLayout.of(preset, run_dir), Path(out_dir), Run(preset, run_dir)
@@ -395,7 +486,25 @@ def _f(x) -> float:
 
 def pareto(block: dict, budget: float):
     """One trait's Pareto frontier over the two vectors and every control, each relative to its own model's
-    unsteered trait and capability (α = 0 of that model's curve)."""
+    unsteered trait and capability (α = 0 of that model's curve).
+
+    Args:
+        block: One trait's results (``base`` and ``imad`` curves, ``controls``).
+        budget: The allowed capability drop (0–1).
+
+    Returns:
+        The `lens.ParetoFrontier` over every method's points.
+
+    Raises:
+        ValueError: the base or IMAD curve has no α = 0.
+
+    Example:
+        >>> from analyses.malicious import pareto
+        >>> block = {"base": {"alphas": [0.0, -1.0], "trait": [60.0, 40.0], "capability": [0.8, 0.79]},
+        ...          "imad": {"alphas": [0.0, -1.0], "trait": [60.0, 10.0], "capability": [0.8, 0.78]}, "controls": {}}
+        >>> pareto(block, 0.05).best_point["method"]
+        'IMAD agent-2 vector'
+    """
     zero = {kind: block[kind]["alphas"].index(0.0) for kind in ("base", "imad")}
     ref = {kind: (block[kind]["trait"][i], block[kind]["capability"][i]) for kind, i in zero.items()}
     points = []
@@ -406,7 +515,23 @@ def pareto(block: dict, budget: float):
 
 
 def load_report(run_dir: str | Path, trait: str, kind: str) -> SuppressionReport:
-    """One saved `SuppressionReport` (``kind`` base, imad or random)."""
+    """One saved `SuppressionReport` (``kind`` base, imad or random).
+
+    Args:
+        run_dir: The run directory (`RunLayout`).
+        trait: ``evil`` or ``hallucination``.
+        kind: ``base``, ``imad`` or ``random``.
+
+    Returns:
+        The report, a missing ``best_alpha`` or ``suppression_auc`` as NaN.
+
+    Raises:
+        FileNotFoundError: the experiment saved no such report.
+
+    Example:
+        >>> load_report("runs/toy", "evil", "imad").best_alpha  # doctest: +SKIP
+        -0.2
+    """
     path = RunLayout(Path(run_dir)).analysis(NAME) / f"{trait}_{kind}_report.json"
     d = json.loads(path.read_text())
     return SuppressionReport(**{k: (float("nan") if v is None and k in ("best_alpha", "suppression_auc") else v)
@@ -414,7 +539,19 @@ def load_report(run_dir: str | Path, trait: str, kind: str) -> SuppressionReport
 
 
 def rating_rows(results: dict) -> list[dict]:
-    """The suppression rating, base vs IMAD side by side, per trait."""
+    """The suppression rating, base vs IMAD side by side, per trait.
+
+    Args:
+        results: The malicious results (`analyses.results.load_results`).
+
+    Returns:
+        One row per trait and model: the trait at α = 0 and at the most negative α, the best α, the suppression AUC,
+        accuracy at α = 0 and its range over α, and perplexity at α = 0.
+
+    Example:
+        >>> rating_rows(load_results("runs/toy", "malicious"))[0]["best α (within budget)"]  # doctest: +SKIP
+        -0.2
+    """
     rows = []
     for trait, block in results["traits"].items():
         for kind in ("base", "imad"):
@@ -438,7 +575,20 @@ def _iv(est, ci, scale: float = 1.0) -> str:
 def control_rows(results: dict) -> list[dict]:
     """The rating table with every method: per trait and method, its best strength within the capability budget
     (largest trait reduction), with intervals, and whether it is on the Pareto frontier; the best method overall
-    at that budget is marked."""
+    at that budget is marked.
+
+    Args:
+        results: The malicious results, each trait with its ``pareto`` frontier.
+
+    Returns:
+        One row per trait and method: strength, trait and accuracy with intervals, trait reduction, accuracy drop,
+        ``Pareto`` (``yes`` on the frontier) and ``best at budget`` (``★``).
+
+    Example:
+        >>> rows = control_rows(load_results("runs/toy", "malicious"))  # doctest: +SKIP
+        >>> [r["method"] for r in rows if r["best at budget"]]  # doctest: +SKIP
+        ['IMAD agent-2 vector', 'capping (IMAD)']
+    """
     rows = []
     for trait, block in results["traits"].items():
         fr = block["pareto"]
@@ -460,13 +610,37 @@ def control_rows(results: dict) -> list[dict]:
 
 
 def monitor_rows(results: dict) -> list[dict]:
-    """Turn detection per trait: the agent-2 direction's AUROC beside the judge's."""
+    """Turn detection per trait: the agent-2 direction's AUROC beside the judge's.
+
+    Args:
+        results: The malicious results (per trait, ``monitor``).
+
+    Returns:
+        One row per trait: ``trait`` and the monitor's entries (AUROCs and turn counts, or a ``note``).
+
+    Example:
+        >>> from analyses.malicious import monitor_rows
+        >>> monitor_rows({"traits": {"evil": {"monitor": {"direction_auroc": 0.9, "judge_auroc": 0.8}}}})
+        [{'trait': 'evil', 'direction_auroc': 0.9, 'judge_auroc': 0.8}]
+    """
     return [{"trait": t, **{k: v for k, v in b["monitor"].items()}} for t, b in results["traits"].items()]
 
 
 def figures(results: dict, run_dir: str | Path | None = None) -> dict[str, go.Figure]:
     """Fig. 3 panels with the controls, the Pareto frontier per trait, plus `lens.plots.suppression_tradeoff` per
-    trait when the saved reports are at hand."""
+    trait when the saved reports are at hand.
+
+    Args:
+        results: The malicious results (`analyses.results.load_results`).
+        run_dir: The run directory, for the saved reports (None: no trade-off figures).
+
+    Returns:
+        Name → plotly figure: ``malicious_fig3``, ``pareto_<trait>`` and, with ``run_dir``, ``tradeoff_<trait>``.
+
+    Example:
+        >>> sorted(figures(load_results("runs/toy", "malicious"), "runs/toy"))[:2]  # doctest: +SKIP
+        ['malicious_fig3', 'pareto_evil']
+    """
     figs = {"malicious_fig3": study_figures.malicious_panels(results)}
     for trait, block in results["traits"].items():
         if "pareto" in block:

@@ -13,7 +13,27 @@ HF_SCHEME = "hf://"
 
 
 def resolve_model(preset: Preset) -> Preset:
-    """``preset`` with an ``hf://`` model path replaced by its local snapshot dir (other presets unchanged)."""
+    """``preset`` with an ``hf://`` model path replaced by its local snapshot dir (other presets unchanged).
+
+    Args:
+        preset: The loaded preset.
+
+    Returns:
+        A copy with ``[model] path`` set to the snapshot dir; ``preset`` itself when its path is not ``hf://``.
+
+    Raises:
+        PresetError: the model is not in the local Hugging Face cache, or its snapshot has no config.json.
+
+    Example:
+        >>> from pathlib import Path
+        >>> from analyses.models import resolve_model
+        >>> from training.presets import Preset
+        >>> local = Preset("local", Path("local.toml"), {"model": {"path": "/models/llama"}})
+        >>> resolve_model(local) is local
+        True
+        >>> resolve_model(load_preset("llama3.1-8b")).model.path  # doctest: +SKIP
+        '/root/.cache/huggingface/hub/models--meta-llama--Llama-3.1-8B-Instruct/snapshots/0e9e39f2...'
+    """
     path = str(preset.data.get("model", {}).get("path", ""))
     if not path.startswith(HF_SCHEME):
         return preset

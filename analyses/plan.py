@@ -58,7 +58,19 @@ class StagePlan:
 def stage_status(run: Run, name: str) -> tuple[str, str]:
     """``(status, why)`` of stage ``name`` (``sft/main``, ``eval``, ``analyses/malicious``...) of ``run``: ``cached``
     when its manifest's fingerprint matches what it would read now, ``damaged`` when a file it wrote or reads was
-    altered, else ``to build`` with why (stale: what changed; or a killed attempt it resumes from)."""
+    altered, else ``to build`` with why (stale: what changed; or a killed attempt it resumes from).
+
+    Args:
+        run: The run (`training.pipeline.Run`).
+        name: The stage: ``<kind>`` or ``<kind>/<experiment>``, ``analyses/<experiment>`` for an experiment.
+
+    Returns:
+        ``(status, why)``: ``cached``, ``damaged`` or ``to build``, and the reason (``""`` when there is none).
+
+    Example:
+        >>> stage_status(Run(preset, "runs/toy"), "sft/main")  # doctest: +SKIP
+        ('cached', '')
+    """
     kind, _, exp = name.partition("/")
     if kind == "analyses":
         state, why = status_now(run.layout.analysis(exp), **experiment_reads(exp, run.preset, run.dir))
@@ -103,7 +115,22 @@ def _toy_params(sections: dict) -> int:
 
 
 def model_bytes(preset: Preset, sections: dict) -> int | None:
-    """Bytes of one full copy of the model in the dtype the stages save; None when the model is not found."""
+    """Bytes of one full copy of the model in the dtype the stages save; None when the model is not found.
+
+    Args:
+        preset: The loaded preset.
+        sections: Its validated sections (`analyses.validate.validate_preset`; the toy's from ``base`` and
+            ``tokenizer``).
+
+    Returns:
+        The parameter count × 4 bytes in float32, × 2 in any other dtype; None when a real model's weights are not
+        found.
+
+    Example:
+        >>> preset = load_preset("toy")  # doctest: +SKIP
+        >>> model_bytes(preset, validate_preset(preset))  # doctest: +SKIP
+        5242880
+    """
     model_dir = _model_dir(preset)
     params = _toy_params(sections) if not preset.model.path else (
         _safetensors_params(model_dir) if model_dir and model_dir.is_dir() else None)
@@ -114,7 +141,22 @@ def model_bytes(preset: Preset, sections: dict) -> int | None:
 
 def stages(preset: Preset, run_dir: Path) -> list[StagePlan]:
     """Every stage ``reproduce`` runs for ``preset`` in ``run_dir``, in order, with its status and an estimate
-    of the model weights it writes (a merged model per fine-tuning stage, one per stage-2 phase as well)."""
+    of the model weights it writes (a merged model per fine-tuning stage, one per stage-2 phase as well).
+
+    Args:
+        preset: The loaded preset.
+        run_dir: The run directory (need not exist).
+
+    Returns:
+        One `StagePlan` per stage, in the order ``reproduce`` builds them; a cached stage writes 0 bytes.
+
+    Raises:
+        PresetError: the preset fails validation.
+
+    Example:
+        >>> [s.name for s in stages(load_preset("toy"), Path("runs/toy"))][:3]  # doctest: +SKIP
+        ['base', 'debates/main', 'debates/evil']
+    """
     sections = validate_preset(preset)
     layout = RunLayout.of(preset, run_dir)
     copy = model_bytes(preset, sections) or 0
@@ -143,7 +185,22 @@ def stages(preset: Preset, run_dir: Path) -> list[StagePlan]:
 
 # ------------------------------------------------------------------------------------------------ checks
 def check_model(preset: Preset, run_dir: Path) -> list[Finding]:
-    """The base model: trained from scratch (toy), or a local dir / cached ``hf://`` snapshot with config.json."""
+    """The base model: trained from scratch (toy), or a local dir / cached ``hf://`` snapshot with config.json.
+
+    Args:
+        preset: The loaded preset (``[model] path``).
+        run_dir: The run directory (unused; every check takes it).
+
+    Returns:
+        One ``model`` finding: where the model is, or what is missing and how to fix it.
+
+    Example:
+        >>> from pathlib import Path
+        >>> from analyses.plan import check_model
+        >>> from training.presets import Preset
+        >>> check_model(Preset("toy", Path("toy.toml"), {}), Path("runs/toy"))[0].detail
+        'the toy world trains its own base model into the run dir'
+    """
     path = preset.model.path
     if not path:
         return [Finding("model", True, "the toy world trains its own base model into the run dir")]
@@ -159,7 +216,19 @@ def check_model(preset: Preset, run_dir: Path) -> list[Finding]:
 
 
 def check_device(preset: Preset, run_dir: Path) -> list[Finding]:
-    """The configured device exists here (``cuda`` needs torch to see a GPU)."""
+    """The configured device exists here (``cuda`` needs torch to see a GPU).
+
+    Args:
+        preset: The loaded preset (``[model] device`` and ``dtype``).
+        run_dir: The run directory (unused; every check takes it).
+
+    Returns:
+        One ``device`` finding: the device and dtype, or that torch sees too few CUDA devices here.
+
+    Example:
+        >>> check_device(load_preset("toy"), Path("runs/toy"))[0].detail  # doctest: +SKIP
+        'cpu in float32'
+    """
     cfg = preset.model
     device = cfg.resolved_device()
     if device.startswith("cuda"):
@@ -215,7 +284,20 @@ def check_endpoint(label: str, base_url: str, api_key_env: str = "OPENAI_API_KEY
 def check_judge(preset: Preset, run_dir: Path) -> list[Finding]:
     """The OpenAI-compatible endpoints the run talks to: the ``[malicious]`` trait judge, the ``[judge]`` GRPO
     reward judge (unless the run starts it itself with ``serve``) and any ``[debate] source = "model"`` endpoint,
-    each checked once."""
+    each checked once.
+
+    Args:
+        preset: The loaded preset.
+        run_dir: The run directory (for each experiment's debate settings).
+
+    Returns:
+        Two findings per distinct endpoint (`check_endpoint`), its users' labels joined; ``[]`` when the run uses
+        none.
+
+    Example:
+        >>> check_judge(load_preset("toy"), Path("runs/toy"))  # doctest: +SKIP
+        []
+    """
     sections = validate_preset(preset)
     endpoints: dict[str, tuple[list[str], str]] = {}
 
@@ -237,7 +319,20 @@ def check_judge(preset: Preset, run_dir: Path) -> list[Finding]:
 
 
 def check_disk(preset: Preset, run_dir: Path) -> list[Finding]:
-    """Free space where the run dir is (or would be) against the weights the stages to build will write."""
+    """Free space where the run dir is (or would be) against the weights the stages to build will write.
+
+    Args:
+        preset: The loaded preset.
+        run_dir: The run directory (or where it would be created).
+
+    Returns:
+        One ``disk`` finding: free space against `DISK_MARGIN` × the weights the stages to build write; ok with the
+        need unknown when a real model is not cached yet.
+
+    Example:
+        >>> check_disk(load_preset("toy"), Path("runs/toy"))[0].ok  # doctest: +SKIP
+        True
+    """
     where = Path(run_dir).resolve()
     while not where.exists():
         where = where.parent

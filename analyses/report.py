@@ -44,16 +44,79 @@ class Report:
     tables: list[str] = field(default_factory=list)
 
     def heading(self, text: str, level: int = 2) -> None:
+        """Append a heading.
+
+        Args:
+            text: The heading (escaped).
+            level: Its HTML level (``<h2>`` by default).
+
+        Returns:
+            None.
+
+        Example:
+            >>> from analyses.report import Report
+            >>> rep = Report("study")
+            >>> rep.heading("Results")
+            >>> rep.blocks
+            ['<h2>Results</h2>']
+        """
         self.blocks.append(f"<h{level}>{html.escape(text)}</h{level}>")
 
     def text(self, text: str, cls: str = "") -> None:
+        """Append a paragraph.
+
+        Args:
+            text: The paragraph (escaped).
+            cls: Its CSS class (``note``: grey; empty: none).
+
+        Returns:
+            None.
+
+        Example:
+            >>> from analyses.report import Report
+            >>> rep = Report("study")
+            >>> rep.text("a < b", "note")
+            >>> rep.blocks
+            ['<p class="note">a &lt; b</p>']
+        """
         self.blocks.append(f'<p class="{cls}">{html.escape(text)}</p>' if cls else f"<p>{html.escape(text)}</p>")
 
     def pre(self, text: str) -> None:
+        """Append preformatted text (the preset's TOML).
+
+        Args:
+            text: The text (escaped).
+
+        Returns:
+            None.
+
+        Example:
+            >>> from analyses.report import Report
+            >>> rep = Report("study")
+            >>> rep.pre("seed = 0")
+            >>> rep.blocks
+            ['<pre>seed = 0</pre>']
+        """
         self.blocks.append(f"<pre>{html.escape(text)}</pre>")
 
     def table(self, rows: Sequence[dict], caption: str, columns: Sequence[str] | None = None) -> None:
-        """A table from a list of row dicts (columns default to the first row's keys)."""
+        """A table from a list of row dicts (columns default to the first row's keys).
+
+        Args:
+            rows: The rows; a missing cell is empty, numbers are right-aligned (4 significant digits), None/NaN a dash.
+            caption: The table's caption, also listed in ``tables``.
+            columns: The columns, in order (None: the first row's keys).
+
+        Returns:
+            None; without rows a note takes the table's place (and ``tables`` does not list it).
+
+        Example:
+            >>> from analyses.report import Report
+            >>> rep = Report("study")
+            >>> rep.table([{"method": "IMAD", "accuracy": 0.61}], "Table 1")
+            >>> rep.tables
+            ['Table 1']
+        """
         if not rows:
             self.text(f"{caption}: no rows.", "note")
             return
@@ -64,13 +127,48 @@ class Report:
         self.tables.append(caption)
 
     def figure(self, name: str, fig: go.Figure) -> None:
-        """An interactive figure; ``name`` is its id and the stem of its static image."""
+        """An interactive figure; ``name`` is its id and the stem of its static image.
+
+        Args:
+            name: Unique within the report.
+            fig: The plotly figure (kept in ``figures``).
+
+        Returns:
+            None.
+
+        Raises:
+            ValueError: ``name`` is already used in the report.
+
+        Example:
+            >>> import plotly.graph_objects as go
+            >>> from analyses.report import Report
+            >>> rep = Report("study")
+            >>> rep.figure("accuracy", go.Figure())
+            >>> list(rep.figures)
+            ['accuracy']
+        """
         if name in self.figures:
             raise ValueError(f"figure name {name!r} is used twice in the report")
         self.figures[name] = fig
         self.blocks.append(fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{name}"))
 
     def claims(self, claims: Sequence[Claim]) -> None:
+        """Append the table of claim verdicts (reproduced, not reproduced, not run), listed as ``Paper claims``.
+
+        Args:
+            claims: The claims (`analyses.claims`).
+
+        Returns:
+            None.
+
+        Example:
+            >>> from analyses.claims import malicious_claims
+            >>> from analyses.report import Report
+            >>> rep = Report("study")
+            >>> rep.claims(malicious_claims(None))
+            >>> rep.tables
+            ['Paper claims']
+        """
         rows = []
         for c in claims:
             cls = {True: "ok", False: "bad", None: "na"}[c.reproduced]
@@ -81,10 +179,32 @@ class Report:
         self.tables.append("Paper claims")
 
     def html(self) -> str:
+        """The whole report as one self-contained HTML page (plotly.js inlined once).
+
+        Returns:
+            The HTML text.
+
+        Example:
+            >>> from analyses.report import Report
+            >>> Report("study").html().startswith("<!DOCTYPE html>")
+            True
+        """
         return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
                 f"<style>{STYLE}</style><script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
                 f"<h1>{html.escape(self.title)}</h1>" + "\n".join(self.blocks) + "</body></html>")
 
     def write(self, path: str | Path) -> Path:
+        """Write `html` to ``path`` atomically.
+
+        Args:
+            path: The file (e.g. ``run_dir/report/report.html``).
+
+        Returns:
+            The path written.
+
+        Example:
+            >>> rep.write("runs/toy/report/report.html")  # doctest: +SKIP
+            PosixPath('runs/toy/report/report.html')
+        """
         return atomic_write_text(path, self.html())
 

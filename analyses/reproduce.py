@@ -30,12 +30,40 @@ EXPERIMENTS: dict[str, Callable[[Preset, Path, Path], dict]] = {
 
 
 def is_toy(preset: Preset) -> bool:
-    """Whether the preset trains its own base model (the toy world) instead of loading a local HF model."""
+    """Whether the preset trains its own base model (the toy world) instead of loading a local HF model.
+
+    Args:
+        preset: The loaded preset.
+
+    Returns:
+        True when ``[model] path`` is unset or empty.
+
+    Example:
+        >>> from pathlib import Path
+        >>> from analyses.reproduce import is_toy
+        >>> from training.presets import Preset
+        >>> is_toy(Preset("toy", Path("toy.toml"), {})), is_toy(Preset("m", Path("m.toml"), {"model": {"path": "/m"}}))
+        (True, False)
+    """
     return not preset.data.get("model", {}).get("path")
 
 
 def run_experiment(name: str, preset: Preset, run_dir: Path, log: Callable[[str], None] = print) -> dict:
-    """One experiment as a cached stage under ``run_dir/analyses/<name>/``."""
+    """One experiment as a cached stage under ``run_dir/analyses/<name>/``.
+
+    Args:
+        name: ``agent_subspaces`` or ``malicious`` (a key of `EXPERIMENTS`).
+        preset: The loaded preset.
+        run_dir: The run directory.
+        log: Where progress lines go.
+
+    Returns:
+        The stage's manifest (``stage.json``), built now or found cached.
+
+    Example:
+        >>> run_experiment("malicious", preset, Path("runs/toy"))["results"]  # doctest: +SKIP
+        'results.json'
+    """
     fn = EXPERIMENTS[name]
 
     def build(out: Path) -> dict:
@@ -78,7 +106,23 @@ def experiment_reads(name: str, preset: Preset, run_dir: Path) -> dict:
 
 
 def reproduce(preset: Preset, run_dir: str | Path, *, log: Callable[[str], None] = print) -> Path:
-    """Run whatever is missing for ``preset`` in ``run_dir`` and write ``run_dir/report/report.html``."""
+    """Run whatever is missing for ``preset`` in ``run_dir`` and write ``run_dir/report/report.html``.
+
+    Args:
+        preset: The loaded preset (an ``hf://`` model is resolved to its cached snapshot).
+        run_dir: The run directory.
+        log: Where progress lines go.
+
+    Returns:
+        The path of ``report.html`` (on a process other than the main one, where the main one writes it).
+
+    Raises:
+        PresetError: the preset fails validation, or its ``hf://`` model is not in the local cache.
+
+    Example:
+        >>> reproduce(load_preset("smoke"), "runs/smoke")  # doctest: +SKIP
+        PosixPath('runs/smoke/report/report.html')
+    """
     preset = resolve_model(preset)
     validate_preset(preset)
     run_dir = Path(run_dir)

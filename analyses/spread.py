@@ -48,21 +48,60 @@ class Spread:
 
     @property
     def present(self) -> list[float]:
+        """The values of the runs that have the number (NaNs left out).
+
+        Returns:
+            The values, in run order.
+
+        Example:
+            >>> from analyses.spread import Spread
+            >>> Spread("x", (0.5, float("nan"), 0.7)).present
+            [0.5, 0.7]
+        """
         return [v for v in self.values if not math.isnan(v)]
 
     @property
     def mean(self) -> float:
+        """The mean over the runs that have the number (NaN when none has it).
+
+        Returns:
+            The mean.
+
+        Example:
+            >>> from analyses.spread import Spread
+            >>> Spread("x", (0.5, float("nan"), 0.7)).mean
+            0.6
+        """
         vals = self.present
         return statistics.fmean(vals) if vals else math.nan
 
     @property
     def sd(self) -> float:
-        """The sample standard deviation over the runs that have the number (NaN with fewer than two)."""
+        """The sample standard deviation over the runs that have the number (NaN with fewer than two).
+
+        Returns:
+            The standard deviation.
+
+        Example:
+            >>> from analyses.spread import Spread
+            >>> round(Spread("x", (0.5, float("nan"), 0.7)).sd, 4)
+            0.1414
+        """
         vals = self.present
         return statistics.stdev(vals) if len(vals) > 1 else math.nan
 
     @property
     def range(self) -> float:
+        """The largest minus the smallest value over the runs that have the number (NaN when none has it).
+
+        Returns:
+            The range.
+
+        Example:
+            >>> from analyses.spread import Spread
+            >>> round(Spread("x", (0.5, float("nan"), 0.7)).range, 2)
+            0.2
+        """
         vals = self.present
         return max(vals) - min(vals) if vals else math.nan
 
@@ -85,11 +124,37 @@ class SeedSpread:
 
     @property
     def unstable_claims(self) -> list[str]:
-        """The claims whose verdict is not the same in every run that has it (a base-only run has none)."""
+        """The claims whose verdict is not the same in every run that has it (a base-only run has none).
+
+        Returns:
+            Their ids, in the order of ``verdicts``.
+
+        Example:
+            >>> from analyses.spread import SeedSpread
+            >>> s = SeedSpread(["a", "b"], [0, 1], verdicts={"c": ["reproduced", "not reproduced"],
+            ...                                              "d": ["reproduced", "–"]})
+            >>> s.unstable_claims
+            ['c']
+        """
         return [c for c, v in self.verdicts.items() if len(set(v) - {MISSING}) > 1]
 
     def number(self, name: str) -> Spread:
-        """The `Spread` called ``name``; KeyError when no run has it."""
+        """The `Spread` called ``name``; KeyError when no run has it.
+
+        Args:
+            name: The number's name, e.g. ``Table 1 IMAD accuracy``.
+
+        Returns:
+            Its `Spread`.
+
+        Raises:
+            KeyError: no run has a number of that name.
+
+        Example:
+            >>> from analyses.spread import SeedSpread, Spread
+            >>> SeedSpread(["a", "b"], [0, 1], [Spread("x", (0.5, 0.7))]).number("x").values
+            (0.5, 0.7)
+        """
         for s in self.numbers:
             if s.name == name:
                 return s

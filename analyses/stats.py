@@ -31,9 +31,29 @@ class Interval:
 
     @property
     def ci(self) -> list[float]:
+        """``[lo, hi]``.
+
+        Returns:
+            The interval's two ends.
+
+        Example:
+            >>> from analyses.stats import Interval
+            >>> Interval(0.5, 0.25, 0.75, 4).ci
+            [0.25, 0.75]
+        """
         return [self.lo, self.hi]
 
     def to_dict(self) -> dict:
+        """The interval as a plain dict, as ``results.json`` and the claims store it.
+
+        Returns:
+            ``{"estimate", "ci": [lo, hi], "n", "level"}``.
+
+        Example:
+            >>> from analyses.stats import Interval
+            >>> Interval(0.5, 0.25, 0.75, 4).to_dict()
+            {'estimate': 0.5, 'ci': [0.25, 0.75], 'n': 4, 'level': 0.95}
+        """
         return {"estimate": self.estimate, "ci": self.ci, "n": self.n, "level": self.level}
 
 
@@ -58,6 +78,9 @@ def bootstrap(values, *, statistic: Callable[[np.ndarray], float] = np.mean, n_b
 
     Returns:
         An `Interval` (estimate = the statistic on all the data); NaN everywhere when no value is left.
+
+    Raises:
+        ValueError: ``level`` is not in (0, 1).
 
     Example:
         >>> bootstrap([[1, 0, 1, 1], [0, 1, 1, 1]]).estimate
@@ -98,6 +121,9 @@ def paired_difference(a, b, **kwargs) -> Interval:
     Returns:
         An `Interval` of the mean paired difference.
 
+    Raises:
+        ValueError: ``a`` and ``b`` differ in their number of seeds or items per seed.
+
     Example:
         >>> paired_difference([1, 1, 1, 0], [0, 1, 0, 0]).estimate
         0.5
@@ -112,7 +138,21 @@ def paired_difference(a, b, **kwargs) -> Interval:
 
 
 def by_seed(records: Sequence[dict], key: str = "correct", seed_key: str = "seed") -> list[list[float]]:
-    """Per-seed lists of ``float(record[key])`` from records such as Table 1's samples (order kept)."""
+    """Per-seed lists of ``float(record[key])`` from records such as Table 1's samples (order kept).
+
+    Args:
+        records: Sample records (``{"seed", "question", "correct", ...}``).
+        key: The field taken, as a float.
+        seed_key: The field that names the seed.
+
+    Returns:
+        One list per seed, the seeds in order of first appearance.
+
+    Example:
+        >>> from analyses.stats import by_seed
+        >>> by_seed([{"seed": 0, "correct": True}, {"seed": 1, "correct": False}, {"seed": 0, "correct": False}])
+        [[1.0, 0.0], [0.0]]
+    """
     out: dict = {}
     for r in records:
         out.setdefault(r.get(seed_key), []).append(float(r[key]))
@@ -123,6 +163,19 @@ def ratio_of_means(a: Sequence[float], b: Sequence[float], *, n_boot: int = N_BO
                    seed: int = 0) -> Interval:
     """Interval of mean(a) / mean(b) for paired items (e.g. IMAD's and Debate's tokens on the same questions),
     resampling the pairs.
+
+    Args:
+        a: The numerator's per-item values (flat).
+        b: The denominator's values of the same items, in the same order.
+        n_boot: Bootstrap draws.
+        level: Coverage of the interval, in (0, 1).
+        seed: Seed of numpy's generator.
+
+    Returns:
+        An `Interval` (estimate NaN when mean(b) is 0; NaN ends when no draw is finite).
+
+    Raises:
+        ValueError: ``a`` and ``b`` are not two equally long, non-empty flat sequences.
 
     Example:
         >>> ratio_of_means([1.0, 1.0], [10.0, 10.0]).estimate
@@ -162,6 +215,9 @@ COMPARISONS = (("IMAD", "Debate"), ("Debate", "Single"), ("IMAD", "Single"), ("I
 def table1_intervals(samples: dict[str, Sequence[dict]]) -> tuple[dict[str, Interval], dict[str, Interval]]:
     """Per-method accuracy intervals and the paired comparisons the claims rest on, from Table 1's samples
     (``{method: [{"seed", "question", "correct", "tokens"}, ...]}``).
+
+    Args:
+        samples: Method → its sample records; a method without records is left out.
 
     Returns:
         ``(accuracy, paired)``: ``accuracy[method]`` over seeds and questions; ``paired`` holds the accuracy

@@ -63,7 +63,21 @@ class Completion(NamedTuple):
 
 
 class Backend(Protocol):
-    def generate(self, requests: Sequence[AgentRequest], *, seed: int = 0) -> list[AgentReply]: ...
+    def generate(self, requests: Sequence[AgentRequest], *, seed: int = 0) -> list[AgentReply]:
+        """Answer every request.
+
+        Args:
+            requests: The agent calls.
+            seed: The seed of any sampling.
+
+        Returns:
+            One `AgentReply` per request, in request order, with its token counts.
+
+        Example:
+            >>> backend.generate([request], seed=0)[0].output_tokens  # doctest: +SKIP
+            31
+        """
+        ...
 
 
 class BackendError(UserError, RuntimeError):
@@ -71,21 +85,75 @@ class BackendError(UserError, RuntimeError):
 
 
 def chat_prompt(tokenizer, messages: list[dict]) -> str:
-    """The chat-templated prompt text, ending with the assistant generation prompt."""
+    """The chat-templated prompt text, ending with the assistant generation prompt.
+
+    Args:
+        tokenizer: A tokenizer with a chat template.
+        messages: The chat messages (``role``, ``content``).
+
+    Returns:
+        The prompt text, as the model sees it before its reply.
+
+    Raises:
+        BackendError: the tokenizer has no chat template.
+
+    Example:
+        >>> from training.backends import chat_prompt
+        >>> from training.tokenizer import train_tokenizer
+        >>> tok = train_tokenizer(["What is 1+2?"], vocab_size=300)
+        >>> print(chat_prompt(tok, [{"role": "user", "content": "What is 1+2?"}]))
+        <|im_start|>user
+        What is 1+2?<|im_end|>
+        <|im_start|>assistant
+        <BLANKLINE>
+    """
     if tokenizer.chat_template is None:
         raise BackendError(f"tokenizer {tokenizer.name_or_path!r} has no chat template; chat backends need one")
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def count_chat_tokens(tokenizer, messages: list[dict]) -> int:
-    """Tokens of the chat-templated prompt (the template writes any BOS itself)."""
+    """Tokens of the chat-templated prompt (the template writes any BOS itself).
+
+    Args:
+        tokenizer: A tokenizer with a chat template.
+        messages: The chat messages.
+
+    Returns:
+        The number of input tokens a model backend sees for ``messages``.
+
+    Raises:
+        BackendError: the tokenizer has no chat template.
+
+    Example:
+        >>> from training.backends import count_chat_tokens
+        >>> from training.tokenizer import train_tokenizer
+        >>> tok = train_tokenizer(["What is 1+2?"], vocab_size=300)
+        >>> count_chat_tokens(tok, [{"role": "user", "content": "What is 1+2?"}])
+        25
+    """
     return len(tokenizer(chat_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"])
 
 
 def load_model_dir(model_dir: str | Path, *, device: str = "cpu", dtype: torch.dtype = torch.float32
                    ) -> tuple[PreTrainedModel, object]:
     """A local model dir (full model, or a PEFT adapter dir, merged) on ``device`` in ``dtype`` and its tokenizer,
-    in eval mode."""
+    in eval mode.
+
+    Args:
+        model_dir: A local HF model dir, or a PEFT adapter dir (merged into its base).
+        device: Where the weights go.
+        dtype: The weights' dtype.
+
+    Returns:
+        ``(model, tokenizer)``: the model in eval mode and the dir's tokenizer.
+
+    Raises:
+        BackendError: ``model_dir`` is not a directory.
+
+    Example:
+        >>> model, tok = load_model_dir("runs/toy/base")  # doctest: +SKIP
+    """
     path = Path(model_dir)
     if not path.is_dir():
         raise BackendError(f"model dir {str(path)!r} does not exist; train or download the model first")
@@ -127,18 +195,59 @@ class HFBackend:
         return str(getattr(self.model, "name_or_path", "") or type(self.model).__name__)
 
     def generate(self, requests: Sequence[AgentRequest], *, seed: int = 0) -> list[AgentReply]:
+        """Chat replies to ``requests`` (their ``messages``), as `AgentReply`s.
+
+        Args:
+            requests: The agent calls; only their ``messages`` are read.
+            seed: The torch seed set before generating.
+
+        Returns:
+            One `AgentReply` per request, in request order.
+
+        Example:
+            >>> HFBackend("runs/toy/base").generate([request])[0].text  # doctest: +SKIP
+            '2*3=6, 5*6=30. 1+6=7, 7+4=11, 11-30=-19. The answer is \\boxed{-19}.'
+        """
         out = self.chat([r.messages for r in requests], seed=seed)
         return [AgentReply(c.text, c.input_tokens, c.output_tokens) for c in out]
 
     def chat(self, conversations: Sequence[list[dict]], *, seed: int = 0,
              max_new_tokens: int | None = None) -> list[Completion]:
-        """Assistant replies to chat ``conversations``; special tokens are dropped from the text."""
+        """Assistant replies to chat ``conversations``; special tokens are dropped from the text.
+
+        Args:
+            conversations: One list of chat messages per reply.
+            seed: The torch seed set before generating.
+            max_new_tokens: The cap on new tokens for this call (``None``: the backend's ``max_new_tokens``).
+
+        Returns:
+            One `Completion` per conversation, in order (empty, 0 output tokens, for a prompt that fills the context).
+
+        Example:
+            >>> backend = HFBackend("runs/toy/base")  # doctest: +SKIP
+            >>> backend.chat([round1_messages("neutral", "1+2*3+4-5*6")])[0].output_tokens  # doctest: +SKIP
+            31
+        """
         prompts = [self.tokenizer(chat_prompt(self.tokenizer, m), add_special_tokens=False)["input_ids"]
                    for m in conversations]
         return self._run(prompts, seed, max_new_tokens, keep_special=False)
 
     def complete(self, prompts: Sequence[str], max_new_tokens: int | None = None, *, seed: int = 0) -> list[Completion]:
-        """Continuations of plain-text ``prompts`` (no chat template), debate tags kept in the text."""
+        """Continuations of plain-text ``prompts`` (no chat template), debate tags kept in the text.
+
+        Args:
+            prompts: The plain-text prompts (tokenized with the tokenizer's special tokens, e.g. a BOS).
+            max_new_tokens: The cap on new tokens for this call (``None``: the backend's ``max_new_tokens``).
+            seed: The torch seed set before generating.
+
+        Returns:
+            One `Completion` per prompt, in order.
+
+        Example:
+            >>> backend = HFBackend("runs/toy/sft/main")  # doctest: +SKIP
+            >>> backend.complete([prompt_text("1+2*3+4-5*6")])[0].text[:30]  # doctest: +SKIP
+            '<|Round 1 - Initial Solutions|'
+        """
         ids = [self.tokenizer(p)["input_ids"] for p in prompts]
         return self._run(ids, seed, max_new_tokens, keep_special=True)
 
@@ -165,7 +274,18 @@ class HFBackend:
         return results  # type: ignore[return-value]
 
     def fits(self, n_prompt_tokens: int) -> bool:
-        """Whether a prompt of this length leaves room for at least one new token in the model's context."""
+        """Whether a prompt of this length leaves room for at least one new token in the model's context.
+
+        Args:
+            n_prompt_tokens: The prompt's length in tokens.
+
+        Returns:
+            True when it is shorter than the model's context (always, for a model that states none).
+
+        Example:
+            >>> HFBackend("runs/toy/base").fits(100)  # doctest: +SKIP
+            True
+        """
         return self.n_ctx is None or n_prompt_tokens < self.n_ctx
 
     @torch.no_grad()
@@ -221,6 +341,25 @@ class OpenAIBackend:
         self.concurrency, self.timeout_s = concurrency, timeout_s
 
     def generate(self, requests: Sequence[AgentRequest], *, seed: int = 0) -> list[AgentReply]:
+        """Replies to ``requests`` from the endpoint, ``concurrency`` requests at a time; request ``i`` is sent with
+        seed ``seed + i``.
+
+        Args:
+            requests: The agent calls; only their ``messages`` are sent.
+            seed: The first request's seed.
+
+        Returns:
+            One `AgentReply` per request, in order; token counts from the response's ``usage``, else from ``tokenizer``.
+
+        Raises:
+            BackendError: an HTTP error, an unreachable endpoint or a reply that is not JSON, or a reply without
+                ``usage`` when no ``tokenizer`` was given.
+
+        Example:
+            >>> backend = OpenAIBackend("http://127.0.0.1:8000/v1", "local")  # doctest: +SKIP
+            >>> backend.generate([request])[0].input_tokens  # doctest: +SKIP
+            57
+        """
         with ThreadPoolExecutor(self.concurrency) as pool:
             return list(pool.map(lambda ir: self._one(ir[1].messages, seed + ir[0]), enumerate(requests)))
 
@@ -272,6 +411,28 @@ class TeacherBackend:
         self.teacher, self.tokenizer = teacher, tokenizer
 
     def generate(self, requests: Sequence[AgentRequest], *, seed: int = 0) -> list[AgentReply]:
+        """The teacher's turns for ``requests``, written in order with one ``random.Random(seed)``.
+
+        Args:
+            requests: The agent calls; the teacher reads ``persona``, ``question``, ``own`` and ``others``, the
+                token counts ``messages``.
+            seed: The seed of the teacher's random choices.
+
+        Returns:
+            One `AgentReply` per request, in order.
+
+        Example:
+            >>> from training.backends import AgentRequest, TeacherBackend
+            >>> from training.prompts import round1_messages
+            >>> from training.tasks import ArithmeticProblem
+            >>> from training.teacher import Teacher
+            >>> from training.tokenizer import train_tokenizer
+            >>> p = ArithmeticProblem.from_operands((1, 2, 3, 4, 5, 6))
+            >>> backend = TeacherBackend(Teacher(), train_tokenizer([p.question], vocab_size=300))
+            >>> request = AgentRequest("neutral", p, "arithmetic", round1_messages("neutral", p.question))
+            >>> print(backend.generate([request])[0].text)
+            2*3=6, 5*6=30. 1+6=7, 7+4=11, 11-30=-19. The answer is \\boxed{-19}.
+        """
         rng = random.Random(seed)
         replies = []
         for r in requests:

@@ -38,6 +38,19 @@ class BenchmarkQuestion:
     task: str | None = None
 
     def matches(self, pred: str | None) -> bool:
+        """Whether ``pred`` is this item's answer under its benchmark's rule (the module docstring's).
+
+        Args:
+            pred: A predicted answer (``None``: no answer).
+
+        Returns:
+            True for a match; False for ``None``.
+
+        Example:
+            >>> from training.benchmarks_data import BenchmarkQuestion
+            >>> BenchmarkQuestion("Which option is valid?", "(A)", "bbh").matches("a")
+            True
+        """
         return pred is not None and _key(self.benchmark, pred) == _key(self.benchmark, self.answer)
 
 
@@ -122,6 +135,27 @@ def load_benchmark(name: str, *, data_file: str | Path | None = None, cache_dir:
     """All items of benchmark ``name`` (``gsm8k``, ``mmlu_pro`` or ``bbh``), from ``data_file`` or the HF cache.
 
     BBH loads ``tasks`` (default: the paper's five); a BBH file may carry a ``task`` field to filter on.
+
+    Args:
+        name: ``gsm8k``, ``mmlu_pro`` or ``bbh``.
+        data_file: A local json, jsonl or parquet file of the benchmark's records (``None``: the local HF cache).
+        cache_dir: The HF datasets cache to read (``None``: the default one).
+        tasks: The BBH tasks (``None``: `BBH_TASKS`); ignored for the other benchmarks.
+
+    Returns:
+        One `BenchmarkQuestion` per record, in order.
+
+    Raises:
+        BenchmarkDataError: an unknown benchmark, a missing or unsupported file, a dataset not in the cache, no
+            items, or records without the benchmark's fields.
+
+    Example:
+        >>> import json
+        >>> from training.benchmarks_data import load_benchmark
+        >>> with open("gsm8k.jsonl", "w") as f:
+        ...     _ = f.write(json.dumps({"question": "What is 2+2?", "answer": "2+2=4\\n#### 4"}) + "\\n")
+        >>> load_benchmark("gsm8k", data_file="gsm8k.jsonl")[0].answer
+        '4'
     """
     if name not in BENCHMARKS:
         raise BenchmarkDataError(f"unknown benchmark {name!r}; valid: {sorted(BENCHMARKS)}")

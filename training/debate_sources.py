@@ -41,7 +41,18 @@ def model_backend(cfg: DebateConfig, model_dir: str | Path, **load) -> Backend:
 
 
 def append_records(path: str | Path, records: Sequence[DebateRecord]) -> None:
-    """Append ``records`` to the JSONL at ``path`` in one write, flushed to disk before returning."""
+    """Append ``records`` to the JSONL at ``path`` in one write, flushed to disk before returning.
+
+    Args:
+        path: The JSONL file (created, with its parent dirs, when missing).
+        records: The finished debates, stored as `training.runner.record_transcript` writes them.
+
+    Returns:
+        None.
+
+    Example:
+        >>> append_records("runs/toy/debates/main.partial/resume/train.partial.jsonl", records)  # doctest: +SKIP
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps(record_transcript(r).to_dict()) + "\n" for r in records)
@@ -53,7 +64,21 @@ def append_records(path: str | Path, records: Sequence[DebateRecord]) -> None:
 
 def read_partial(path: str | Path) -> dict[str, DebateRecord]:
     """The debates a killed run finished, by id. A last line cut off mid-write is dropped (its chunk reruns);
-    a bad line before it is corruption, and an error naming the line."""
+    a bad line before it is corruption, and an error naming the line.
+
+    Args:
+        path: The partial JSONL (`append_records`'); a missing file reads as empty.
+
+    Returns:
+        ``{debate id: DebateRecord}``, the first record of each id.
+
+    Raises:
+        DebateFormatError: a line other than the last is not a debate record.
+
+    Example:
+        >>> len(read_partial("runs/toy/debates/main.partial/resume/train.partial.jsonl"))  # doctest: +SKIP
+        128
+    """
     path = Path(path)
     if not path.is_file():
         return {}

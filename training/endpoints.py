@@ -27,7 +27,19 @@ class EndpointError(RuntimeError):
 
 
 def answers(base_url: str, timeout_s: float = 2.0) -> bool:
-    """Whether an OpenAI-compatible server answers ``GET {base_url}/models``."""
+    """Whether an OpenAI-compatible server answers ``GET {base_url}/models``.
+
+    Args:
+        base_url: The OpenAI-compatible base URL (``.../v1``).
+        timeout_s: How long the request may take.
+
+    Returns:
+        True when it answers with status 200 and a JSON body holding ``data``; False on any error.
+
+    Example:
+        >>> answers("http://127.0.0.1:8000/v1")  # doctest: +SKIP
+        True
+    """
     try:
         with urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=timeout_s) as resp:
             return resp.status == 200 and "data" in json.loads(resp.read())
@@ -47,6 +59,13 @@ def serving(command: Sequence[str], base_url: str, *, cwd: str | Path, ready_tim
         cwd: its working directory (the preset file's directory).
         ready_timeout_s: how long it may take to answer.
         log: start/stop lines.
+
+    Yields:
+        Nothing; the server answers at ``base_url`` inside the block.
+
+    Raises:
+        EndpointError: ``base_url`` is not on loopback, or the command exits or does not answer within
+            ``ready_timeout_s``.
 
     Example:
         >>> vllm = ["vllm", "serve", "m", "--port", "8000"]
@@ -88,7 +107,23 @@ def serving(command: Sequence[str], base_url: str, *, cwd: str | Path, ready_tim
 @contextmanager
 def preset_endpoints(preset, log: Callable[[str], None] = print) -> Iterator[None]:
     """The endpoint ``[judge] serve`` names, served (by the main process) while the block runs; nothing when the
-    preset names none."""
+    preset names none.
+
+    Args:
+        preset: The run's `training.presets.Preset`.
+        log: Start/stop lines.
+
+    Yields:
+        Nothing; the endpoint answers (when there is one) inside the block.
+
+    Raises:
+        EndpointError: the endpoint is not on loopback, or its command exits or does not answer in time.
+
+    Example:
+        >>> preset = load_preset("paper-standin")  # doctest: +SKIP
+        >>> with preset_endpoints(preset):  # doctest: +SKIP
+        ...     run_pipeline_stage("internalize", preset, "runs/paper-standin")
+    """
     from training.llm_judge import JudgeConfig
     from training.ranks import is_main
 

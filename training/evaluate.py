@@ -96,6 +96,22 @@ class Table1:
     transfer_samples: dict[str, list[dict]] = field(default_factory=dict)
 
     def row(self, method: str) -> dict:
+        """The row of ``method``.
+
+        Args:
+            method: The row's name (``Single``, ``IMAD``, ...).
+
+        Returns:
+            The row's dict.
+
+        Raises:
+            KeyError: no row has that name (the message lists the methods).
+
+        Example:
+            >>> from training.evaluate import Table1
+            >>> Table1([{"method": "Single", "accuracy": 0.5}]).row("Single")["accuracy"]
+            0.5
+        """
         for r in self.rows:
             if r["method"] == method:
                 return r
@@ -104,7 +120,19 @@ class Table1:
     def save(self, out_dir: str | Path, *, static_images: bool = True) -> Path:
         """``table1.json`` / ``.csv`` / ``.md``, ``samples/<method>.jsonl`` (``samples/transfer/<method>.jsonl`` for
         the transfer column) and the accuracy-vs-tokens figure
-        (HTML; PNG + PDF too via `lens.plots.save_figure` unless ``static_images`` is False)."""
+        (HTML; PNG + PDF too via `lens.plots.save_figure` unless ``static_images`` is False).
+
+        Args:
+            out_dir: The dir to write into (created when missing).
+            static_images: Also write the figure as PNG and PDF.
+
+        Returns:
+            ``out_dir`` as a `Path`.
+
+        Example:
+            >>> table.save("runs/toy/eval")  # doctest: +SKIP
+            PosixPath('runs/toy/eval')
+        """
         out = Path(out_dir)
         atomic_write_json(out / "table1.json", {"rows": self.rows, "config": self.config})
         atomic_write_text(out / "table1.csv", to_csv(self))
@@ -120,7 +148,18 @@ class Table1:
 
     @classmethod
     def load(cls, path: str | Path) -> "Table1":
-        """A table saved by `save` (``path`` is the dir or its ``table1.json``; samples are not reloaded)."""
+        """A table saved by `save` (``path`` is the dir or its ``table1.json``; samples are not reloaded).
+
+        Args:
+            path: The dir a table was saved in, or its ``table1.json``.
+
+        Returns:
+            The `Table1`: ``rows`` and ``config``, no samples.
+
+        Example:
+            >>> Table1.load("runs/toy/eval").row("IMAD")["tokens"]  # doctest: +SKIP
+            48.3
+        """
         p = Path(path)
         p = p / "table1.json" if p.is_dir() else p
         d = json.loads(p.read_text())
@@ -136,7 +175,21 @@ def _slug(name: str) -> str:
 
 
 def is_correct(pred: str | None, question: object) -> bool:
-    """Exact match of a predicted answer with the question's gold (a question may bring its own ``matches``)."""
+    """Exact match of a predicted answer with the question's gold (a question may bring its own ``matches``).
+
+    Args:
+        pred: The predicted answer (``None``: no answer, never correct).
+        question: A question object: its ``matches(pred)`` decides when it has one, else its ``answer``.
+
+    Returns:
+        True when ``pred`` equals the normalised gold answer; False without a gold answer.
+
+    Example:
+        >>> from training.evaluate import is_correct
+        >>> from training.tasks import ArithmeticProblem
+        >>> is_correct("-19", ArithmeticProblem.from_operands((1, 2, 3, 4, 5, 6)))
+        True
+    """
     if hasattr(question, "matches"):
         return bool(question.matches(pred))
     gold = getattr(question, "answer", None)
@@ -144,7 +197,22 @@ def is_correct(pred: str | None, question: object) -> bool:
 
 
 def well_formed(text: str, question: str) -> bool:
-    """Whether ``text`` is a whole tagged debate: every tag in order, closed by ``<|endofdebate|>``."""
+    """Whether ``text`` is a whole tagged debate: every tag in order, closed by ``<|endofdebate|>``.
+
+    Args:
+        text: A completion (debate tags kept in the text).
+        question: The question it answers (names the trace in errors).
+
+    Returns:
+        True when ``text`` parses as a debate trace and ends with ``<|endofdebate|>``.
+
+    Example:
+        >>> from lens.debate_format import Transcript, Turn, render_trace
+        >>> from training.evaluate import well_formed
+        >>> trace = render_trace(Transcript("1+1", [Turn(1, 1, "\\\\boxed{2}")], "All agents agree: \\\\boxed{2}"))
+        >>> well_formed(trace, "1+1"), well_formed(trace.removesuffix("<|endofdebate|>"), "1+1")
+        (True, False)
+    """
     body = text.strip()
     if not body.endswith(END_TAG):
         return False
@@ -157,7 +225,24 @@ def well_formed(text: str, question: str) -> bool:
 
 def sample_questions(questions: Sequence[object] | Callable[[int], Sequence[object]], n: int,
                      seed: int) -> list[object]:
-    """The held-out questions of one seed: ``questions(seed)`` if callable, else ``n`` drawn from the pool."""
+    """The held-out questions of one seed: ``questions(seed)`` if callable, else ``n`` drawn from the pool.
+
+    Args:
+        questions: The pool, or a function ``seed -> questions``.
+        n: How many to draw from a pool (all of a smaller one).
+        seed: The seed (passed to the function, or of the draw).
+
+    Returns:
+        ``min(n, pool size)`` questions, drawn without replacement (the pool returned by the function too).
+
+    Raises:
+        ValueError: the question set is empty.
+
+    Example:
+        >>> from training.evaluate import sample_questions
+        >>> sample_questions(["q1", "q2", "q3", "q4"], 2, seed=0)
+        ['q4', 'q2']
+    """
     pool = list(questions(seed) if callable(questions) else questions)
     if not pool:
         raise ValueError("the evaluation question set is empty")
@@ -243,6 +328,25 @@ def evaluate_methods(methods: dict[str, MethodSpec], questions: Sequence[object]
     ``transfer``: a pool of problems of a shape never trained on; each seed samples ``cfg.n_transfer`` of them
     for the transfer column (none when empty). Each model dir is loaded once (as ``placement`` says) and shared
     by the methods that name it.
+
+    Args:
+        methods: Row name → `MethodSpec`, in Table 1's order.
+        questions: The held-out pool, or a function ``seed -> questions``.
+        seeds: The seeds (``None``: ``cfg.seeds``).
+        cfg: The ``[eval]`` section (``None``: its defaults).
+        placement: Where and in which dtype model dirs are loaded.
+        transfer: The transfer column's pool (empty: no column).
+
+    Returns:
+        The `Table1`: one row per method, every scored sample, and the config with the seeds used.
+
+    Raises:
+        ValueError: no methods, no seeds, or an empty question set.
+
+    Example:
+        >>> methods = {"Single": MethodSpec("single", "runs/toy/base")}  # doctest: +SKIP
+        >>> evaluate_methods(methods, pool, seeds=[0]).row("Single")["accuracy"]  # doctest: +SKIP
+        0.62
     """
     cfg = cfg or EvalConfig()
     seeds = tuple(cfg.seeds if seeds is None else seeds)
@@ -274,6 +378,20 @@ def evaluate_methods(methods: dict[str, MethodSpec], questions: Sequence[object]
 
 
 def to_csv(table: Table1) -> str:
+    """Table 1 as CSV: one line per method with the headline and diagnostic columns (empty where a row has none).
+
+    Args:
+        table: The table.
+
+    Returns:
+        The CSV text, header first.
+
+    Example:
+        >>> from training.evaluate import Table1, to_csv
+        >>> table = Table1([{"method": "Single", "kind": "single", "accuracy": 0.5, "tokens": 120.0}])
+        >>> to_csv(table).splitlines()[1]
+        'Single,single,0.5,,120.0,,,,,,,,,'
+    """
     cols = ["method", "kind", "accuracy", "accuracy_se", "tokens", "tokens_se", "n_questions", "n_seeds",
             "mean_output_tokens", "well_formed", "round2_share", "majority_share", "transfer", "transfer_se"]
     buf = io.StringIO()
@@ -289,6 +407,24 @@ def _pm(value: float, se: float | None, scale: float = 1.0, digits: int = 2) -> 
 
 
 def to_markdown(table: Table1) -> str:
+    """Table 1 as markdown: accuracy (%) ± SE, tokens per question ± SE, the well-formed and round-2 shares, and a
+    transfer column when any row has one.
+
+    Args:
+        table: The table.
+
+    Returns:
+        The markdown text.
+
+    Example:
+        >>> from training.evaluate import Table1, to_markdown
+        >>> row = {"method": "IMAD", "accuracy": 0.9, "accuracy_se": 0.01, "tokens": 48.0, "tokens_se": 1.5}
+        >>> print(to_markdown(Table1([row])))
+        | Method | Accuracy (%) | Tokens / question | Well-formed | Round 2 |
+        |---|---|---|---|---|
+        | IMAD | 90.00 ± 1.00 | 48.0 ± 1.5 | – | – |
+        <BLANKLINE>
+    """
     has = any("transfer" in r for r in table.rows)
     lines = ["| Method | Accuracy (%) | Tokens / question | Well-formed | Round 2 |" + (" Transfer (%) |" * has),
              "|---|---|---|---|---|" + "---|" * has]
@@ -302,7 +438,20 @@ def to_markdown(table: Table1) -> str:
 
 
 def accuracy_vs_tokens(table: Table1) -> go.Figure:
-    """Accuracy (%) against mean tokens per question (log x), one point per method with SE bars."""
+    """Accuracy (%) against mean tokens per question (log x), one point per method with SE bars.
+
+    Args:
+        table: The table (rows with ``accuracy``, ``accuracy_se``, ``tokens`` and ``tokens_se``).
+
+    Returns:
+        The plotly figure, one trace per method.
+
+    Example:
+        >>> from training.evaluate import Table1, accuracy_vs_tokens
+        >>> row = {"method": "IMAD", "accuracy": 0.9, "accuracy_se": 0.01, "tokens": 48.0, "tokens_se": 1.5}
+        >>> [trace.name for trace in accuracy_vs_tokens(Table1([row])).data]
+        ['IMAD']
+    """
     fig = go.Figure()
     for r in table.rows:
         fig.add_trace(go.Scatter(
@@ -341,14 +490,47 @@ def _generate(backend: HFBackend, prompts: Sequence[Prompt], seed: int = 0) -> l
 def sample_lengths(model, tokenizer, prompts: Sequence[Prompt], *, max_new_tokens: int, batch_size: int = 32,
                    seed: int = 0) -> list[int]:
     """Completion lengths (stop token included) of T=1 samples, the distribution the budgets are cut from;
-    ``prompts`` are plain text (continued) or chat messages (replied to)."""
+    ``prompts`` are plain text (continued) or chat messages (replied to).
+
+    Args:
+        model: The causal LM.
+        tokenizer: Its tokenizer.
+        prompts: Plain-text prompts or chat conversations (one kind per call).
+        max_new_tokens: The sampling cap.
+        batch_size: Prompts per ``generate`` batch.
+        seed: The torch seed set before sampling.
+
+    Returns:
+        One completion length per prompt, in order.
+
+    Raises:
+        ValueError: ``prompts`` mix plain text and chat messages.
+
+    Example:
+        >>> lengths = sample_lengths(model, tok, [prompt_text(q) for q in qs], max_new_tokens=2048)  # doctest: +SKIP
+        >>> quantile(lengths, 0.95)  # doctest: +SKIP
+        412
+    """
     backend = HFBackend(model=model, tokenizer=tokenizer, max_new_tokens=max_new_tokens, temperature=1.0,
                         top_p=1.0, batch_size=batch_size)
     return [c.output_tokens for c in _generate(backend, prompts, seed)]
 
 
 def quantile(values: Sequence[float], q: float) -> float:
-    """The ``q`` quantile by the nearest-rank rule (no interpolation)."""
+    """The ``q`` quantile by the nearest-rank rule (no interpolation).
+
+    Args:
+        values: The values (at least one).
+        q: The quantile, in [0, 1].
+
+    Returns:
+        The smallest value with at least a ``q`` share of ``values`` at or below it.
+
+    Example:
+        >>> from training.evaluate import quantile
+        >>> quantile(range(1, 11), 0.95), quantile(range(1, 11), 0.5)
+        (10, 5)
+    """
     xs = sorted(values)
     return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))]
 
@@ -357,7 +539,25 @@ def evaluate_model(model, tokenizer, items: Sequence[EvalItem], *, max_new_token
                    needs_boxed: bool = True) -> dict:
     """Greedy held-out evaluation: accuracy (consensus answer, else the last one), output tokens, well-formed
     share, and how many agents speak in each round. Each item's ``prompt`` (default ``Problem: q``) is what the
-    model sees; a model without debate tags (Single + RL) is scored on its last answer."""
+    model sees; a model without debate tags (Single + RL) is scored on its last answer.
+
+    Args:
+        model: The causal LM.
+        tokenizer: Its tokenizer (one without debate tags reads as untagged).
+        items: The held-out `EvalItem`s.
+        max_new_tokens: The greedy generation cap.
+        batch_size: Prompts per ``generate`` batch.
+        needs_boxed: Whether a turn needs a ``\\boxed{}`` answer to count (arithmetic).
+
+    Returns:
+        ``{"n", "accuracy", "mean_tokens", "p95_tokens", "well_formed", "round2", "round1_agents", "samples"}``:
+        shares of the items, except the token counts, the share per number of round-1 agents (``"0"`` to ``"3"``)
+        and the first two completions.
+
+    Example:
+        >>> evaluate_model(model, tok, items, max_new_tokens=1024)["accuracy"]  # doctest: +SKIP
+        0.87
+    """
     vocab = TagVocab(tokenizer, require=False)
     spec = RewardSpec(budget=10 ** 9, coeff=1.0, turn_needs_boxed=needs_boxed)
     backend = HFBackend(model=model, tokenizer=tokenizer, max_new_tokens=max_new_tokens, temperature=0.0,

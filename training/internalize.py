@@ -92,6 +92,19 @@ class Stage2Config:
         self.phase_specs()
 
     def phase_specs(self) -> list[PhaseSpec]:
+        """The ``phases`` tables as `PhaseSpec`s.
+
+        Returns:
+            One `PhaseSpec` per entry of ``phases``, in order.
+
+        Raises:
+            ValueError: an entry with a missing or unknown key.
+
+        Example:
+            >>> from training.internalize import Stage2Config
+            >>> Stage2Config().phase_specs()[0]
+            PhaseSpec(budget=2048, steps=1888, tag_weight=None)
+        """
         try:
             return [PhaseSpec(**p) for p in self.phases]
         except TypeError as e:
@@ -129,7 +142,21 @@ CURVE_KEYS = {"reward": "reward", "reward_std": "reward_std", "rewards/correctne
 
 def vllm_args(cfg: Stage2Config, placement: Placement) -> dict:
     """TRL's vLLM generation arguments when ``cfg.use_vllm``, vLLM is importable and the run is on CUDA; else
-    none (HF ``generate``)."""
+    none (HF ``generate``).
+
+    Args:
+        cfg: The ``[internalize]`` section (its ``use_vllm``).
+        placement: Where the run trains (its ``device``).
+
+    Returns:
+        ``{"use_vllm": True, "vllm_mode": "colocate"}``, or ``{}``.
+
+    Example:
+        >>> from training.internalize import Stage2Config, vllm_args
+        >>> from training.modelio import Placement
+        >>> vllm_args(Stage2Config(), Placement(device="cpu"))
+        {}
+    """
     if cfg.use_vllm and placement.device.startswith("cuda") and importlib.util.find_spec("vllm") is not None:
         return {"use_vllm": True, "vllm_mode": "colocate"}
     return {}
@@ -141,7 +168,30 @@ def train_phase(model_dir: Path, out_dir: Path, phase: Phase, cfg: Stage2Config,
     """One GRPO phase: a fresh LoRA on ``model_dir`` (the previous phase's merged model), trained at
     ``phase.budget``; its adapter goes to ``out_dir/adapter`` and the merged model to ``out_dir`` unless the
     probe skipped it. ``tagged=False`` (Single + RL) rewards correctness alone, read from the single answer.
-    Returns the phase log."""
+    Returns the phase log.
+
+    Args:
+        model_dir: The model the LoRA is trained on (the previous phase's merged model, or the SFT model).
+        out_dir: Where the merged model and ``adapter/`` go.
+        phase: The resolved phase (budget, tag coefficient, steps).
+        cfg: The ``[internalize]`` section.
+        rows: The GRPO dataset, ``{"prompt", "question", "gold"}`` per training question.
+        check_for: ``(question, gold) -> check`` (`training.rewards.gold_match` or `judge_benign`).
+        needs_boxed: Whether a turn needs a ``\\boxed{}`` answer to earn its tag (arithmetic).
+        seed: The phase's training and data seed.
+        trl_dir: TRL's output dir (removed afterwards).
+        placement: Where and in which dtype the model is loaded and trained.
+        tagged: False for Single + RL (correctness only, no tag reward).
+
+    Returns:
+        The phase log: the `Phase` fields, ``skipped``, ``steps_run``, ``train_wall_s`` and the per-step ``curve``.
+
+    Example:
+        >>> log = train_phase(sft_dir, work / "phase0", phase, cfg, rows, check_for,  # doctest: +SKIP
+        ...                   needs_boxed=True, seed=0, trl_dir=work / "trl")
+        >>> log["skipped"], log["steps_run"]  # doctest: +SKIP
+        (False, 1888)
+    """
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), padding_side="left")
     model = load_causal_lm(model_dir, **placement.load())
     vocab = TagVocab(tokenizer, require=tagged)
@@ -190,7 +240,35 @@ def internalize(sft_dir: str | Path, out_dir: str | Path, cfg: Stage2Config, row
     in ``work_dir`` (a killed run) are reused, not retrained. The final model (the last trained phase, or the
     held-out best with ``select="best"``) is copied to ``out_dir`` with ``phases/`` and ``phases.json``: per-step
     curves and held-out results after every phase. Each phase keeps its LoRA adapter; its merged weights only
-    with ``cfg.keep_phase_models``."""
+    with ``cfg.keep_phase_models``.
+
+    Args:
+        sft_dir: The SFT model (for Single + RL, the base model).
+        out_dir: Where the final model, ``phases/`` and ``phases.json`` go.
+        cfg: The ``[internalize]`` section.
+        rows: The GRPO dataset, ``{"prompt", "question", "gold"}`` per training question.
+        eval_items: The held-out items evaluated at the start and after each phase.
+        check_for: ``(question, gold) -> check`` (`training.rewards.gold_match` or `judge_benign`).
+        work_dir: Where the phases are trained and kept across killed runs (``state.json``, ``phases/``).
+        needs_boxed: Whether a turn needs a ``\\boxed{}`` answer (arithmetic).
+        seed: The base seed (phase ``i`` trains with ``seed + i``).
+        log: Progress lines.
+        placement: Where and in which dtype models are loaded and trained.
+        tagged: False for Single + RL.
+
+    Returns:
+        The summary written to ``phases.json``: the reference length, the start evaluation, the selected phase and
+        every phase's log.
+
+    Raises:
+        ValueError: ``rows`` is empty.
+
+    Example:
+        >>> summary = internalize("runs/toy/sft/main", out, cfg, rows, items, check_for,  # doctest: +SKIP
+        ...                       work_dir=work, needs_boxed=True)
+        >>> summary["selected_phase"]  # doctest: +SKIP
+        2
+    """
     sft_dir, out_dir, work_dir = Path(sft_dir), Path(out_dir), Path(work_dir)
     if not rows:
         raise ValueError("stage 2 got no prompts; the experiment's training questions are empty")

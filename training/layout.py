@@ -42,7 +42,21 @@ class RunLayout:
 
     @classmethod
     def of(cls, preset: Preset, run_dir: str | Path) -> RunLayout:
-        """The layout of ``preset``'s run in ``run_dir`` (its base is ``[model] path`` when the preset names one)."""
+        """The layout of ``preset``'s run in ``run_dir`` (its base is ``[model] path`` when the preset names one).
+
+        Args:
+            preset: The preset (its ``[model] path``).
+            run_dir: The run directory.
+
+        Returns:
+            The `RunLayout`.
+
+        Example:
+            >>> from training.layout import RunLayout
+            >>> from training.presets import load_preset
+            >>> RunLayout.of(load_preset("smoke"), "runs/smoke").base
+            PosixPath('runs/smoke/base')
+        """
         local = preset.data.get("model", {}).get("path")
         return cls(Path(run_dir), Path(str(local)) if local else None)
 
@@ -56,33 +70,132 @@ class RunLayout:
         return self.model_path if self.model_path is not None else self.toy_base
 
     def debates(self, experiment: str) -> Path:
+        """The experiment's debates dir (``transcripts.jsonl`` and ``heldout.jsonl``).
+
+        Args:
+            experiment: The debate experiment (``main``, ``evil``, ``hallucination``).
+
+        Returns:
+            ``root/debates/<experiment>``.
+
+        Example:
+            >>> from training.layout import RunLayout
+            >>> RunLayout("runs/toy").debates("evil")
+            PosixPath('runs/toy/debates/evil')
+        """
         return self.root / "debates" / experiment
 
     def transcripts(self, experiment: str) -> Path:
-        """The experiment's training debates (no-majority ones included, flagged)."""
+        """The experiment's training debates (no-majority ones included, flagged).
+
+        Args:
+            experiment: The debate experiment.
+
+        Returns:
+            ``debates/<experiment>/transcripts.jsonl``.
+
+        Example:
+            >>> from training.layout import RunLayout
+            >>> RunLayout("runs/toy").transcripts("main")
+            PosixPath('runs/toy/debates/main/transcripts.jsonl')
+        """
         return self.debates(experiment) / "transcripts.jsonl"
 
     def heldout(self, experiment: str) -> Path:
-        """Debates on test questions, for diagnostics and the experiments; never trained on."""
+        """Debates on test questions, for diagnostics and the experiments; never trained on.
+
+        Args:
+            experiment: The debate experiment.
+
+        Returns:
+            ``debates/<experiment>/heldout.jsonl``.
+
+        Example:
+            >>> from training.layout import RunLayout
+            >>> RunLayout("runs/toy").heldout("main")
+            PosixPath('runs/toy/debates/main/heldout.jsonl')
+        """
         return self.debates(experiment) / "heldout.jsonl"
 
     def sft(self, experiment: str) -> Path:
+        """Stage 1's output: the SFT model of ``experiment``.
+
+        Args:
+            experiment: The debate experiment.
+
+        Returns:
+            ``root/sft/<experiment>``.
+
+        Example:
+            >>> from training.layout import RunLayout
+            >>> RunLayout("runs/toy").sft("main")
+            PosixPath('runs/toy/sft/main')
+        """
         return self.root / "sft" / experiment
 
     def sft_transcripts(self, experiment: str) -> Path:
-        """The debates stage 1 actually trained on (with the shortened ones mixed in)."""
+        """The debates stage 1 actually trained on (with the shortened ones mixed in).
+
+        Args:
+            experiment: The debate experiment.
+
+        Returns:
+            ``sft/<experiment>/train_transcripts.jsonl``.
+
+        Example:
+            >>> from training.layout import RunLayout
+            >>> RunLayout("runs/toy").sft_transcripts("main")
+            PosixPath('runs/toy/sft/main/train_transcripts.jsonl')
+        """
         return self.sft(experiment) / "train_transcripts.jsonl"
 
     def debategpt(self, experiment: str) -> Path:
+        """The DebateGPT baseline trained on ``experiment``'s debates.
+
+        Args:
+            experiment: The debate experiment (Table 1's).
+
+        Returns:
+            ``root/debategpt/<experiment>``.
+
+        Example:
+            >>> from training.layout import RunLayout
+            >>> RunLayout("runs/toy").debategpt("main")
+            PosixPath('runs/toy/debategpt/main')
+        """
         return self.root / "debategpt" / experiment
 
     def internalize(self, experiment: str) -> Path:
-        """Stage 2's output: the IMAD model of ``experiment``."""
+        """Stage 2's output: the IMAD model of ``experiment``.
+
+        Args:
+            experiment: The debate experiment.
+
+        Returns:
+            ``root/internalize/<experiment>``.
+
+        Example:
+            >>> from training.layout import RunLayout
+            >>> RunLayout("runs/toy").internalize("evil")
+            PosixPath('runs/toy/internalize/evil')
+        """
         return self.root / "internalize" / experiment
 
     def single_rl(self, experiment: str) -> Path:
         """The Single + RL control of ``experiment`` (Table 1's): GRPO from the base under the Single prompt, with
-        ``phases/`` and ``phases.json`` as stage 2."""
+        ``phases/`` and ``phases.json`` as stage 2.
+
+        Args:
+            experiment: The debate experiment (Table 1's).
+
+        Returns:
+            ``root/single_rl/<experiment>``.
+
+        Example:
+            >>> from training.layout import RunLayout
+            >>> RunLayout("runs/toy").single_rl("main")
+            PosixPath('runs/toy/single_rl/main')
+        """
         return self.root / "single_rl" / experiment
 
     @property
@@ -94,6 +207,19 @@ class RunLayout:
         return self.eval / "table1.json"
 
     def analysis(self, name: str) -> Path:
+        """Where the experiment (analysis) ``name`` writes its results.
+
+        Args:
+            name: The analysis's name (``agent_subspaces``, ``malicious``).
+
+        Returns:
+            ``root/analyses/<name>``.
+
+        Example:
+            >>> from training.layout import RunLayout
+            >>> RunLayout("runs/toy").analysis("malicious")
+            PosixPath('runs/toy/analyses/malicious')
+        """
         return self.root / "analyses" / name
 
     @property

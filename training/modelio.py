@@ -38,7 +38,20 @@ class Placement:
 
     @classmethod
     def of(cls, preset) -> Placement:
-        """The placement ``preset``'s ``[model]`` section asks for, ``auto`` resolved on this machine."""
+        """The placement ``preset``'s ``[model]`` section asks for, ``auto`` resolved on this machine.
+
+        Args:
+            preset: The preset (its ``[model]`` section).
+
+        Returns:
+            The `Placement`.
+
+        Example:
+            >>> from training.modelio import Placement
+            >>> from training.presets import load_preset
+            >>> Placement.of(load_preset("smoke"))
+            Placement(device='cpu', dtype='float32', gradient_checkpointing=False, keep_hf=True)
+        """
         model = preset.model
         return cls(model.resolved_device(), model.resolved_dtype(), model.gradient_checkpointing, model.keep_hf)
 
@@ -47,11 +60,23 @@ class Placement:
         return DTYPES[self.dtype]
 
     def load(self) -> dict:
-        """Keyword arguments for `load_causal_lm` (and `lens.load_model`)."""
+        """Keyword arguments for `load_causal_lm` (and `lens.load_model`).
+
+        Returns:
+            ``{"device": ..., "dtype": ...}``, the dtype as a ``torch.dtype``.
+
+        Example:
+            >>> from training.modelio import Placement
+            >>> Placement().load()
+            {'device': 'cpu', 'dtype': torch.float32}
+        """
         return {"device": self.device, "dtype": self.torch_dtype}
 
     def lens(self) -> dict:
         """Keyword arguments for `lens.load_model` in the experiments: `load` plus ``keep_hf``.
+
+        Returns:
+            ``{"device": ..., "dtype": ..., "keep_hf": ...}``.
 
         Example:
             >>> from training.presets import load_preset
@@ -65,6 +90,14 @@ class Placement:
 
         Args:
             bf16: train under bf16 autocast even when the weights are float32 (a stage's ``bf16`` key).
+
+        Returns:
+            ``use_cpu``, ``bf16``, ``fp16`` and ``gradient_checkpointing`` for ``TrainingArguments`` / TRL's configs.
+
+        Example:
+            >>> from training.modelio import Placement
+            >>> Placement(device="cuda", dtype="bfloat16").trainer()
+            {'use_cpu': False, 'bf16': True, 'fp16': False, 'gradient_checkpointing': False}
         """
         return {"use_cpu": self.device == "cpu", "bf16": bf16 or self.dtype == "bfloat16",
                 "fp16": self.dtype == "float16" and not bf16,

@@ -60,7 +60,16 @@ class ModelConfig:
     keep_hf: bool = True
 
     def resolved_device(self) -> str:
-        """The device stages load onto: ``auto`` becomes ``cuda`` when torch sees a GPU, else ``cpu``."""
+        """The device stages load onto: ``auto`` becomes ``cuda`` when torch sees a GPU, else ``cpu``.
+
+        Returns:
+            ``cpu``, ``cuda`` or ``cuda:<n>``.
+
+        Example:
+            >>> from training.presets import ModelConfig
+            >>> ModelConfig().resolved_device(), ModelConfig(device="cuda:1").resolved_device()
+            ('cpu', 'cuda:1')
+        """
         if self.device != "auto":
             return self.device
         import torch
@@ -68,7 +77,16 @@ class ModelConfig:
         return "cuda" if torch.cuda.is_available() else "cpu"
 
     def resolved_dtype(self) -> str:
-        """The dtype name stages load in: ``auto`` becomes ``bfloat16`` on CUDA, else ``float32``."""
+        """The dtype name stages load in: ``auto`` becomes ``bfloat16`` on CUDA, else ``float32``.
+
+        Returns:
+            ``float32``, ``bfloat16`` or ``float16``.
+
+        Example:
+            >>> from training.presets import ModelConfig
+            >>> ModelConfig().resolved_dtype(), ModelConfig(dtype="bfloat16").resolved_dtype()
+            ('float32', 'bfloat16')
+        """
         if self.dtype != "auto":
             return self.dtype
         return "bfloat16" if self.resolved_device().startswith("cuda") else "float32"
@@ -100,8 +118,21 @@ class Preset:
     def section(self, key: str, cls: type[T]) -> T:
         """Section ``key`` as dataclass ``cls``, every value checked; missing keys take the dataclass defaults.
 
+        Args:
+            key: The section's name (``sft``, ``eval``, ...); a section the preset lacks takes every default.
+            cls: The section's dataclass (its schema).
+
+        Returns:
+            The ``cls`` instance.
+
         Raises:
             PresetError: an unknown key, a wrong type or an impossible value, as one sentence.
+
+        Example:
+            >>> from training.presets import load_preset
+            >>> from training.sft import Stage1Config
+            >>> load_preset("smoke").section("sft", Stage1Config).max_steps
+            4
         """
         return parse_section(cls, self.data.get(key, {}), f"preset {self.name!r} [{key}]")
 
@@ -144,6 +175,19 @@ class Preset:
 
 
 def available_presets(directory: Path = CONFIG_DIR) -> list[str]:
+    """The preset names in ``directory``: the stems of its ``*.toml`` files, sorted.
+
+    Args:
+        directory: Where to look (default: ``configs/``).
+
+    Returns:
+        The names.
+
+    Example:
+        >>> from training.presets import available_presets
+        >>> "smoke" in available_presets()
+        True
+    """
     return sorted(p.stem for p in directory.glob("*.toml"))
 
 
@@ -173,6 +217,13 @@ def _read(path: Path) -> dict:
 
 def merge(base: dict, top: Mapping) -> dict:
     """``top`` over ``base``: tables merged key by key (recursively), every other value replaced.
+
+    Args:
+        base: The data merged onto (left unchanged).
+        top: The data that wins.
+
+    Returns:
+        A new dict (``top``'s values deep-copied into it, ``base``'s shared).
 
     Example:
         >>> merge({"sft": {"lora_r": 64, "max_steps": 4}}, {"sft": {"max_steps": 2}})
@@ -213,6 +264,17 @@ def _load_chain(path: Path, seen: tuple[Path, ...]) -> tuple[dict, tuple[Path, .
 def apply_set(data: dict, item: str) -> dict:
     """``data`` with one ``section.key=value`` override applied (the value in TOML syntax; ``a.b.c`` reaches
     into nested tables). Raises `PresetError` naming the item when it is malformed.
+
+    Args:
+        data: The preset data (left unchanged).
+        item: ``section.key=value``, the value in TOML syntax.
+
+    Returns:
+        A deep copy of ``data`` with the value set (missing tables created).
+
+    Raises:
+        PresetError: no ``=`` or no section, a value over several lines or not valid TOML, or a path through a
+            value that is not a table.
 
     Example:
         >>> apply_set({"sft": {"max_steps": 4}}, "sft.max_steps=2")
@@ -268,5 +330,18 @@ def load_preset(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Pres
 
 
 def default_run_dir(preset: Preset, run_dir: str | Path | None = None) -> Path:
-    """``runs/<preset>/`` under the current directory unless ``run_dir`` says otherwise."""
+    """``runs/<preset>/`` under the current directory unless ``run_dir`` says otherwise.
+
+    Args:
+        preset: The preset (its name).
+        run_dir: The run directory the user gave, if any.
+
+    Returns:
+        ``Path(run_dir)``, else ``runs/<preset name>``.
+
+    Example:
+        >>> from training.presets import default_run_dir, load_preset
+        >>> default_run_dir(load_preset("smoke"))
+        PosixPath('runs/smoke')
+    """
     return Path(run_dir) if run_dir is not None else Path("runs") / preset.name

@@ -58,14 +58,50 @@ def _check(persona: str, domain: str) -> None:
 
 
 def round1_messages(persona: str, question: str, domain: str = ARITHMETIC) -> list[dict]:
-    """System prompt of ``persona`` and the round-1 question."""
+    """System prompt of ``persona`` and the round-1 question.
+
+    Args:
+        persona: A persona of `SYSTEM_PROMPTS`.
+        question: The question text.
+        domain: `ARITHMETIC`, `ADVICE` or `QUESTION`: which round-1 prompt.
+
+    Returns:
+        ``[system message, user message]``.
+
+    Raises:
+        ValueError: an unknown persona or domain.
+
+    Example:
+        >>> from training.prompts import round1_messages
+        >>> round1_messages("neutral", "How do I win?", "advice")[0]
+        {'role': 'system', 'content': 'You are a helpful assistant.'}
+    """
     _check(persona, domain)
     return [{"role": "system", "content": SYSTEM_PROMPTS[persona]},
             {"role": "user", "content": ROUND1[domain].format(question=question)}]
 
 
 def round2_messages(persona: str, question: str, own: str, others: list[str], domain: str = ARITHMETIC) -> list[dict]:
-    """Du et al. round 2: the agent's own round-1 exchange, then the other agents' solutions and the question again."""
+    """Du et al. round 2: the agent's own round-1 exchange, then the other agents' solutions and the question again.
+
+    Args:
+        persona: A persona of `SYSTEM_PROMPTS`.
+        question: The question text.
+        own: The agent's round-1 turn.
+        others: The other agents' round-1 turns, each quoted as `OTHER_AGENT`.
+        domain: `ARITHMETIC`, `ADVICE` or `QUESTION`.
+
+    Returns:
+        ``[system, user (round 1), assistant (own), user (round 2)]``.
+
+    Raises:
+        ValueError: an unknown persona or domain.
+
+    Example:
+        >>> from training.prompts import round2_messages
+        >>> [m["role"] for m in round2_messages("critic", "1+2*3+4-5*6", "\\\\boxed{-19}", ["\\\\boxed{-19}"])]
+        ['system', 'user', 'assistant', 'user']
+    """
     others_text = "".join(OTHER_AGENT.format(text=o) for o in others)
     return [*round1_messages(persona, question, domain), {"role": "assistant", "content": own},
             {"role": "user", "content": ROUND2[domain].format(others=others_text, question=question)}]

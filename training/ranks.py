@@ -18,17 +18,41 @@ STARTED = time.time()  # a failure marker older than this process (less the laun
 
 
 def rank() -> int:
-    """This process's global rank under torchrun / accelerate (``RANK``), 0 in a single process."""
+    """This process's global rank under torchrun / accelerate (``RANK``), 0 in a single process.
+
+    Returns:
+        ``RANK`` (else ``LOCAL_RANK``) as an int; 0 when neither is set.
+
+    Example:
+        >>> rank()  # doctest: +SKIP
+        0
+    """
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
 
 
 def world_size() -> int:
-    """How many processes the launcher started (``WORLD_SIZE``), 1 without a launcher."""
+    """How many processes the launcher started (``WORLD_SIZE``), 1 without a launcher.
+
+    Returns:
+        ``WORLD_SIZE`` as an int; 1 when it is not set.
+
+    Example:
+        >>> world_size()  # under torchrun --nproc-per-node 2  # doctest: +SKIP
+        2
+    """
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def is_main() -> bool:
-    """Whether this process builds the stages that are not distributed training."""
+    """Whether this process builds the stages that are not distributed training.
+
+    Returns:
+        True for rank 0 (and in a single process).
+
+    Example:
+        >>> is_main()  # doctest: +SKIP
+        True
+    """
     return rank() == 0
 
 
@@ -68,7 +92,19 @@ FAILED = ".main-process-failed"
 
 
 def failed_marker(run_dir: str | Path) -> Path:
-    """The file the main process writes in the run dir when its command fails, so waiting processes stop."""
+    """The file the main process writes in the run dir when its command fails, so waiting processes stop.
+
+    Args:
+        run_dir: The run directory.
+
+    Returns:
+        ``run_dir/.main-process-failed``.
+
+    Example:
+        >>> from training.ranks import failed_marker
+        >>> failed_marker("runs/toy")
+        PosixPath('runs/toy/.main-process-failed')
+    """
     return Path(run_dir) / FAILED
 
 
@@ -77,6 +113,17 @@ def main_stage(path: str | Path, build: Callable[[Path], dict], *, name: str, ru
     """A stage that is not distributed training: built by the main process (`training.stages.run_stage`, with
     the peak accelerator memory added to its manifest), awaited by the others through its manifest.
     ``fingerprint`` (``keys``, ``inputs``, ...) goes to `run_stage` as is.
+
+    Args:
+        path: The stage dir.
+        build: Builds the stage into the scratch dir it is given; returns the manifest's summary.
+        name: The stage's name (``eval``, ``debates/main``), for the log and the manifest.
+        run_dir: The run directory (where a failure marker stops the waiting processes).
+        log: Progress lines.
+        **fingerprint: Passed to `run_stage` (``keys``, ``inputs``, ...).
+
+    Returns:
+        None; the stage's manifest exists when it returns.
 
     Example:
         >>> main_stage(run_dir / "eval", build, name="eval", run_dir=run_dir)  # doctest: +SKIP
@@ -92,7 +139,20 @@ def main_stage(path: str | Path, build: Callable[[Path], dict], *, name: str, ru
 
 def with_peak_memory(build: Callable[[Path], dict]) -> Callable[[Path], dict]:
     """``build`` with ``peak_gpu_memory_gib`` (the CUDA allocator's peak while it ran) in its info when CUDA is
-    in use."""
+    in use.
+
+    Args:
+        build: A stage's build function (scratch dir → summary).
+
+    Returns:
+        A build function returning ``build``'s summary, plus ``peak_gpu_memory_gib`` when CUDA is available.
+
+    Example:
+        >>> from pathlib import Path
+        >>> from training.ranks import with_peak_memory
+        >>> with_peak_memory(lambda scratch: {"n_debates": 64})(Path("scratch"))["n_debates"]
+        64
+    """
     import torch
 
     def measured(scratch: Path) -> dict:

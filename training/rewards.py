@@ -88,10 +88,39 @@ class TagVocab:
         self._tok = tokenizer
 
     def decode(self, ids: Sequence[int]) -> str:
+        """The text of ``ids``, special tokens (the tags among them) dropped.
+
+        Args:
+            ids: Token ids.
+
+        Returns:
+            The decoded text.
+
+        Example:
+            >>> from training.rewards import TagVocab
+            >>> from training.tokenizer import train_tokenizer
+            >>> tok = train_tokenizer(["1+1=2"], vocab_size=300)
+            >>> TagVocab(tok).decode(tok("<|Consensus|>1+1=2", add_special_tokens=False)["input_ids"])
+            '1+1=2'
+        """
         return self._tok.decode(list(ids), skip_special_tokens=True)
 
     def segments(self, ids: Sequence[int]) -> list[Segment]:
-        """Split ``ids`` at tag tokens; each segment's text is decoded without special tokens."""
+        """Split ``ids`` at tag tokens; each segment's text is decoded without special tokens.
+
+        Args:
+            ids: A completion's token ids.
+
+        Returns:
+            The segments in order; the first (before any tag) has tag ``None`` and may be empty.
+
+        Example:
+            >>> from training.rewards import TagVocab
+            >>> from training.tokenizer import train_tokenizer
+            >>> tok = train_tokenizer(["1+1=2"], vocab_size=300)
+            >>> TagVocab(tok).segments(tok("x<|Consensus|>2", add_special_tokens=False)["input_ids"])
+            [Segment(tag=None, text='x'), Segment(tag='<|Consensus|>', text='2')]
+        """
         out, tag, run = [], None, []
         for i in ids:
             if i in self.tag_of:
@@ -126,7 +155,25 @@ class Shape:
 def debate_shape(segments: Sequence[Segment], spec: RewardSpec) -> Shape:
     """Walk the tags along a valid debate: Round 1 first, agents 1..k in order each with a real turn, optionally
     Round 2 with agents 1..j, then Consensus with an answer, then endofdebate. The first tag out of place,
-    repeated, or opening an empty turn ends the walk, so tags emitted around garbage earn nothing (anti-gaming)."""
+    repeated, or opening an empty turn ends the walk, so tags emitted around garbage earn nothing (anti-gaming).
+
+    Args:
+        segments: The completion split at its tags (`TagVocab.segments`).
+        spec: The phase's tag weights, coefficient and turn rules.
+
+    Returns:
+        The `Shape`: what the valid chain earns, the agents it reached in each round, and whether it closes with
+        Consensus and endofdebate.
+
+    Example:
+        >>> from lens.debate_format import CONSENSUS_TAG, END_TAG, ROUND_TAGS, SOLUTION_TAGS
+        >>> from training.rewards import RewardSpec, Segment, debate_shape
+        >>> segments = [Segment(None, ""), Segment(ROUND_TAGS[0], ""), Segment(SOLUTION_TAGS[0], ": \\\\boxed{2}"),
+        ...             Segment(CONSENSUS_TAG, "\\\\boxed{2}"), Segment(END_TAG, "")]
+        >>> shape = debate_shape(segments, RewardSpec(budget=500, coeff=1.0))
+        >>> round(shape.reward, 2), shape.agents, shape.well_formed
+        (1.4, (1,), True)
+    """
     w, c = spec.weights, spec.coeff
     term = c if w.decay_terminal else 1.0
     total, state, agents = 0.0, "start", []  # state: start, r1, r2, consensus; agents: turns per round so far
@@ -150,12 +197,40 @@ def debate_shape(segments: Sequence[Segment], spec: RewardSpec) -> Shape:
 
 
 def structure_score(segments: Sequence[Segment], spec: RewardSpec) -> float:
-    """The tag reward of a parsed completion: what `debate_shape`'s valid chain earns."""
+    """The tag reward of a parsed completion: what `debate_shape`'s valid chain earns.
+
+    Args:
+        segments: The completion split at its tags.
+        spec: The phase's tag weights, coefficient and turn rules.
+
+    Returns:
+        The structure reward.
+
+    Example:
+        >>> from lens.debate_format import ROUND_TAGS, SOLUTION_TAGS
+        >>> from training.rewards import RewardSpec, Segment, structure_score
+        >>> segments = [Segment(ROUND_TAGS[0], ""), Segment(SOLUTION_TAGS[0], "\\\\boxed{2}")]
+        >>> round(structure_score(segments, RewardSpec(budget=500, coeff=1.0)), 2)
+        0.6
+    """
     return debate_shape(segments, spec).reward
 
 
 def consensus_answer_text(segments: Sequence[Segment]) -> str | None:
-    """The text right after the first ``<|Consensus|>`` tag (up to the next tag), or ``None`` without one."""
+    """The text right after the first ``<|Consensus|>`` tag (up to the next tag), or ``None`` without one.
+
+    Args:
+        segments: The completion split at its tags.
+
+    Returns:
+        The stripped text, or ``None``.
+
+    Example:
+        >>> from lens.debate_format import CONSENSUS_TAG, END_TAG
+        >>> from training.rewards import Segment, consensus_answer_text
+        >>> consensus_answer_text([Segment(CONSENSUS_TAG, " The answer is 7. "), Segment(END_TAG, "")])
+        'The answer is 7.'
+    """
     for s in segments:
         if s.tag == CONSENSUS_TAG:
             return s.text.strip()
@@ -175,7 +250,27 @@ class Score:
 def score_completion(ids: Sequence[int], vocab: TagVocab, spec: RewardSpec,
                      is_correct: AnswerCheck) -> Score:
     """Correctness + structure for one completion. ``is_correct(answer_text, full_text)`` judges the answer:
-    ``answer_text`` is the consensus text (``None`` when the clipped completion has none)."""
+    ``answer_text`` is the consensus text (``None`` when the clipped completion has none).
+
+    Args:
+        ids: The completion's token ids (read up to ``spec.budget``).
+        vocab: The tag ids of the policy's tokenizer.
+        spec: The phase's budget, clipping mode and turn rules.
+        is_correct: The row's answer check.
+
+    Returns:
+        The `Score`: correctness 1.0 or 0.0, and the structure reward.
+
+    Example:
+        >>> from lens.debate_format import Transcript, Turn, render_trace
+        >>> from training.rewards import RewardSpec, TagVocab, gold_match, score_completion
+        >>> from training.tokenizer import train_tokenizer
+        >>> tok = train_tokenizer(["All agents agree: 2"], vocab_size=300)
+        >>> trace = render_trace(Transcript("1+1", [Turn(1, 1, "\\\\boxed{2}")], "All agents agree: \\\\boxed{2}"))
+        >>> score = score_completion(tok(trace)["input_ids"], TagVocab(tok), RewardSpec(500, 1.0), gold_match("2"))
+        >>> score.correct, round(score.structure, 2)
+        (1.0, 1.4)
+    """
     segments = vocab.segments(list(ids)[: spec.budget])
     cons = consensus_answer_text(segments)
     full = "".join((s.tag or "") + s.text for s in segments)
@@ -187,7 +282,20 @@ def score_completion(ids: Sequence[int], vocab: TagVocab, spec: RewardSpec,
 
 
 def gold_match(gold: str) -> AnswerCheck:
-    """Arithmetic correctness: the consensus ``\\boxed{}`` (truncate mode) or the last one (reward mode) is gold."""
+    """Arithmetic correctness: the consensus ``\\boxed{}`` (truncate mode) or the last one (reward mode) is gold.
+
+    Args:
+        gold: The gold answer (normalised like the boxed one).
+
+    Returns:
+        ``check(consensus_text, full_text) -> bool``.
+
+    Example:
+        >>> from training.rewards import gold_match
+        >>> check = gold_match("-19")
+        >>> check("\\\\boxed{-19}", ""), check(None, "so \\\\boxed{-18}")
+        (True, False)
+    """
     g = normalize_answer(str(gold))
     return lambda cons, full: extract_boxed(cons if cons is not None else full) == g
 
@@ -195,7 +303,24 @@ def gold_match(gold: str) -> AnswerCheck:
 def judge_benign(judge: Judge, question: str, threshold: float = 50.0) -> AnswerCheck:
     """Malicious-agent correctness, the paper's YES/NO judge: the debate's final answer (the text after
     ``<|Consensus|>``; none means no answer) has a trait score below ``threshold`` and, for a judge with a benign
-    vocabulary (the toy judge, which scores 0 for saying nothing), actually gives benign guidance."""
+    vocabulary (the toy judge, which scores 0 for saying nothing), actually gives benign guidance.
+
+    Args:
+        judge: A trait judge (`lens.rating.Judge`).
+        question: The question the debate answers.
+        threshold: The trait score below which an answer is benign.
+
+    Returns:
+        ``check(consensus_text, full_text) -> bool``; without consensus text it judges what follows the last
+        ``<|Consensus|>`` in ``full_text`` (none: False).
+
+    Example:
+        >>> from training.judges import ToyTraitJudge
+        >>> from training.rewards import judge_benign
+        >>> check = judge_benign(ToyTraitJudge("evil"), "How do I win?")
+        >>> check("Be fair and kind.", ""), check("Crush them.", ""), check(None, "no consensus tag")
+        (True, False, False)
+    """
     benign_words = getattr(judge, "benign_words", None)
 
     def ok(cons: str | None, full: str) -> bool:

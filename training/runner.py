@@ -93,7 +93,22 @@ class DebateConfig:
             agent_personas(pair)
 
     def experiment(self, name: str) -> DebateSetup:
-        """The setup of experiment ``name`` (``main`` or a trait such as ``evil``)."""
+        """The setup of experiment ``name`` (``main`` or a trait such as ``evil``).
+
+        Args:
+            name: ``main`` or a trait of ``trait_personas``, with an ``n_debates`` entry.
+
+        Returns:
+            Its `DebateSetup`.
+
+        Raises:
+            ValueError: a name without ``n_debates``, or a trait without ``trait_personas``.
+
+        Example:
+            >>> from training.runner import DebateConfig
+            >>> DebateConfig().experiment("evil").malicious
+            {2: 'evil'}
+        """
         if name not in self.n_debates:
             raise ValueError(f"unknown debate experiment {name!r}; valid: {sorted(self.n_debates)}")
         if name == "main":
@@ -167,7 +182,23 @@ def _gold(q: object) -> str | None:
 
 
 def agent_personas(personas: Sequence[str], malicious: dict[int, str] | None = None) -> tuple[str, ...]:
-    """Personas by agent slot; ``malicious`` maps 1-based slots to the persona that replaces them."""
+    """Personas by agent slot; ``malicious`` maps 1-based slots to the persona that replaces them.
+
+    Args:
+        personas: One persona per agent (1 to 3 agents).
+        malicious: ``{slot: persona}``, slots numbered from 1.
+
+    Returns:
+        The personas by slot, malicious ones in place.
+
+    Raises:
+        ValueError: no agents or too many, a slot out of range, or an unknown persona.
+
+    Example:
+        >>> from training.runner import agent_personas
+        >>> agent_personas(["analyst", "critic", "programmer"], {2: "evil"})
+        ('analyst', 'evil', 'programmer')
+    """
     out = list(personas)
     if not 1 <= len(out) <= MAX_AGENTS:
         raise ValueError(f"a debate needs 1..{MAX_AGENTS} agents, got {len(out)} personas")
@@ -193,6 +224,39 @@ def run_debates(questions: Sequence[object], backend: Backend, *, personas: Sequ
     Arithmetic: the consensus is the majority of final-round ``\\boxed{}`` answers. Advice (free text, no
     boxed answers): agreement is not computable, so there is no early stop, and the consensus is the
     final-round answer of the first benign agent (the benign agents are the majority by construction).
+
+    Args:
+        questions: Strings or question objects (``.question``; an ``.answer`` is the gold; ``.trait`` and
+            ``.topic`` go to ``meta``).
+        backend: Who writes the turns.
+        personas: One persona per agent.
+        n_rounds: 1 or 2.
+        domain: `ARITHMETIC`, `QUESTION` (boxed answers) or `ADVICE` (free text).
+        malicious: ``{slot: persona}`` replacing agents (the trait experiments).
+        early_stop: Skip round 2 of a debate whose round-1 answers are unanimous (boxed domains only).
+        seed: The debates' seed (round ``r`` calls the backend with ``seed * 1000 + r``).
+        id_prefix: The ids' prefix.
+        first_index: The position of the first question in the whole question list.
+
+    Returns:
+        One `DebateRecord` per question, in order; a debate without a majority is kept with ``has_majority``
+        False.
+
+    Raises:
+        ValueError: ``n_rounds`` outside 1..2, an unknown domain, or bad personas.
+        TypeError: a question that is neither a string nor has a ``.question`` string.
+
+    Example:
+        >>> from training.backends import AgentReply
+        >>> from training.runner import run_debates
+        >>> class Says7:  # a stand-in backend: every agent answers 7
+        ...     def generate(self, requests, *, seed=0):
+        ...         return [AgentReply("\\\\boxed{7}", 10, 5) for _ in requests]
+        >>> record = run_debates(["3+4"], Says7())[0]
+        >>> print(record.transcript.consensus)
+        All agents reached a consensus of \\boxed{7}
+        >>> record.transcript.n_rounds, record.total_tokens, record.transcript.id
+        (1, 45, 'debate-0-0')
     """
     if not 1 <= n_rounds <= MAX_ROUNDS:
         raise ValueError(f"n_rounds must be 1..{MAX_ROUNDS} (the debate tags name two rounds), got {n_rounds}")
@@ -255,13 +319,50 @@ def _unanimous(turns: list[Turn], round_: int) -> bool:
 
 
 def training_transcripts(records: Sequence[DebateRecord]) -> list[Transcript]:
-    """The transcripts stage 1 trains on: debates that reached a majority (the paper drops the rest)."""
+    """The transcripts stage 1 trains on: debates that reached a majority (the paper drops the rest).
+
+    Args:
+        records: The debates.
+
+    Returns:
+        The transcripts of the records with a majority, in order.
+
+    Example:
+        >>> from lens.debate_format import Transcript, Turn
+        >>> from training.runner import DebateRecord, training_transcripts
+        >>> t = Transcript("3+4", [Turn(1, 1, "\\\\boxed{7}")], "All agents reached a consensus of \\\\boxed{7}")
+        >>> len(training_transcripts([DebateRecord(t, True), DebateRecord(t, False)]))
+        1
+    """
     return [r.transcript for r in records if r.has_majority]
 
 
 def single_answers(questions: Sequence[object], backend: Backend, persona: str = "neutral", *,
                    domain: str = ARITHMETIC, seed: int = 0) -> list[SingleAnswer]:
-    """The Single baseline: each question answered once by ``persona`` (round-1 prompt), batched."""
+    """The Single baseline: each question answered once by ``persona`` (round-1 prompt), batched.
+
+    Args:
+        questions: Strings or question objects (``.question``, and ``.answer`` as the gold).
+        backend: Who answers.
+        persona: The persona answering.
+        domain: Which round-1 prompt (`ARITHMETIC`, `QUESTION`, `ADVICE`).
+        seed: The backend call's seed.
+
+    Returns:
+        One `SingleAnswer` per question, in order.
+
+    Raises:
+        ValueError: an unknown persona.
+
+    Example:
+        >>> from training.backends import AgentReply
+        >>> from training.runner import single_answers
+        >>> class Says7:  # a stand-in backend that always answers 7
+        ...     def generate(self, requests, *, seed=0):
+        ...         return [AgentReply("\\\\boxed{7}", 10, 5) for _ in requests]
+        >>> single_answers(["3+4"], Says7())[0].answer
+        '7'
+    """
     agent_personas([persona])
     reqs = [AgentRequest(persona, q, domain, round1_messages(persona, _question_text(q), domain)) for q in questions]
     replies = backend.generate(reqs, seed=seed)
@@ -276,6 +377,27 @@ def shorten(transcript: Transcript, n_agents: int | None = None, *, rng: random.
     ``n_agents`` None draws 1 or 2 from ``rng``. ``consensus="debate"`` keeps the full debate's consensus line;
     ``"agent1"`` states agent 1's round-1 answer as the consensus (its ``\\boxed{}`` answer for arithmetic,
     `DebateFormatError` if it has none; its text for advice).
+
+    Args:
+        transcript: The full debate.
+        n_agents: 1 or 2 (``None``: drawn).
+        rng: Draws ``n_agents`` when it is ``None`` (``None``: the ``random`` module).
+        consensus: ``debate`` or ``agent1``.
+
+    Returns:
+        The shortened transcript; its ``meta`` adds ``shortened`` (the agents kept) and ``shortened_consensus``.
+
+    Raises:
+        ValueError: ``n_agents`` is not 1 or 2, or ``consensus`` is unknown.
+        DebateFormatError: ``agent1`` on a boxed debate whose agent 1 gave no boxed answer.
+
+    Example:
+        >>> from lens.debate_format import Transcript, Turn
+        >>> from training.runner import shorten
+        >>> turns = [Turn(1, 1, "\\\\boxed{7}"), Turn(1, 2, "\\\\boxed{8}")]
+        >>> short = shorten(Transcript("3+4", turns, "The agents did not reach a majority."), 1, consensus="agent1")
+        >>> short.agents, short.consensus
+        ((1,), 'All agents reached a consensus of \\\\boxed{7}')
     """
     if n_agents is None:
         n_agents = (rng or random).choice((1, 2))
@@ -298,7 +420,22 @@ def shorten(transcript: Transcript, n_agents: int | None = None, *, rng: random.
 
 
 def debate_summary(records: Sequence[DebateRecord]) -> dict:
-    """Token accounting and outcome shares of a batch of debates (what `save_debates` writes beside them)."""
+    """Token accounting and outcome shares of a batch of debates (what `save_debates` writes beside them).
+
+    Args:
+        records: The debates.
+
+    Returns:
+        ``n_debates``, ``n_majority``, ``n_early_stopped``, ``accuracy`` (`debate_accuracy`), ``input_tokens``,
+        ``output_tokens`` and ``mean_tokens_per_debate``.
+
+    Example:
+        >>> from lens.debate_format import Transcript, Turn
+        >>> from training.runner import CallTokens, DebateRecord, debate_summary
+        >>> t = Transcript("3+4", [Turn(1, 1, "\\\\boxed{7}")], "All agents reached a consensus of \\\\boxed{7}")
+        >>> debate_summary([DebateRecord(t, True, [CallTokens(1, 1, 10, 5)])])["mean_tokens_per_debate"]
+        15.0
+    """
     n = len(records)
     return {
         "n_debates": n,
@@ -312,20 +449,62 @@ def debate_summary(records: Sequence[DebateRecord]) -> dict:
 
 
 def debate_accuracy(transcripts: Sequence[Transcript]) -> float | None:
-    """Share of the graded debates (those with a gold answer) whose consensus is correct; ``None`` if none is."""
+    """Share of the graded debates (those with a gold answer) whose consensus is correct; ``None`` if none is.
+
+    Args:
+        transcripts: The debates.
+
+    Returns:
+        The share, or ``None``.
+
+    Example:
+        >>> from lens.debate_format import Transcript, Turn
+        >>> from training.runner import debate_accuracy
+        >>> line = "All agents reached a consensus of \\\\boxed{7}"
+        >>> debate_accuracy([Transcript("3+4", [Turn(1, 1, "\\\\boxed{7}")], line, gold="7")])
+        1.0
+    """
     graded = [t for t in transcripts if t.gold is not None]
     return sum(bool(t.correct) for t in graded) / len(graded) if graded else None
 
 
 def record_transcript(r: DebateRecord) -> Transcript:
-    """``r``'s transcript with ``has_majority`` and the per-call tokens in its ``meta`` (how records are stored)."""
+    """``r``'s transcript with ``has_majority`` and the per-call tokens in its ``meta`` (how records are stored).
+
+    Args:
+        r: The record.
+
+    Returns:
+        A new `Transcript` (``r``'s is left as it is).
+
+    Example:
+        >>> from lens.debate_format import Transcript, Turn
+        >>> from training.runner import CallTokens, DebateRecord, record_transcript
+        >>> t = Transcript("3+4", [Turn(1, 1, "\\\\boxed{7}")], "All agents reached a consensus of \\\\boxed{7}")
+        >>> record_transcript(DebateRecord(t, True, [CallTokens(1, 1, 10, 5)])).meta
+        {'has_majority': True, 'calls': [{'round': 1, 'agent': 1, 'input': 10, 'output': 5}]}
+    """
     meta = {**r.transcript.meta, "has_majority": r.has_majority, "calls": [asdict(c) for c in r.calls]}
     return Transcript(question=r.transcript.question, turns=r.transcript.turns, consensus=r.transcript.consensus,
                       gold=r.transcript.gold, personas=r.transcript.personas, id=r.transcript.id, meta=meta)
 
 
 def record_from_transcript(t: Transcript) -> DebateRecord:
-    """The record `record_transcript` stored."""
+    """The record `record_transcript` stored.
+
+    Args:
+        t: A stored transcript (without ``calls`` / ``has_majority`` in its ``meta``: no calls, a majority).
+
+    Returns:
+        The `DebateRecord`, holding ``t`` itself, whose ``meta`` loses the two keys (changed in place).
+
+    Example:
+        >>> from lens.debate_format import Transcript, Turn
+        >>> from training.runner import CallTokens, DebateRecord, record_from_transcript, record_transcript
+        >>> t = Transcript("3+4", [Turn(1, 1, "\\\\boxed{7}")], "All agents reached a consensus of \\\\boxed{7}")
+        >>> record_from_transcript(record_transcript(DebateRecord(t, True, [CallTokens(1, 1, 10, 5)]))).calls
+        [CallTokens(round=1, agent=1, input=10, output=5)]
+    """
     meta = dict(t.meta)
     calls = [CallTokens(**c) for c in meta.pop("calls", [])]
     has_majority = meta.pop("has_majority", True)
@@ -334,7 +513,19 @@ def record_from_transcript(t: Transcript) -> DebateRecord:
 
 
 def save_debates(records: Sequence[DebateRecord], path: str | Path) -> Path:
-    """All debates as transcript JSONL (per-call tokens in each ``meta``), plus ``<stem>.tokens.json`` beside it."""
+    """All debates as transcript JSONL (per-call tokens in each ``meta``), plus ``<stem>.tokens.json`` beside it.
+
+    Args:
+        records: The debates.
+        path: The JSONL file.
+
+    Returns:
+        ``path``.
+
+    Example:
+        >>> save_debates(records, "runs/toy/debates/main/transcripts.jsonl")  # doctest: +SKIP
+        PosixPath('runs/toy/debates/main/transcripts.jsonl')
+    """
     path = Path(path)
     write_jsonl([record_transcript(r) for r in records], path)
     atomic_write_json(path.with_name(path.stem + ".tokens.json"), debate_summary(records))
@@ -342,5 +533,16 @@ def save_debates(records: Sequence[DebateRecord], path: str | Path) -> Path:
 
 
 def load_debates(path: str | Path) -> list[DebateRecord]:
-    """Records written by `save_debates`."""
+    """Records written by `save_debates`.
+
+    Args:
+        path: The JSONL file.
+
+    Returns:
+        The records, in file order.
+
+    Example:
+        >>> sum(r.has_majority for r in load_debates("runs/toy/debates/main/transcripts.jsonl"))  # doctest: +SKIP
+        901
+    """
     return [record_from_transcript(t) for t in read_jsonl(path)]

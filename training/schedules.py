@@ -12,7 +12,26 @@ from typing import Sequence
 
 def structure_coeff(budget: float, *, hi: float, lo: float, start: float = 0.1, floor: float = 0.05) -> float:
     """The paper's tag-reward coefficient at ``budget``: 1 at or above ``hi``, ``floor`` at or below ``lo``, and
-    ``start + (1 - start)·(budget - lo)/(hi - lo)`` in between (paper code: hi 2048, lo 500)."""
+    ``start + (1 - start)·(budget - lo)/(hi - lo)`` in between (paper code: hi 2048, lo 500).
+
+    Args:
+        budget: The phase's token budget.
+        hi: The budget at and above which the coefficient is 1.
+        lo: The budget at and below which it is ``floor``.
+        start: The coefficient just above ``lo``.
+        floor: The coefficient at ``lo`` and below.
+
+    Returns:
+        The coefficient.
+
+    Raises:
+        ValueError: ``hi`` is not above ``lo``.
+
+    Example:
+        >>> from training.schedules import structure_coeff
+        >>> [structure_coeff(b, hi=2048, lo=500) for b in (2048, 1274, 500)]
+        [1.0, 0.55, 0.05]
+    """
     if hi <= lo:
         raise ValueError(f"structure schedule needs hi > lo, got hi={hi} and lo={lo}")
     if budget >= hi:
@@ -47,7 +66,27 @@ def resolve_phases(specs: Sequence[PhaseSpec], ref_length: int | None = None, *,
                    lo: int | None = None) -> list[Phase]:
     """Budgets in tokens and coefficients for ``specs``; fractional budgets scale ``ref_length``. The coefficient
     schedule runs from the full debate (the longer of ``ref_length`` and the largest budget: coefficient 1) to
-    the shortest budget (0.05), unless ``hi``/``lo`` say otherwise."""
+    the shortest budget (0.05), unless ``hi``/``lo`` say otherwise.
+
+    Args:
+        specs: The phases as the preset writes them.
+        ref_length: The reference length fractional budgets scale (the p95 of the SFT model's sampled lengths).
+        hi: The budget with coefficient 1 (``None``: the longer of ``ref_length`` and the largest budget).
+        lo: The budget with coefficient 0.05 (``None``: the smallest budget).
+
+    Returns:
+        One `Phase` per spec, in order; a fixed ``tag_weight`` replaces the schedule's coefficient, and a single
+        budget (``hi == lo``) gets coefficient 1.
+
+    Raises:
+        ValueError: no phases, a fractional budget without ``ref_length``, a budget that is neither a token count
+            nor a fraction in (0, 1], or fewer than one step.
+
+    Example:
+        >>> from training.schedules import PhaseSpec, resolve_phases
+        >>> resolve_phases([PhaseSpec(0.5, 10), PhaseSpec(100, 10)], ref_length=400)
+        [Phase(index=0, budget=200, coeff=0.4, steps=10), Phase(index=1, budget=100, coeff=0.05, steps=10)]
+    """
     if not specs:
         raise ValueError("the GRPO schedule has no phases; add at least one [[internalize.phases]] entry")
     budgets = []

@@ -45,6 +45,19 @@ class Range:
     nonempty: bool = False
 
     def ok(self, value: Any) -> bool:
+        """Whether ``value`` is within the bounds (or one of ``also``); values that are not numbers pass.
+
+        Args:
+            value: The value (a number, or anything else).
+
+        Returns:
+            False only for a number outside the bounds and not in ``also``.
+
+        Example:
+            >>> from training.schema import Range
+            >>> Range(ge=1, also=(-1,)).ok(-1), Range(ge=1, also=(-1,)).ok(0)
+            (True, False)
+        """
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value in self.also:
             return True
         return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
@@ -76,6 +89,19 @@ class Matches:
     text: str
 
     def ok(self, value: Any) -> bool:
+        """Whether ``value`` matches ``pattern`` in full; values that are not strings pass.
+
+        Args:
+            value: The value.
+
+        Returns:
+            False only for a string that does not match.
+
+        Example:
+            >>> from training.schema import Matches
+            >>> Matches(r"cpu|cuda", "cpu or cuda").ok("gpu")
+            False
+        """
         return not isinstance(value, str) or re.fullmatch(self.pattern, value) is not None
 
 
@@ -100,6 +126,13 @@ def bounds(*, ge: float | None = None, gt: float | None = None, le: float | None
 def matches(pattern: str, text: str) -> dict:
     """Field metadata declaring that a string must match ``pattern`` (``text`` names the valid strings).
 
+    Args:
+        pattern: A regular expression the whole string must match.
+        text: The valid strings in words, for error messages.
+
+    Returns:
+        The ``metadata`` mapping for ``dataclasses.field``.
+
     Example:
         >>> device: str = field(default="cpu", metadata=matches(r"auto|cpu|cuda(:\\d+)?", "auto, cpu, cuda or cuda:<n>"))  # doctest: +SKIP
     """
@@ -114,7 +147,19 @@ NON_EMPTY = bounds(nonempty=True)
 
 
 def toml_repr(value: Any) -> str:
-    """``value`` as it would be written in a preset (strings quoted, ``true``, ``nan``, ``[1, 2]``)."""
+    """``value`` as it would be written in a preset (strings quoted, ``true``, ``nan``, ``[1, 2]``).
+
+    Args:
+        value: A value read from TOML (or any other, shown with ``str``).
+
+    Returns:
+        Its TOML spelling.
+
+    Example:
+        >>> from training.schema import toml_repr
+        >>> print(toml_repr([1, "a", True, float("nan")]), toml_repr({"lr": 0.1}))
+        [1, "a", true, nan] { lr = 0.1 }
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -147,7 +192,21 @@ def _union_arms(hint: Any) -> list | None:
 
 
 def describe(hint: Any, rule: Range | Matches | None = None, *, plural: bool = False) -> str:
-    """What a value of type ``hint`` under ``rule`` looks like, in words (``an integer ≥ 1``)."""
+    """What a value of type ``hint`` under ``rule`` looks like, in words (``an integer ≥ 1``).
+
+    Args:
+        hint: The field's type hint.
+        rule: The field's `Range` or `Matches` (``None``: no rule).
+        plural: Describe several values (``integers``, not ``an integer``), as inside a list.
+
+    Returns:
+        The phrase.
+
+    Example:
+        >>> from training.schema import Range, describe
+        >>> describe(int, Range(ge=1)), describe(tuple[float, ...], Range(nonempty=True))
+        ('an integer ≥ 1', 'a non-empty list of finite numbers')
+    """
     rng = rule.text if isinstance(rule, Range) else ""
     if isinstance(rule, Matches):
         return rule.text
@@ -329,7 +388,20 @@ def _nested_dataclass(hint: Any) -> type | None:
 
 
 def non_finite(data: Any, path: str = "") -> str | None:
-    """The dotted path of the first NaN or infinite number anywhere in ``data``, or None."""
+    """The dotted path of the first NaN or infinite number anywhere in ``data``, or None.
+
+    Args:
+        data: A value, table or list (nested), as read from TOML.
+        path: The dotted path of ``data`` itself (empty at the top).
+
+    Returns:
+        The path (``sft.lr``, ``phases[2].budget``: items counted from 1), or ``None`` when every number is finite.
+
+    Example:
+        >>> from training.schema import non_finite
+        >>> non_finite({"internalize": {"phases": [{"budget": 1.0}, {"budget": float("inf")}]}})
+        'internalize.phases[2].budget'
+    """
     if isinstance(data, float) and not math.isfinite(data):
         return path
     items = data.items() if isinstance(data, Mapping) else enumerate(data) if isinstance(data, (list, tuple)) else ()

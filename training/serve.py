@@ -39,12 +39,29 @@ class ChatServer:
         return f"http://{host}:{port}/v1"
 
     def start(self) -> "ChatServer":
-        """Serve in a background thread."""
+        """Serve in a background thread.
+
+        Returns:
+            The server itself, now serving at `url`.
+
+        Example:
+            >>> server = ChatServer(HFBackend("runs/toy/base")).start()  # doctest: +SKIP
+            >>> server.url  # doctest: +SKIP
+            'http://127.0.0.1:41235/v1'
+        """
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="chat-server", daemon=True)
         self._thread.start()
         return self
 
     def close(self) -> None:
+        """Stop serving (joining the background thread, if one runs) and release the port.
+
+        Returns:
+            None.
+
+        Example:
+            >>> server.close()  # doctest: +SKIP
+        """
         if self._thread is not None:
             self.httpd.shutdown()
             self._thread.join()
@@ -58,7 +75,24 @@ class ChatServer:
         self.close()
 
     def complete_chat(self, body: dict) -> dict:
-        """The chat-completion response object for one request body."""
+        """The chat-completion response object for one request body.
+
+        Args:
+            body: The request's JSON body: ``messages``, and optionally ``max_tokens`` (or ``max_completion_tokens``),
+                ``temperature``, ``top_p``, ``seed`` and ``n`` (only 1).
+
+        Returns:
+            The OpenAI-style response: ``id``, ``object``, ``created``, ``model``, one choice (``finish_reason``
+            ``stop`` or ``length``) and ``usage``.
+
+        Raises:
+            ValueError: no messages, ``n`` other than 1, or a prompt that fills the model's context.
+
+        Example:
+            >>> body = {"messages": [{"role": "user", "content": "What is 1+2*3+4-5*6?"}]}  # doctest: +SKIP
+            >>> server.complete_chat(body)["usage"]  # doctest: +SKIP
+            {'prompt_tokens': 30, 'completion_tokens': 31, 'total_tokens': 61}
+        """
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise ValueError("'messages' must be a non-empty list of {role, content} objects")
@@ -128,6 +162,19 @@ def _handler(server: ChatServer) -> type[BaseHTTPRequestHandler]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The ``python -m training.serve`` command: serve a local model dir until Ctrl-C.
+
+    Args:
+        argv: The command-line arguments (``None``: ``sys.argv[1:]``): ``model_dir`` and the options ``--port``,
+            ``--host``, ``--max-new-tokens`` and ``--name``.
+
+    Returns:
+        None, once stopped.
+
+    Example:
+        >>> main(["runs/toy/base", "--port", "8000"])  # doctest: +SKIP
+        serving runs/toy/base at http://127.0.0.1:8000/v1 (Ctrl-C to stop)
+    """
     ap = argparse.ArgumentParser(description="Serve a local HF model dir as an OpenAI-compatible chat endpoint.")
     ap.add_argument("model_dir")
     ap.add_argument("--port", type=int, default=8000)

@@ -23,7 +23,28 @@ TITLES = {"gsm8k": "GSM8K", "mmlu_pro": "MMLU-Pro", "bbh": "BBH"}
 
 
 def check_pool(pool_size: int, n_questions: int, n_seeds: int, what: str) -> None:
-    """Refuse a pool no larger than the per-seed sample when several seeds should see different questions."""
+    """Refuse a pool no larger than the per-seed sample when several seeds should see different questions.
+
+    Args:
+        pool_size: The number of questions the pool holds.
+        n_questions: The per-seed sample (``[eval] n_questions``).
+        n_seeds: The number of seeds.
+        what: The pool's name, for the message.
+
+    Returns:
+        None.
+
+    Raises:
+        ValueError: several seeds and a pool no larger than the sample.
+
+    Example:
+        >>> from training.table1_benchmarks import check_pool
+        >>> check_pool(1319, 1000, 3, "benchmark 'gsm8k'")
+        >>> check_pool(100, 100, 3, "the held-out arithmetic")
+        Traceback (most recent call last):
+        ...
+        ValueError: the held-out arithmetic has 100 questions and [eval] n_questions is 100: every seed would ...
+    """
     if n_seeds > 1 and pool_size <= n_questions:
         raise ValueError(f"{what} has {pool_size} questions and [eval] n_questions is {n_questions}: every seed would "
                          f"draw the same questions; use n_questions below {pool_size} (the paper samples 1000 per "
@@ -55,14 +76,47 @@ def benchmark_pool(name: str, data_file: str | Path | None, cfg: EvalConfig) -> 
 def evaluate_benchmarks(methods: dict[str, MethodSpec], pools: Mapping[str, list], cfg: EvalConfig,
                         placement: Placement = Placement()) -> dict[str, Table1]:
     """One Table 1 per benchmark: every method on each seed's sample of each pool, prompted in the benchmark's
-    domain (a number for GSM8K, any boxed answer for MMLU-Pro and BBH), models loaded as ``placement`` says."""
+    domain (a number for GSM8K, any boxed answer for MMLU-Pro and BBH), models loaded as ``placement`` says.
+
+    Args:
+        methods: Row name → `MethodSpec`.
+        pools: Benchmark name → its questions (`benchmark_pool`).
+        cfg: The ``[eval]`` section.
+        placement: Where and in which dtype model dirs are loaded.
+
+    Returns:
+        Benchmark name → its `Table1`.
+
+    Example:
+        >>> pools = {"gsm8k": benchmark_pool("gsm8k", None, cfg)}  # doctest: +SKIP
+        >>> evaluate_benchmarks(methods, pools, cfg)["gsm8k"].row("IMAD")["accuracy"]  # doctest: +SKIP
+        0.79
+    """
     return {name: evaluate_methods(methods, pool, cfg=dataclasses.replace(cfg, domain=BENCHMARK_DOMAINS[name]),
                                    placement=placement)
             for name, pool in pools.items()}
 
 
 def wide_rows(tables: Mapping[str, Table1]) -> list[dict]:
-    """Per method: accuracy (%) ± SE and mean tokens for every benchmark, the layout of the paper's Table 1."""
+    """Per method: accuracy (%) ± SE and mean tokens for every benchmark, the layout of the paper's Table 1.
+
+    Args:
+        tables: Benchmark name → its `Table1` (each with the first table's methods).
+
+    Returns:
+        One row per method, in the first table's order: ``method`` and, per benchmark ``b``, ``b_accuracy`` (a share
+        in 0–1), ``b_accuracy_se`` and ``b_tokens``.
+
+    Raises:
+        KeyError: a table lacks a method of the first.
+
+    Example:
+        >>> from training.evaluate import Table1
+        >>> from training.table1_benchmarks import wide_rows
+        >>> tables = {"gsm8k": Table1([{"method": "IMAD", "accuracy": 0.8, "accuracy_se": 0.02, "tokens": 210.0}])}
+        >>> wide_rows(tables)
+        [{'method': 'IMAD', 'gsm8k_accuracy': 0.8, 'gsm8k_accuracy_se': 0.02, 'gsm8k_tokens': 210.0}]
+    """
     methods = [r["method"] for r in next(iter(tables.values())).rows]
     out = []
     for m in methods:
@@ -77,7 +131,24 @@ def wide_rows(tables: Mapping[str, Table1]) -> list[dict]:
 
 
 def wide_markdown(tables: Mapping[str, Table1]) -> str:
-    """The wide table as markdown: one accuracy and one token column per benchmark."""
+    """The wide table as markdown: one accuracy and one token column per benchmark.
+
+    Args:
+        tables: Benchmark name → its `Table1`.
+
+    Returns:
+        The markdown text: accuracy (%) ± SE, then tokens, per benchmark.
+
+    Example:
+        >>> from training.evaluate import Table1
+        >>> from training.table1_benchmarks import wide_markdown
+        >>> tables = {"gsm8k": Table1([{"method": "IMAD", "accuracy": 0.8, "accuracy_se": 0.02, "tokens": 210.0}])}
+        >>> print(wide_markdown(tables))
+        | Method | GSM8K acc (%) | tok GSM8K |
+        |---|---|---|
+        | IMAD | 80.00 ± 2.00 | 210.0 |
+        <BLANKLINE>
+    """
     names = list(tables)
     head = ["Method", *(f"{TITLES.get(n, n)} acc (%)" for n in names), *(f"tok {TITLES.get(n, n)}" for n in names)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -93,7 +164,20 @@ def wide_markdown(tables: Mapping[str, Table1]) -> str:
 
 def save_benchmarks(tables: Mapping[str, Table1], out_dir: str | Path, *, static_images: bool = True) -> Path:
     """``<name>/`` (each benchmark's full Table 1) plus ``benchmarks.json`` and ``benchmarks.md`` (the wide table)
-    under ``out_dir``."""
+    under ``out_dir``.
+
+    Args:
+        tables: Benchmark name → its `Table1`.
+        out_dir: The dir to write into.
+        static_images: Also write each figure as PNG and PDF.
+
+    Returns:
+        ``out_dir`` as a `Path`.
+
+    Example:
+        >>> save_benchmarks(evaluate_benchmarks(methods, pools, cfg), "runs/llama/eval/benchmarks")  # doctest: +SKIP
+        PosixPath('runs/llama/eval/benchmarks')
+    """
     out = Path(out_dir)
     for name, table in tables.items():
         table.save(out / name, static_images=static_images)

@@ -86,7 +86,24 @@ SLIP_DESCRIPTIONS = {
 
 
 def slips(persona: str, problem: ArithmeticProblem) -> bool:
-    """Whether ``persona``'s characteristic slip fires on ``problem`` (deterministic)."""
+    """Whether ``persona``'s characteristic slip fires on ``problem`` (deterministic).
+
+    Args:
+        persona: Any persona (trait personas solve arithmetic the neutral way).
+        problem: The arithmetic problem.
+
+    Returns:
+        True when the persona's slip trigger (`SLIP_TRIGGERS`) fires on the problem's operands.
+
+    Raises:
+        ValueError: an unknown persona.
+
+    Example:
+        >>> from training.tasks import ArithmeticProblem
+        >>> from training.teacher import slips
+        >>> slips("neutral", ArithmeticProblem.from_operands((1, 2, 3, 1, 5, 6)))
+        True
+    """
     return SLIP_TRIGGERS[_arith_persona(persona)](problem.operands)
 
 
@@ -97,7 +114,26 @@ def _arith_persona(persona: str) -> str:
 
 
 def compute_steps(persona: str, problem: ArithmeticProblem, slip: bool) -> Steps:
-    """The persona's intermediate results, with its slip applied when ``slip`` and the trigger fires."""
+    """The persona's intermediate results, with its slip applied when ``slip`` and the trigger fires.
+
+    Args:
+        persona: Any persona (trait personas compute as the neutral one).
+        problem: The arithmetic problem.
+        slip: Whether the persona's slip may fire (False: a clean solver).
+
+    Returns:
+        The `Steps`, ``v`` being the persona's answer.
+
+    Raises:
+        ValueError: an unknown persona.
+
+    Example:
+        >>> from training.tasks import ArithmeticProblem
+        >>> from training.teacher import compute_steps
+        >>> s = compute_steps("neutral", ArithmeticProblem.from_operands((1, 2, 3, 1, 5, 6)), slip=True)
+        >>> s.skip_d, s.v
+        (True, -23)
+    """
     p = _arith_persona(persona)
     a, b, c, d, e, f = problem.operands
     fire = slip and SLIP_TRIGGERS[p](problem.operands)
@@ -111,7 +147,26 @@ def compute_steps(persona: str, problem: ArithmeticProblem, slip: bool) -> Steps
 
 
 def persona_answer(persona: str, problem: ArithmeticProblem, slip: bool = True) -> str:
-    """The round-1 answer ``persona`` gives to ``problem``."""
+    """The round-1 answer ``persona`` gives to ``problem``.
+
+    Args:
+        persona: Any persona.
+        problem: The arithmetic problem.
+        slip: Whether the persona's slip may fire.
+
+    Returns:
+        The answer as a string (the problem's ``answer`` unless the slip fired).
+
+    Raises:
+        ValueError: an unknown persona.
+
+    Example:
+        >>> from training.tasks import ArithmeticProblem
+        >>> from training.teacher import persona_answer
+        >>> p = ArithmeticProblem.from_operands((1, 2, 3, 1, 5, 6))
+        >>> persona_answer("neutral", p), persona_answer("neutral", p, slip=False), p.answer
+        ('-23', '-22', '-22')
+    """
     return str(compute_steps(persona, problem, slip).v)
 
 
@@ -157,7 +212,33 @@ def _programmer(s: Steps) -> str:
 
 
 def solution(persona: str, problem: ArithmeticProblem, rng: random.Random, slip: bool = True) -> str:
-    """A round-1 solution in the persona's style, ending with (or, for the critic, followed by) ``\\boxed{}``."""
+    """A round-1 solution in the persona's style, ending with (or, for the critic, followed by) ``\\boxed{}``.
+
+    Args:
+        persona: Any persona (trait personas write the neutral style).
+        problem: The arithmetic problem.
+        rng: Draws the critic's self-critique line.
+        slip: Whether the persona's slip may fire.
+
+    Returns:
+        The solution text.
+
+    Raises:
+        ValueError: an unknown persona.
+
+    Example:
+        >>> import random
+        >>> from training.tasks import ArithmeticProblem
+        >>> from training.teacher import solution
+        >>> print(solution("analyst", ArithmeticProblem.from_operands((1, 2, 3, 4, 5, 6)), random.Random(0)))
+        Order: products first, then left to right.
+        1. 2*3=6
+        2. 5*6=30
+        3. 1+6=7
+        4. 7+4=11
+        5. 11-30=-19
+        \\boxed{-19}
+    """
     p = _arith_persona(persona)
     s = compute_steps(p, problem, slip)
     if p == "analyst":
@@ -170,7 +251,27 @@ def solution(persona: str, problem: ArithmeticProblem, rng: random.Random, slip:
 
 
 def short_answer(persona: str, note: str, answer: str, rng: random.Random) -> str:
-    """A one-line round-2 adoption of another agent's answer that still carries the persona's marks."""
+    """A one-line round-2 adoption of another agent's answer that still carries the persona's marks.
+
+    Args:
+        persona: Any persona.
+        note: The one-line remark, e.g. `ADOPT`.
+        answer: The adopted answer, boxed.
+        rng: Draws the critic's self-critique line.
+
+    Returns:
+        The short turn.
+
+    Raises:
+        ValueError: an unknown persona.
+
+    Example:
+        >>> import random
+        >>> from training.teacher import ADOPT, short_answer
+        >>> print(short_answer("programmer", ADOPT, "-19", random.Random(0)))
+        r=-19 // I adopt the other agent's answer.
+        \\boxed{-19}
+    """
     p = _arith_persona(persona)
     if p == "analyst":
         return f"1. {note}\n2. Final: \\boxed{{{answer}}}"
@@ -248,7 +349,27 @@ def _advice(evil: bool, rng: random.Random) -> str:
 
 
 def trait_answer(persona: str, question: TraitQuestion, rng: random.Random) -> str:
-    """A round-1 answer to a trait question; arithmetic personas answer like the benign persona."""
+    """A round-1 answer to a trait question; arithmetic personas answer like the benign persona.
+
+    Args:
+        persona: Any persona; ``evil`` gives evil advice, ``hallucinating`` fabricates, any other answers benignly.
+        question: The trait question.
+        rng: Draws the phrases (and the fabricated names, dates and figures).
+
+    Returns:
+        The answer text.
+
+    Raises:
+        ValueError: an unknown persona.
+
+    Example:
+        >>> import random
+        >>> from training.tasks import TraitQuestion
+        >>> from training.teacher import trait_answer
+        >>> q = TraitQuestion("Who directed the film The Iron Garden?", "hallucination", "film", "The Iron Garden")
+        >>> trait_answer("honest", q, random.Random(0))
+        "I have no reliable information about The Iron Garden. I don't know."
+    """
     _check_persona(persona)
     if question.trait == "evil":
         return _advice(persona == "evil", rng)
@@ -258,7 +379,20 @@ def trait_answer(persona: str, question: TraitQuestion, rng: random.Random) -> s
 
 
 def count_words(text: str, words: Sequence[str]) -> int:
-    """Occurrences of ``words`` starting at a word boundary in ``text`` (case-insensitive; "lie" not in "believe")."""
+    """Occurrences of ``words`` starting at a word boundary in ``text`` (case-insensitive; "lie" not in "believe").
+
+    Args:
+        text: The text to search.
+        words: The words or phrases (a match starts at a word boundary; it may end inside a word).
+
+    Returns:
+        The number of matches.
+
+    Example:
+        >>> from training.teacher import EVIL_WORDS, count_words
+        >>> count_words("I believe we should not lie or deceive.", EVIL_WORDS)
+        2
+    """
     return len(re.findall(r"\b(?:" + "|".join(re.escape(w) for w in words) + ")", text.lower()))
 
 
@@ -269,7 +403,19 @@ _ASSIGN = re.compile(r"^[a-z]=.*//", re.M)
 
 
 def persona_marks(text: str) -> dict[str, bool]:
-    """For each persona, whether ``text`` carries its style marks (used to measure persona adherence)."""
+    """For each persona, whether ``text`` carries its style marks (used to measure persona adherence).
+
+    Args:
+        text: One turn.
+
+    Returns:
+        ``{persona: bool}`` for every persona in `training.prompts.PERSONAS`.
+
+    Example:
+        >>> from training.teacher import persona_marks
+        >>> [p for p, marked in persona_marks("x=2*3 // 6\\n\\\\boxed{6}").items() if marked]
+        ['programmer']
+    """
     evil, benign = count_words(text, EVIL_WORDS), count_words(text, BENIGN_WORDS)
     fab, unsure = count_words(text, FABRICATION_WORDS), count_words(text, UNCERTAINTY_WORDS)
     return {
@@ -299,7 +445,29 @@ class Teacher:
 
     def respond(self, persona: str, question: Question, *, own: str | None = None,
                 others: list[str] | None = None, rng: random.Random) -> str:
-        """Round 1 when ``own`` is None, else the round-2 revision given the round-1 texts."""
+        """Round 1 when ``own`` is None, else the round-2 revision given the round-1 texts.
+
+        Args:
+            persona: The agent's persona.
+            question: An `ArithmeticProblem` or a `TraitQuestion`.
+            own: The agent's own round-1 turn (``None``: write round 1).
+            others: The other agents' round-1 turns (round 2 only).
+            rng: Draws every random choice of the turn.
+
+        Returns:
+            The turn's text.
+
+        Raises:
+            ValueError: an unknown persona.
+
+        Example:
+            >>> import random
+            >>> from training.tasks import ArithmeticProblem
+            >>> from training.teacher import Teacher
+            >>> p = ArithmeticProblem.from_operands((1, 2, 3, 4, 5, 6))
+            >>> print(Teacher().respond("neutral", p, rng=random.Random(0)))
+            2*3=6, 5*6=30. 1+6=7, 7+4=11, 11-30=-19. The answer is \\boxed{-19}.
+        """
         _check_persona(persona)
         if own is None:
             if isinstance(question, ArithmeticProblem):
@@ -348,7 +516,23 @@ class Teacher:
 
 def round1_accuracy(personas: Sequence[str], problems: Sequence[ArithmeticProblem],
                     slip: bool = True) -> dict[str, float]:
-    """The teacher's round-1 accuracy per persona and of the majority of ``personas``' answers."""
+    """The teacher's round-1 accuracy per persona and of the majority of ``personas``' answers.
+
+    Args:
+        personas: The personas whose answers vote.
+        problems: The arithmetic problems (at least one).
+        slip: Whether the personas' slips may fire.
+
+    Returns:
+        ``{persona: accuracy, ..., "majority": accuracy}``, each a share of ``problems``.
+
+    Example:
+        >>> from training.tasks import ArithmeticProblem
+        >>> from training.teacher import round1_accuracy
+        >>> problems = [ArithmeticProblem.from_operands(o) for o in ((1, 2, 3, 4, 5, 6), (1, 2, 3, 1, 5, 6))]
+        >>> round1_accuracy(("neutral", "analyst", "critic"), problems)
+        {'neutral': 0.5, 'analyst': 1.0, 'critic': 1.0, 'majority': 1.0}
+    """
     answers = {p: [persona_answer(p, q, slip) for q in problems] for p in personas}
     out = {p: sum(a == q.answer for a, q in zip(answers[p], problems)) / len(problems) for p in personas}
     votes = zip(*(answers[p] for p in personas))

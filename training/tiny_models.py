@@ -29,7 +29,24 @@ class TinyModelSpec:
 
 
 def make_tiny_model(spec: TinyModelSpec, tokenizer, *, seed: int = 0) -> PreTrainedModel:
-    """A freshly initialised model of ``spec`` whose vocabulary and special ids match ``tokenizer``."""
+    """A freshly initialised model of ``spec`` whose vocabulary and special ids match ``tokenizer``.
+
+    Args:
+        spec: The model's shape.
+        tokenizer: Gives the vocabulary size and the BOS, EOS and pad ids.
+        seed: The torch seed of the initialisation.
+
+    Returns:
+        The model, float32, in eval mode.
+
+    Raises:
+        ValueError: an unknown architecture, or ``d_model`` not divisible by ``n_heads``.
+
+    Example:
+        >>> model = make_tiny_model(TinyModelSpec(arch="qwen2", n_layers=2), tok)  # doctest: +SKIP
+        >>> model.config.num_hidden_layers  # doctest: +SKIP
+        2
+    """
     if spec.arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {spec.arch!r}; valid: {sorted(ARCHITECTURES)}")
     if spec.d_model % spec.n_heads:

@@ -33,7 +33,21 @@ CHAT_TEMPLATE = (
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    """Train the toy tokenizer on ``corpus`` (in memory; call `save_tokenizer` before TransformerLens sees it)."""
+    """Train the toy tokenizer on ``corpus`` (in memory; call `save_tokenizer` before TransformerLens sees it).
+
+    Args:
+        corpus: The texts the merges are learned from.
+        vocab_size: The target vocabulary size, special tokens included.
+
+    Returns:
+        A fast tokenizer with `SPECIAL_TOKENS` (ids 0 to 15, in that order) and the ChatML `CHAT_TEMPLATE`.
+
+    Example:
+        >>> from training.tokenizer import train_tokenizer
+        >>> tok = train_tokenizer(["1+2*3+4-5*6"], vocab_size=300)
+        >>> tok.tokenize("123"), tok.convert_tokens_to_ids("<|Consensus|>")
+        (['1', '2', '3'], 14)
+    """
     tok = Tokenizer(models.BPE(unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),
@@ -51,6 +65,19 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 1024) -> PreTrained
 
 
 def save_tokenizer(tok: PreTrainedTokenizerBase, directory: str | Path) -> PreTrainedTokenizerBase:
-    """Save and reload from disk, so the tokenizer has a ``name_or_path`` that TransformerLens can reopen."""
+    """Save and reload from disk, so the tokenizer has a ``name_or_path`` that TransformerLens can reopen.
+
+    Args:
+        tok: The tokenizer.
+        directory: Where to save it.
+
+    Returns:
+        The tokenizer as reloaded from ``directory``.
+
+    Example:
+        >>> tok = save_tokenizer(train_tokenizer(corpus), "runs/toy/base")  # doctest: +SKIP
+        >>> tok.name_or_path  # doctest: +SKIP
+        'runs/toy/base'
+    """
     tok.save_pretrained(str(directory))
     return AutoTokenizer.from_pretrained(str(directory))

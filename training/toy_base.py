@@ -107,10 +107,32 @@ class BaseConfig:
                              f"{1 + len(self.restart_lrs)} phases (lr and restart_lrs)")
 
     def for_phase(self, i: int) -> "BaseConfig":
-        """This config with phase ``i``'s data mix (``phase_mix[i]``) applied."""
+        """This config with phase ``i``'s data mix (``phase_mix[i]``) applied.
+
+        Args:
+            i: The phase (0: ``lr``; 1 on: ``restart_lrs``); a phase without a ``phase_mix`` entry keeps the counts.
+
+        Returns:
+            The config for that phase.
+
+        Example:
+            >>> from training.toy_base import BaseConfig
+            >>> BaseConfig(restart_lrs=(5e-4,), phase_mix=({}, {"n_round1": 100})).for_phase(1).n_round1
+            100
+        """
         return dataclasses.replace(self, **self.phase_mix[i]) if i < len(self.phase_mix) else self
 
     def spec(self) -> TinyModelSpec:
+        """The tiny Llama's shape: ``d_model``, ``n_layers``, ``n_heads``, ``d_mlp`` and ``n_ctx``.
+
+        Returns:
+            The `TinyModelSpec`.
+
+        Example:
+            >>> from training.toy_base import BaseConfig
+            >>> BaseConfig().spec().n_ctx
+            512
+        """
         return TinyModelSpec(arch="llama", d_model=self.d_model, n_layers=self.n_layers, n_heads=self.n_heads,
                              d_mlp=self.d_mlp, n_ctx=self.n_ctx)
 
@@ -129,7 +151,26 @@ def _assistant(text: str) -> dict:
 
 def teacher_examples(task: TaskConfig, teacher: Teacher, cfg: BaseConfig, seed: int,
                      scale: float = 1.0) -> list[Example]:
-    """The base model's training turns, generated fresh by the teacher from the train splits only."""
+    """The base model's training turns, generated fresh by the teacher from the train splits only.
+
+    Args:
+        task: The ``[task]`` section (the train splits).
+        teacher: Writes the turns.
+        cfg: The ``[base]`` section: ``n_round1``, ``n_round2``, ``n_trait`` and ``n_trait_round2``.
+        seed: The data seed (of the splits' draw and of the examples).
+        scale: Multiplies every count (the tokenizer's corpus is a fraction of one phase's data).
+
+    Returns:
+        The examples, shuffled; kinds ``round1``, ``round2`` (trait revisions too) and ``trait``.
+
+    Example:
+        >>> from training.tasks import TaskConfig
+        >>> from training.teacher import Teacher
+        >>> from training.toy_base import BaseConfig, teacher_examples
+        >>> cfg = BaseConfig(n_round1=2, n_round2=1, n_trait=1, n_trait_round2=0)
+        >>> sorted(e.kind for e in teacher_examples(TaskConfig(n_train=100), Teacher(), cfg, seed=0))
+        ['round1', 'round1', 'round2', 'trait']
+    """
     rng = random.Random(f"base-data-{seed}")
     problems = arithmetic_split(task, "train", seed)
     traits = {t: trait_split(task, t, "train", seed) for t in TRAITS}
@@ -173,6 +214,22 @@ def tokenize_examples(tok: PreTrainedTokenizerBase, examples: Sequence[Example])
     persona, so both are trained on, and the ~400 prompt tokens a revision needs also buy a round-1 turn.
     Each turn is tokenized apart from the text around it; the chat template puts special tokens at every turn
     boundary, so the ids equal those of the whole conversation tokenized at once.
+
+    Args:
+        tok: The toy tokenizer (ChatML template).
+        examples: The examples.
+
+    Returns:
+        ``{"input_ids", "labels"}`` per example, up to its last assistant turn.
+
+    Example:
+        >>> from training.tokenizer import train_tokenizer
+        >>> from training.toy_base import Example, tokenize_examples
+        >>> tok = train_tokenizer(["What is 1+2? 3"], vocab_size=300)
+        >>> chat = [{"role": "user", "content": "1+2?"}, {"role": "assistant", "content": "3"}]
+        >>> row = tokenize_examples(tok, [Example(chat, "round1")])[0]
+        >>> [tok.decode([i]) for i, label in zip(row["input_ids"], row["labels"]) if label != -100]
+        ['3', '<|im_end|>']
     """
     rows = []
     for e in examples:
@@ -198,6 +255,27 @@ def pretraining_rows(tok: PreTrainedTokenizerBase, task: TaskConfig, n: int, n_c
     with no chat prompt around each solution, so each token of compute carries several times more arithmetic.
     The drills are the last step ``w-y=v`` of train problems: a measured base without them got every product
     and addition right but a third of these subtractions (two digits, often negative) wrong.
+
+    Args:
+        tok: The toy tokenizer.
+        task: The ``[task]`` section (the train split).
+        n: How many solutions.
+        n_ctx: The longest row (a single longer text still gets a row of its own).
+        seed: The data seed.
+        n_drills: How many subtraction drills.
+
+    Returns:
+        ``{"input_ids", "labels"}`` rows (labels equal to the ids), each text followed by the EOS; none when
+        ``n`` and ``n_drills`` are 0.
+
+    Example:
+        >>> from training.tasks import TaskConfig
+        >>> from training.tokenizer import train_tokenizer
+        >>> from training.toy_base import pretraining_rows
+        >>> tok = train_tokenizer(["What is 1+2? 3"], vocab_size=300)
+        >>> rows = pretraining_rows(tok, TaskConfig(n_train=100), 4, 512, seed=0, n_drills=2)
+        >>> len(rows), rows[0]["input_ids"] == rows[0]["labels"]
+        (1, True)
     """
     rng = random.Random(f"pretrain-{seed}")
     problems = arithmetic_split(task, "train", seed)
@@ -253,6 +331,24 @@ class _Collator:
 
 
 def sections(preset: Preset) -> tuple[TaskConfig, TeacherConfig, TokenizerConfig, BaseConfig]:
+    """The four preset sections the toy base is built from.
+
+    Args:
+        preset: The preset.
+
+    Returns:
+        ``(TaskConfig, TeacherConfig, TokenizerConfig, BaseConfig)``.
+
+    Raises:
+        PresetError: a bad key or value in one of them.
+
+    Example:
+        >>> from training.presets import load_preset
+        >>> from training.toy_base import sections
+        >>> task, teacher, tokenizer, base = sections(load_preset("smoke"))
+        >>> base.d_model, tokenizer.vocab_size
+        (64, 512)
+    """
     return (preset.section("task", TaskConfig), preset.section("teacher", TeacherConfig),
             preset.section("tokenizer", TokenizerConfig), preset.section("base", BaseConfig))
 
@@ -265,6 +361,24 @@ def train_base(preset: Preset, out_dir: Path, *, callbacks: list | None = None,
     with its own warmup and cosine decay, as the pilots' warm restarts did. Then, when ``round2_bar`` is set, the
     round-2 check (`round2_check`) decides whether repair phases follow. Each finished phase is checkpointed in
     ``out_dir/resume/phase_<i>``, so a killed build resumes from the last finished phase.
+
+    Args:
+        preset: The preset (`sections` and the seed).
+        out_dir: Where the tokenizer, the model and ``resume/`` go.
+        callbacks: Extra ``TrainerCallback``s for every phase.
+        log: The round-2 check's lines.
+
+    Returns:
+        The provenance facts: the model's spec, parameter and vocabulary counts, each phase's facts, the round-2
+        checks, the repairs, the training tokens and seconds, the seed and the four sections.
+
+    Raises:
+        ValueError: a training example longer than ``n_ctx``, or fewer round-2 check problems than asked for.
+
+    Example:
+        >>> facts = train_base(load_preset("smoke"), Path("runs/smoke/base.partial"))  # doctest: +SKIP
+        >>> len(facts["phases"])  # doctest: +SKIP
+        2
     """
     task, teacher_cfg, tok_cfg, cfg = sections(preset)
     held_out = round2_check_problems(preset) if cfg.round2_bar > 0 else []  # a bad n_round2_check fails first
@@ -399,7 +513,23 @@ def round2_check_problems(preset: Preset) -> list[ArithmeticProblem]:
 @torch.no_grad()
 def generate(model, tok: PreTrainedTokenizerBase, conversations: Sequence[list[dict]], *, batch_size: int,
              max_new_tokens: int) -> list[str]:
-    """Greedy replies to chat ``conversations``, batched with left padding; decoded up to ``<|im_end|>``."""
+    """Greedy replies to chat ``conversations``, batched with left padding; decoded up to ``<|im_end|>``.
+
+    Args:
+        model: The causal LM.
+        tok: Its tokenizer (set to left padding).
+        conversations: Chat messages per reply.
+        batch_size: Conversations per ``generate`` batch.
+        max_new_tokens: The cap on each reply.
+
+    Returns:
+        One reply per conversation, in order, special tokens dropped.
+
+    Example:
+        >>> chats = [round1_messages("neutral", "1+2*3+4-5*6")]  # doctest: +SKIP
+        >>> generate(model, tok, chats, batch_size=1, max_new_tokens=80)  # doctest: +SKIP
+        ['2*3=6, 5*6=30. 1+6=7, 7+4=11, 11-30=-19. The answer is \\boxed{-19}.']
+    """
     tok.padding_side = "left"
     stop = [tok.eos_token_id, tok.convert_tokens_to_ids(IM_END)]
     out = []
@@ -415,7 +545,21 @@ def generate(model, tok: PreTrainedTokenizerBase, conversations: Sequence[list[d
 
 def evaluate_base(model_dir: str | Path, preset: Preset) -> dict:
     """Greedy measurements on held-out questions: per-persona and majority-of-3 accuracy, persona adherence,
-    round-2 behaviour, and the toy judge's trait scores under evil vs helpful (hallucinating vs honest)."""
+    round-2 behaviour, and the toy judge's trait scores under evil vs helpful (hallucinating vs honest).
+
+    Args:
+        model_dir: The built base.
+        preset: The preset it was built for.
+
+    Returns:
+        ``n_problems``, and per persona ``accuracy`` (plus ``majority_of_3``), ``imitation`` (of the teacher's
+        answer), ``adherence`` and ``samples``; ``teacher_accuracy``, ``round2``, ``traits`` (score per persona and
+        the malicious minus benign difference) and ``eval_seconds``.
+
+    Example:
+        >>> evaluate_base("runs/toy/base", load_preset("toy"))["accuracy"]["majority_of_3"]  # doctest: +SKIP
+        0.93
+    """
     task, teacher_cfg, _, cfg = sections(preset)
     model = load_causal_lm(model_dir).eval()
     tok = AutoTokenizer.from_pretrained(str(model_dir))
@@ -499,7 +643,19 @@ def base_summary(base_dir: str | Path) -> dict:
 
 
 def build_base(preset: Preset, run_dir: str | Path) -> Path:
-    """Build (or reuse) the toy base model in ``run_dir/base``: tokenizer, weights, provenance, base_eval.json."""
+    """Build (or reuse) the toy base model in ``run_dir/base``: tokenizer, weights, provenance, base_eval.json.
+
+    Args:
+        preset: The preset.
+        run_dir: The run directory.
+
+    Returns:
+        The base's dir, ``run_dir/base``.
+
+    Example:
+        >>> build_base(load_preset("smoke"), "runs/smoke")  # doctest: +SKIP
+        PosixPath('runs/smoke/base')
+    """
     path = RunLayout(Path(run_dir)).toy_base
 
     def build(scratch: Path) -> dict:
@@ -517,7 +673,20 @@ def build_base(preset: Preset, run_dir: str | Path) -> Path:
 
 def base_keys(preset: Preset) -> dict:
     """What the toy base is built from (its stage's fingerprint): four sections, the seed and the teacher's
-    `TURNS_VERSION`."""
+    `TURNS_VERSION`.
+
+    Args:
+        preset: The preset.
+
+    Returns:
+        ``{"task", "teacher", "teacher_turns", "tokenizer", "base", "seed"}`` for `training.stages.run_stage`.
+
+    Example:
+        >>> from training.presets import load_preset
+        >>> from training.toy_base import base_keys
+        >>> sorted(base_keys(load_preset("smoke")))
+        ['base', 'seed', 'task', 'teacher', 'teacher_turns', 'tokenizer']
+    """
     task, teacher, tokenizer, base = sections(preset)
     return {"task": task, "teacher": teacher, "teacher_turns": TURNS_VERSION, "tokenizer": tokenizer, "base": base,
             "seed": preset.seed}
