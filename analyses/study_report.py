@@ -55,6 +55,16 @@ PACKAGES = ("torch", "transformers", "transformer-lens", "peft", "trl", "acceler
 
 
 def package_versions() -> dict[str, str]:
+    """The Python version and the installed version of each of `PACKAGES` (the report's package table).
+
+    Returns:
+        ``{"python": version, package: version or "not installed", ...}``, in `PACKAGES` order.
+
+    Example:
+        >>> from analyses.study_report import package_versions
+        >>> list(package_versions())[:3]
+        ['python', 'torch', 'transformers']
+    """
     out = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
@@ -65,7 +75,19 @@ def package_versions() -> dict[str, str]:
 
 
 def stage_times(run_dir: Path) -> list[dict]:
-    """Every finished stage under ``run_dir`` with its wall time, from the ``stage.json`` manifests."""
+    """Every finished stage under ``run_dir`` with its wall time, from the ``stage.json`` manifests.
+
+    Args:
+        run_dir: The run directory.
+
+    Returns:
+        ``{"stage": its dir relative to run_dir, "wall seconds": float or None}`` per manifest, sorted by path;
+        manifests under a ``.partial`` dir are left out.
+
+    Example:
+        >>> stage_times(Path("runs/toy"))[0]  # doctest: +SKIP
+        {'stage': 'analyses/agent_subspaces', 'wall seconds': 812.4}
+    """
     rows = []
     for manifest in sorted(run_dir.rglob("stage.json")):
         if ".partial" in str(manifest.relative_to(run_dir)):
@@ -89,7 +111,22 @@ def _table1(run_dir: Path) -> Table1 | None:
 
 def table1_samples(run_dir: Path, table: Table1, split: str = "") -> dict[str, list[dict]]:
     """Every scored sample of each Table 1 method (``eval/samples/<method>.jsonl``; with ``split="transfer"``
-    those of the transfer column, ``eval/samples/transfer/<method>.jsonl``), for the intervals."""
+    those of the transfer column, ``eval/samples/transfer/<method>.jsonl``), for the intervals.
+
+    Args:
+        run_dir: The run directory.
+        table: Table 1 (`training.evaluate.Table1`), whose rows name the methods.
+        split: ``""`` (the main column) or ``"transfer"``.
+
+    Returns:
+        Method → its sample records (``seed``, ``question``, ``correct``, ``tokens``, ...); a method without a file is
+        left out.
+
+    Example:
+        >>> table = Table1.load(RunLayout(Path("runs/toy")).table1)  # doctest: +SKIP
+        >>> len(table1_samples(Path("runs/toy"), table)["IMAD"])  # doctest: +SKIP
+        600
+    """
     out = {}
     for r in table.rows:
         slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in r["method"])
@@ -103,7 +140,22 @@ def with_intervals(table: Table1, samples: dict[str, list[dict]], transfer: dict
                    ) -> tuple[list[dict], dict[str, dict]]:
     """Table 1's rows with ``se`` (= the accuracy SE over seeds) and ``ci`` (95% bootstrap interval over seeds
     and questions), ``transfer_ci`` likewise from the ``transfer`` column's samples, and the paired comparisons
-    (as claim interval entries)."""
+    (as claim interval entries).
+
+    Args:
+        table: Table 1 (`training.evaluate.Table1`).
+        samples: Method → its samples (`table1_samples`).
+        transfer: Method → its transfer-column samples (None: no ``transfer_ci``).
+
+    Returns:
+        ``(rows, paired)``: Table 1's rows with ``se``, ``ci`` and, where known, ``transfer_ci``; the paired
+        comparisons of `analyses.stats.table1_intervals` as dicts.
+
+    Example:
+        >>> rows, paired = with_intervals(table, table1_samples(run_dir, table))  # doctest: +SKIP
+        >>> paired["IMAD−Debate"]["ci"]  # doctest: +SKIP
+        [0.02, 0.11]
+    """
     acc, paired = table1_intervals(samples)
     transfer_ci = {m: bootstrap(by_seed(recs)).ci for m, recs in (transfer or {}).items() if recs}
     rows = [{**r, "se": r.get("accuracy_se"), "ci": acc[r["method"]].ci if r["method"] in acc else None,
@@ -112,7 +164,23 @@ def with_intervals(table: Table1, samples: dict[str, list[dict]], transfer: dict
 
 
 def table1_rows(rows: list[dict]) -> list[dict]:
-    """Table 1 as the report shows it: accuracy with its SE over seeds and 95% interval, tokens with their SE."""
+    """Table 1 as the report shows it: accuracy with its SE over seeds and 95% interval, tokens with their SE.
+
+    Args:
+        rows: Table 1's rows with intervals (`with_intervals`).
+
+    Returns:
+        One row per method: accuracy (%) ± SE, its 95% CI (%), tokens ± SE, questions, seeds, the well-formed debate
+        share, and ``transfer (%)`` when any row has a transfer column.
+
+    Example:
+        >>> from analyses.study_report import table1_rows
+        >>> row = {"method": "IMAD", "accuracy": 0.615, "accuracy_se": 0.012, "ci": [0.58, 0.65], "tokens": 48.0,
+        ...        "tokens_se": 1.5, "n_questions": 200, "n_seeds": 3}
+        >>> shown = table1_rows([row])[0]
+        >>> shown["accuracy (%)"], shown["95% CI (%)"], shown["tokens / question"]
+        ('61.50 ± 1.20', '[58.0, 65.0]', '48.0 ± 1.5')
+    """
     def pm(v, se, scale=1.0, digits=2):
         return f"{v * scale:.{digits}f}" + ("" if se is None else f" ± {se * scale:.{digits}f}")
 
@@ -131,7 +199,20 @@ def table1_rows(rows: list[dict]) -> list[dict]:
 
 
 def base_rows(base: dict) -> list[dict]:
-    """`base_summary`'s facts as report rows (measure, value); percentages with one decimal."""
+    """`base_summary`'s facts as report rows (measure, value); percentages with one decimal.
+
+    Args:
+        base: `training.toy_base.base_summary` of the toy base.
+
+    Returns:
+        ``{"measure", "value"}`` rows: the accuracies, the round-2 revisions, each round-2 check and the repair
+        phases, each only when known.
+
+    Example:
+        >>> from analyses.study_report import base_rows
+        >>> [r["value"] for r in base_rows({"accuracy": {"neutral": 0.62, "majority": 0.7}, "repairs": 1})]
+        ['62.0% / 70.0%', '1']
+    """
     acc, rows = base.get("accuracy") or {}, []
     if acc:
         rows.append({"measure": "accuracy: " + " / ".join(k.replace("_", " ") for k in acc),
@@ -150,7 +231,20 @@ def base_rows(base: dict) -> list[dict]:
 def stage2_points(preset: Preset, run_dir: Path) -> dict[str, list[dict]]:
     """The accuracy–tokens curve over the stage-2 budgets of Table 1's runs that exist, IMAD
     (``internalize/<exp>``) and Single + RL (``single_rl/<exp>``), from their ``phases.json``: the start model
-    (``budget`` None), then each trained phase's held-out ``accuracy`` and ``mean_tokens``."""
+    (``budget`` None), then each trained phase's held-out ``accuracy`` and ``mean_tokens``.
+
+    Args:
+        preset: The loaded preset (``[experiments] table1``).
+        run_dir: The run directory.
+
+    Returns:
+        ``{"IMAD": [...], "Single + RL": [...]}`` for the runs with a ``phases.json``, each point ``{"budget",
+        "accuracy", "mean_tokens"}``; skipped phases are left out.
+
+    Example:
+        >>> stage2_points(load_preset("toy"), Path("runs/toy"))["IMAD"][0]  # doctest: +SKIP
+        {'budget': None, 'accuracy': 0.62, 'mean_tokens': 431.0}
+    """
     layout, exp = RunLayout(run_dir), preset.section("experiments", ExperimentsConfig).table1
     paths = {"IMAD": layout.internalize(exp) / "phases.json", SINGLE_RL: layout.single_rl(exp) / "phases.json"}
     out = {}
@@ -164,7 +258,21 @@ def stage2_points(preset: Preset, run_dir: Path) -> dict[str, list[dict]]:
 
 
 def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
-    """The report and the ``results.json`` payload for ``run_dir``."""
+    """The report and the ``results.json`` payload for ``run_dir``.
+
+    Args:
+        preset: The loaded preset.
+        run_dir: The run directory.
+
+    Returns:
+        ``(report, payload)``: the `Report` (claims, Table 1, both experiments, how it was made) and the dict saved
+        as ``report/results.json``.
+
+    Example:
+        >>> rep, payload = build(load_preset("toy"), Path("runs/toy"))  # doctest: +SKIP
+        >>> [c["verdict"] for c in payload["claims"]][:2]  # doctest: +SKIP
+        ['reproduced', 'not reproduced']
+    """
     table = _table1(run_dir)
     subs = _load(run_dir, agent_subspaces.NAME)
     mal = _load(run_dir, malicious.NAME)
@@ -204,10 +312,10 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
                      f"{SINGLE_RL} interval above 0: the debate; else {SINGLE_RL} − Single above 0: reinforcement "
                      "learning; else undecided).")
         rep.figure("accuracy_vs_tokens", accuracy_vs_tokens(table))
-    if curves:
-        rep.figure("stage2_accuracy_vs_tokens", stage2_curves(curves))
     else:
         rep.text("Table 1 is missing (eval/table1.json).", "note")
+    if curves:
+        rep.figure("stage2_accuracy_vs_tokens", stage2_curves(curves))
 
     rep.heading("2. Agent subspaces (paper §3)")
     if subs:
@@ -299,7 +407,20 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
 
 
 def export_static(figures: dict, out_dir: Path, log: Callable[[str], None]) -> list[str]:
-    """``lens.plots.save_figure`` for each figure, sharing one Chromium; HTML only (one log line) without it."""
+    """``lens.plots.save_figure`` for each figure, sharing one Chromium; HTML only (one log line) without it.
+
+    Args:
+        figures: Name → plotly figure (`Report.figures`).
+        out_dir: Where the files go (``<name>.html``, ``.png`` and ``.pdf`` per figure).
+        log: Where the line about a missing Chromium goes.
+
+    Returns:
+        The names of the files written; ``[]`` without Chromium.
+
+    Example:
+        >>> export_static(rep.figures, Path("runs/toy/report/figures"), print)[:3]  # doctest: +SKIP
+        ['rouge_auc.html', 'rouge_auc.png', 'rouge_auc.pdf']
+    """
     import shutil
 
     if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "chrome")):
@@ -321,7 +442,20 @@ def export_static(figures: dict, out_dir: Path, log: Callable[[str], None]) -> l
 
 
 def write_report(preset: Preset, run_dir: str | Path, *, log: Callable[[str], None] = print) -> Path:
-    """``report.html`` + ``results.json`` + figures under ``run_dir/report/``; returns the report path."""
+    """``report.html`` + ``results.json`` + figures under ``run_dir/report/``; returns the report path.
+
+    Args:
+        preset: The loaded preset (``[report] static_images``).
+        run_dir: The run directory.
+        log: Where progress lines go.
+
+    Returns:
+        The path of ``report.html``.
+
+    Example:
+        >>> write_report(load_preset("toy"), "runs/toy")  # doctest: +SKIP
+        PosixPath('runs/toy/report/report.html')
+    """
     run_dir = Path(run_dir)
     out = RunLayout(run_dir).report
     rep, payload = build(preset, run_dir)

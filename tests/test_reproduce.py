@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from analyses import reproduce as repro
 from analyses.cli import main as cli_main
 from analyses.models import resolve_model
 from analyses.validate import validate_preset
+from training.layout import RunLayout
 from training.presets import PresetError, load_preset
 
 PAPER_PRESETS = ("llama3.1-8b", "qwen2.5-7b", "mistral-nemo")
@@ -96,6 +98,21 @@ def test_report_has_every_figure_table_and_claim(smoke_study):
             assert set(subs["alpha_search"][k][a]) == {"selection_capability", "negative", "positive"}
     assert all(len(subs["auc"][a]["rougeL"]["diff"]["ci"]) == 2 for a in "123")
     assert "NaN" not in (smoke_study / "report" / "results.json").read_text()
+
+
+@pytest.mark.slow
+def test_report_says_table1_is_missing_only_when_it_is(smoke_study, tmp_path):
+    """The note follows Table 1 itself, not the stage-2 curves: a run holding Table 1 but no phases.json reports
+    the table without the note, and a run without Table 1 carries it."""
+    from analyses.study_report import build
+    preset = load_preset("smoke")
+    table_only = RunLayout(tmp_path / "table_only")
+    table_only.eval.mkdir(parents=True)
+    shutil.copytree(RunLayout(smoke_study).eval, table_only.eval, dirs_exist_ok=True)
+    assert not any(table_only.root.rglob("phases.json"))
+    html = build(preset, table_only.root)[0].html()
+    assert "<caption>Table 1" in html and "Table 1 is missing" not in html
+    assert "Table 1 is missing (eval/table1.json)." in build(preset, tmp_path / "empty")[0].html()
 
 
 @pytest.mark.slow
