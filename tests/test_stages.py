@@ -192,6 +192,12 @@ def test_touched_but_unchanged_file_passes(tmp_path):
     assert verify_stage(tmp_path / "s", full=False) == []
 
 
+
+def test_verifying_a_dir_that_is_no_finished_stage_says_so(tmp_path):
+    (tmp_path / "half").mkdir()
+    assert verify_stage(tmp_path / "half") == [
+        f"{tmp_path / 'half'} is not a finished stage (it has no stage.json); run the stage before verifying it"]
+
 def test_damaged_upstream_named_by_the_reading_stage(tmp_path):
     run_stage(tmp_path / "up", Builder(b"x" * 10), name="sft/main", log=[].append)
     (tmp_path / "up" / "out.bin").write_bytes(b"x")

@@ -52,6 +52,14 @@ class Fingerprint:
     digest: str
 
     def to_json(self) -> dict:
+        """Returns:
+            ``{"keys": ..., "inputs": ...}``, as a manifest's ``built_from`` records it.
+
+        Example:
+            >>> from training.stages import fingerprint
+            >>> fingerprint({"seed": 0}).to_json()
+            {'keys': {'seed': 0}, 'inputs': {}}
+        """
         return {"keys": self.keys, "inputs": self.inputs}
 
 
@@ -220,16 +228,51 @@ def _summary(reasons: list[str], limit: int = 3) -> str:
 
 
 def stage_done(path: str | Path) -> bool:
+    """Whether the stage at ``path`` finished: its manifest (``stage.json``) exists.
+
+    Args:
+        path: The stage dir.
+
+    Returns:
+        True when the manifest is there (whatever it records).
+
+    Example:
+        >>> stage_done("runs/smoke/sft/main")  # doctest: +SKIP
+        True
+    """
     return (Path(path) / MANIFEST).is_file()
 
 
 def read_json(path: str | Path) -> dict | None:
-    """The JSON object in ``path``, or ``None`` when there is no such file."""
+    """The JSON object in ``path``, or ``None`` when there is no such file.
+
+    Args:
+        path: The JSON file.
+
+    Returns:
+        The parsed JSON, or ``None``.
+
+    Example:
+        >>> read_json("runs/smoke/sft/main/metrics.json")["steps"]  # doctest: +SKIP
+        4
+    """
     path = Path(path)
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def read_manifest(path: str | Path) -> dict:
+def read_manifest(path: str | Path) -> dict | None:
+    """The manifest (``stage.json``) of the stage at ``path``.
+
+    Args:
+        path: The stage dir.
+
+    Returns:
+        The manifest, or ``None`` when the stage has none.
+
+    Example:
+        >>> read_manifest("runs/smoke/sft/main")["stage"]  # doctest: +SKIP
+        'sft/main'
+    """
     return read_json(Path(path) / MANIFEST)
 
 
@@ -241,13 +284,15 @@ def verify_stage(path: str | Path, *, full: bool = True) -> list[str]:
         full: rehash every file (the default: this is the on-request check).
 
     Returns:
-        One sentence per damaged file; empty when intact.
+        One sentence per damaged file (or one saying the dir is not a finished stage); empty when intact.
 
     Example:
         >>> verify_stage("runs/smoke/sft/main")  # doctest: +SKIP
         []
     """
     manifest = read_manifest(path)
+    if manifest is None:
+        return [f"{path} is not a finished stage (it has no {MANIFEST}); run the stage before verifying it"]
     if "outputs" not in manifest:
         return [f"{path} has no record of its files (built before stages recorded them); it will be rebuilt"]
     return check_records(path, manifest["outputs"], writer=manifest.get("stage", Path(path).name), full=full)
