@@ -68,6 +68,17 @@ def test_checkpoints_appear_complete_and_resume_matches_uninterrupted(tiny_token
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+
+@pytest.mark.parametrize("how", ["path", "true"])
+def test_resume_from_a_path_object_or_true_also_averages_over_every_step(tiny_tokenizer, tmp_path, how):
+    ref_out = _trainer(tiny_tokenizer, tmp_path / "ref").train()
+    with pytest.raises(Stop):
+        _trainer(tiny_tokenizer, tmp_path / "k", stop_after_save=2).train()
+    resume = Path(last_checkpoint(tmp_path / "k", [].append)) if how == "path" else True
+    out = _trainer(tiny_tokenizer, tmp_path / "k").train(resume_from_checkpoint=resume)
+    assert out.global_step == 4
+    assert out.training_loss == pytest.approx(ref_out.training_loss, rel=1e-5)
+
 def test_incomplete_checkpoints_are_ignored_removed_and_named(tiny_tokenizer, tmp_path):
     _trainer(tiny_tokenizer, tmp_path, max_steps=2).train()
     (tmp_path / "checkpoint-6").mkdir()  # kill -9 right as the HF Trainer created the dir

@@ -95,6 +95,12 @@ def disk_full_guard(path: str | Path, what: str, *, intact: str = "the previous 
         what: what it writes, for the message ("checkpoint-4", "stage sft/main").
         intact: what the message promises was kept.
 
+    Yields:
+        Nothing; the block runs inside the guard.
+
+    Raises:
+        DiskFullError: the block failed for a full disk at ``path`` (any other exception passes through as is).
+
     Example:
         >>> with disk_full_guard("runs/toy/sft/main.partial", "stage sft/main"):  # doctest: +SKIP
         ...     model.save_pretrained("runs/toy/sft/main.partial")
@@ -210,9 +216,29 @@ class AtomicCheckpoints:
         return self._la_prior_loss + getattr(self, "_total_loss_scalar", 0.0) + pending
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """``Trainer.train``, carrying on the per-step loss sum of the checkpoint it resumes from.
+
+        Args:
+            resume_from_checkpoint: The checkpoint to resume from: a path (`last_checkpoint`'s), ``True`` for the
+                newest complete one in ``output_dir`` (incomplete ones are removed first), or ``None``.
+            *args: Passed on to the trainer's ``train``.
+            **kwargs: Passed on to the trainer's ``train``.
+
+        Returns:
+            The trainer's ``TrainOutput``; after a resume from a complete checkpoint, its ``training_loss`` and
+            ``metrics["train_loss"]`` average over every step of the run.
+
+        Example:
+            >>> trainer = atomic_trainer(SFTTrainer)(model=model, args=args, train_dataset=ds)  # doctest: +SKIP
+            >>> trainer.train(resume_from_checkpoint=last_checkpoint(args.output_dir)).training_loss  # doctest: +SKIP
+            1.52
+        """
         from transformers.trainer_utils import TrainOutput
 
-        record = _complete_record(Path(resume_from_checkpoint)) if isinstance(resume_from_checkpoint, str) else None
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_checkpoint(self.args.output_dir) or True  # none: the trainer says so
+        is_path = isinstance(resume_from_checkpoint, (str, os.PathLike))
+        record = _complete_record(Path(resume_from_checkpoint)) if is_path else None
         self._la_prior_loss = record["loss_sum"] if record else 0.0
         out = super().train(resume_from_checkpoint, *args, **kwargs)
         if not record or not out.global_step:
@@ -222,7 +248,18 @@ class AtomicCheckpoints:
 
 
 def last_complete_name(root: Path) -> str | None:
-    """The name of the newest complete checkpoint under ``root``, or None (nothing is removed)."""
+    """The name of the newest complete checkpoint under ``root``, or None (nothing is removed).
+
+    Args:
+        root: The trainer's ``output_dir``.
+
+    Returns:
+        The ``checkpoint-N`` of the highest step whose completion record matches its files, or ``None``.
+
+    Example:
+        >>> last_complete_name(Path("runs/toy/sft/main.partial/resume"))  # doctest: +SKIP
+        'checkpoint-200'
+    """
     if not root.is_dir():
         return None
     done = [(_step(p.name), p.name) for p in root.iterdir()
