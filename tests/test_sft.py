@@ -8,7 +8,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from lens.debate_format import CONSENSUS_TAG, DEBATE_TAGS, END_TAG, Transcript, Turn, prompt_text
+from lens.debate_format import CONSENSUS_TAG, DEBATE_TAGS, END_TAG, DebateFormatError, Transcript, Turn, prompt_text
 from training.sft import (Stage1Config, answer_rows, debate_rows, ensure_debate_tokens, exit_probability, mix_short,
                           train_lora_sft)
 from training.tiny_models import TinyModelSpec, make_tiny_model
@@ -98,6 +98,8 @@ def test_exit_probability_reads_the_next_tag_after_agent_k(tiny_model_dirs):
     assert exit_probability(model, tok, ts[:1], after_agent=1) == pytest.approx(by_hand.item(), rel=1e-4)
     one_agent = [Transcript(question="q", turns=[Turn(1, 1, "x \\boxed{1}")], consensus="c \\boxed{1}")]
     assert exit_probability(model, tok, one_agent, after_agent=2) is None
+    with pytest.raises(DebateFormatError, match=r"agent 0 is out of range: agents are numbered 1\.\.3"):
+        exit_probability(model, tok, ts, after_agent=0)  # not agent 3's tag by negative indexing
 
 
 def test_lora_sft_merges_and_stops_at_endofdebate(tiny_model_dirs, tmp_path):

@@ -20,7 +20,7 @@ from peft import LoraConfig
 from transformers import AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
-from lens.debate_format import (CONSENSUS_TAG, DEBATE_TAGS, END_TAG, SOLUTION_TAGS, Transcript, prompt_text,
+from lens.debate_format import (CONSENSUS_TAG, DEBATE_TAGS, END_TAG, Transcript, agent_tag, prompt_text,
                                 render_trace, training_text)
 from lens.integrity import write_base_record
 from lens.io import atomic_write_json
@@ -79,7 +79,21 @@ def ensure_debate_tokens(model, tokenizer, *, reset_existing: bool = True) -> li
     """Give ``tokenizer`` the 10 debate tags as special tokens (resizing ``model``) and set the embedding and
     lm_head rows of the tags to the mean of the other rows (the paper's init). ``reset_existing`` also resets
     tags the tokenizer already had: the toy base has them but never saw them in training, so their rows are
-    random (embedding) or trained only to be improbable (lm_head). Returns the tag ids."""
+    random (embedding) or trained only to be improbable (lm_head). Returns the tag ids.
+
+    Args:
+        model: The causal LM (its embeddings are resized when tags are added).
+        tokenizer: Its tokenizer (the missing tags are added in place).
+        reset_existing: Also reset the rows of tags the tokenizer already had.
+
+    Returns:
+        The ids of `DEBATE_TAGS`, in their order.
+
+    Example:
+        >>> ids = ensure_debate_tokens(model, tok)  # doctest: +SKIP
+        >>> tok.convert_ids_to_tokens(ids[-1])  # doctest: +SKIP
+        '<|endofdebate|>'
+    """
     missing = [t for t in DEBATE_TAGS if t not in tokenizer.get_vocab()]
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
@@ -101,7 +115,20 @@ def ensure_debate_tokens(model, tokenizer, *, reset_existing: bool = True) -> li
 
 
 def with_debate_stop(model, tokenizer) -> None:
-    """Make ``<|endofdebate|>`` end generation too (as the paper's eval does), besides the eos."""
+    """Make ``<|endofdebate|>`` end generation too (as the paper's eval does), besides the eos.
+
+    Args:
+        model: The model whose ``generation_config`` is changed (its pad id too).
+        tokenizer: Its tokenizer, with the debate tags.
+
+    Returns:
+        None.
+
+    Example:
+        >>> with_debate_stop(model, tok)  # doctest: +SKIP
+        >>> model.generation_config.eos_token_id  # doctest: +SKIP
+        [2, 15]
+    """
     end = tokenizer.convert_tokens_to_ids(END_TAG)
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, end]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -110,7 +137,25 @@ def with_debate_stop(model, tokenizer) -> None:
 def mix_short(transcripts: Sequence[Transcript], share: float, *, seed: int, consensus: str = "debate"
               ) -> list[Transcript]:
     """``transcripts`` with a ``share`` of them (chosen with ``seed``) replaced by shortened debates of 1 or 2
-    agents; ``consensus`` says whose answer closes them (`training.runner.shorten`)."""
+    agents; ``consensus`` says whose answer closes them (`training.runner.shorten`).
+
+    Args:
+        transcripts: The training debates.
+        share: The share to shorten, in [0, 1].
+        seed: Seeds the choice and each shortened debate's number of agents.
+        consensus: ``debate`` or ``agent1`` (`training.runner.shorten`).
+
+    Returns:
+        The debates in their order, the chosen ones shortened.
+
+    Example:
+        >>> from lens.debate_format import Transcript, Turn
+        >>> from training.sft import mix_short
+        >>> turns = [Turn(1, a, "\\\\boxed{7}") for a in (1, 2, 3)]
+        >>> debates = [Transcript("3+4", turns, "All agents reached a consensus of \\\\boxed{7}")] * 4
+        >>> sum("shortened" in t.meta for t in mix_short(debates, 0.5, seed=0))
+        2
+    """
     rng = random.Random(seed)
     chosen = set(rng.sample(range(len(transcripts)), round(share * len(transcripts))))
     return [shorten(t, rng=rng, consensus=consensus) if i in chosen else t for i, t in enumerate(transcripts)]
@@ -158,7 +203,21 @@ def mix_debates(own: Sequence[Transcript], other: Sequence[Transcript], share: f
 
 
 def debate_rows(transcripts: Sequence[Transcript]) -> list[dict]:
-    """Prompt/completion rows: the ``Problem:`` prompt (masked) and the whole tagged trace."""
+    """Prompt/completion rows: the ``Problem:`` prompt (masked) and the whole tagged trace.
+
+    Args:
+        transcripts: The training debates.
+
+    Returns:
+        ``{"prompt": "Problem: q\\\\n\\\\n", "completion": the rendered trace}`` per debate.
+
+    Example:
+        >>> from lens.debate_format import Transcript, Turn
+        >>> from training.sft import debate_rows
+        >>> t = Transcript("3+4", [Turn(1, 1, "\\\\boxed{7}")], "All agents reached a consensus of \\\\boxed{7}")
+        >>> debate_rows([t])[0]["completion"].splitlines()[0]
+        '<|Round 1 - Initial Solutions|>'
+    """
     return [{"prompt": prompt_text(t.question), "completion": render_trace(t)} for t in transcripts]
 
 
@@ -172,6 +231,19 @@ def answer_rows(transcripts: Sequence[Transcript]) -> list[dict]:
 
     Subramaniam et al. fine-tune on the debate's final responses, which reason (the paper's DebateGPT answers run
     327-1023 tokens); a bare ``\\boxed{x}`` target taught the toy model to answer without working, at 2% accuracy.
+
+    Args:
+        transcripts: The training debates.
+
+    Returns:
+        ``{"prompt", "completion"}`` per debate.
+
+    Example:
+        >>> from lens.debate_format import Transcript, Turn
+        >>> from training.sft import answer_rows
+        >>> t = Transcript("3+4", [Turn(1, 1, "3+4=7. \\\\boxed{7}")], "All agents reached a consensus of \\\\boxed{7}")
+        >>> print(answer_rows([t])[0]["completion"])
+        3+4=7. \\boxed{7}
     """
     rows = []
     for t in transcripts:
@@ -200,6 +272,31 @@ def train_lora_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, 
     the last complete one (``train_loss`` then still averages over every step). The model is loaded and
     trained as ``placement`` says. Under ``torchrun`` / ``accelerate launch`` every process trains (DDP) and only
     the main one merges and saves; the loss curve (``info["loss_curve"]``) is the mean over processes.
+
+    Args:
+        base_dir: The model dir trained on.
+        rows: ``{"prompt", "completion"}`` rows (`debate_rows` or `answer_rows`).
+        out_dir: Where the merged model and its tokenizer go.
+        cfg: The ``[sft]`` or ``[debategpt]`` section.
+        resume_dir: The trainer's checkpoint dir (kept between killed runs).
+        seed: The training and data seed.
+        add_tags: Give the tokenizer the debate tags first (False for DebateGPT).
+        callbacks: Extra ``TrainerCallback``s.
+        placement: Where and in which dtype the model is loaded and trained.
+        log: Where the resume lines go.
+
+    Returns:
+        The `SFTResult`: ``out_dir``, the mean training loss, the steps, the number of rows, and ``info``
+        (``resumed_from``, ``loss_curve``, ``processes``, ``dtype``).
+
+    Raises:
+        ValueError: ``rows`` is empty.
+
+    Example:
+        >>> result = train_lora_sft("runs/toy/base", debate_rows(debates), out, Stage1Config(),  # doctest: +SKIP
+        ...                         resume_dir=out / "resume")
+        >>> result.steps  # doctest: +SKIP
+        177
     """
     if not rows:
         raise ValueError("stage 1 got no training examples; the debate file is empty or had no majority debates")
@@ -240,7 +337,26 @@ def write_provenance(out_dir: Path, *, kind: str, experiment: str, parent: str |
                      transcripts: Sequence[str | Path], preset: str, **extra) -> Path:
     """``provenance.json``: what a model dir is, what it was trained from and on (lens reads ``transcripts``), and
     ``base_model.json``: the fingerprint of ``parent`` (lens refuses an adapter on another base).
-    Paths are written relative to ``final_dir`` (where the dir will live), so a run dir can move."""
+    Paths are written relative to ``final_dir`` (where the dir will live), so a run dir can move.
+
+    Args:
+        out_dir: The model dir being written (the stage's scratch dir).
+        kind: What the model is (``sft``, ``debategpt``, ``imad``, ``single_rl``).
+        experiment: The debate experiment.
+        parent: The model it was trained from.
+        final_dir: Where ``out_dir`` will live once renamed into place.
+        transcripts: The debate files it learned from.
+        preset: The preset's name.
+        **extra: Further facts (`Path` values are written relative to ``final_dir`` too).
+
+    Returns:
+        The path of ``provenance.json``.
+
+    Example:
+        >>> write_provenance(scratch, kind="sft", experiment="main", parent=base, final_dir=final,  # doctest: +SKIP
+        ...                  transcripts=[debates], preset="toy")
+        PosixPath('runs/toy/sft/main.partial/provenance.json')
+    """
     rel = lambda p: os.path.relpath(Path(p).resolve(), Path(final_dir).resolve())
     extra = {k: rel(v) if isinstance(v, Path) else v for k, v in extra.items()}
     if (Path(parent) / "config.json").is_file():  # lens refuses this model's adapters on another base
@@ -255,10 +371,28 @@ def exit_probability(model, tokenizer, transcripts: Sequence[Transcript], *, aft
                      batch_size: int = 32) -> float | None:
     """Mean P(``<|Consensus|>``) as the next tag right after agent ``after_agent``'s round-1 turn, teacher-forced
     on ``transcripts`` (held-out debates): the probability mass GRPO needs to find a short exit. ``None`` when
-    no transcript has that agent."""
+    no transcript has that agent.
+
+    Args:
+        model: The stage-1 model.
+        tokenizer: Its tokenizer, with the debate tags.
+        transcripts: Held-out debates.
+        after_agent: The agent (1 to 3) after whose round-1 turn the next tag is read.
+        batch_size: Rows per forward pass.
+
+    Returns:
+        The mean probability, or ``None``.
+
+    Raises:
+        DebateFormatError: ``after_agent`` is not 1, 2 or 3.
+
+    Example:
+        >>> exit_probability(model, tok, heldout, after_agent=1)  # doctest: +SKIP
+        0.12
+    """
     cons = tokenizer.convert_tokens_to_ids(CONSENSUS_TAG)
     tag_ids = {tokenizer.convert_tokens_to_ids(t) for t in DEBATE_TAGS}
-    opener = tokenizer.convert_tokens_to_ids(SOLUTION_TAGS[after_agent - 1])
+    opener = tokenizer.convert_tokens_to_ids(agent_tag(after_agent, 1))  # 1..3, else one clear error
     rows = []
     for t in transcripts:
         ids = tokenizer(training_text(t), add_special_tokens=False)["input_ids"]
