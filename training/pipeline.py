@@ -74,7 +74,27 @@ class ExperimentsConfig:
 
 
 def experiment_section(preset: Preset, key: str, cls, experiment: str):
-    """Section ``key`` as ``cls`` with ``[experiments.overrides.<experiment>.<key>]`` applied on top."""
+    """Section ``key`` as ``cls`` with ``[experiments.overrides.<experiment>.<key>]`` applied on top.
+
+    Args:
+        preset: The preset.
+        key: The section (``debate``, ``sft`` or ``internalize``).
+        cls: The section's dataclass.
+        experiment: The debate experiment whose overrides apply.
+
+    Returns:
+        The section as ``cls``, every value checked.
+
+    Raises:
+        PresetError: a bad key or value in the section or its overrides.
+
+    Example:
+        >>> from training.pipeline import experiment_section
+        >>> from training.presets import load_preset
+        >>> from training.sft import Stage1Config
+        >>> experiment_section(load_preset("smoke"), "sft", Stage1Config, "evil").arithmetic_mix
+        0.5
+    """
     exps = preset.section("experiments", ExperimentsConfig)
     merged = {**preset.data.get(key, {}), **exps.overrides.get(experiment, {}).get(key, {})}
     return Preset(preset.name, preset.path, {**preset.data, key: merged}).section(key, cls)
@@ -104,7 +124,19 @@ class Run:
 
     # ------------------------------------------------------------------------------------------------ inputs
     def base_dir(self) -> Path:
-        """The base model: ``[model] path`` when the preset names one (real models), else the toy base."""
+        """The base model: ``[model] path`` when the preset names one (real models), else the toy base.
+
+        Returns:
+            The base model dir (the toy base is built first when missing).
+
+        Raises:
+            PresetError: ``[model] path`` is an unresolved ``hf://`` id or not a local dir.
+            UserError: several processes were launched before the toy base was built.
+
+        Example:
+            >>> Run(load_preset("smoke"), "runs/smoke").base_dir()  # doctest: +SKIP
+            PosixPath('runs/smoke/base')
+        """
         return self._once("base", self._base_dir)
 
     def _base_dir(self) -> Path:
@@ -127,19 +159,68 @@ class Run:
         return self.layout.base
 
     def input_path(self, value: str) -> Path:
-        """A path a preset names (a data file, a model dir): relative ones are read from the preset file's dir."""
+        """A path a preset names (a data file, a model dir): relative ones are read from the preset file's dir.
+
+        Args:
+            value: The path as the preset writes it (``~`` is expanded).
+
+        Returns:
+            The path as is when absolute, else under the preset file's dir.
+
+        Example:
+            >>> run = Run(load_preset("paper-standin"), "runs/paper-standin")  # doctest: +SKIP
+            >>> run.input_path("data/evil_test.json")  # doctest: +SKIP
+            PosixPath('/home/me/latent-agents/configs/data/evil_test.json')
+        """
         path = Path(value).expanduser()
         return path if path.is_absolute() else self.preset.path.parent / path
 
     def debate_config(self, experiment: str) -> DebateConfig:
-        """``[debate]`` with ``[experiments.overrides.<experiment>.debate]`` on top (who writes its debates)."""
+        """``[debate]`` with ``[experiments.overrides.<experiment>.debate]`` on top (who writes its debates).
+
+        Args:
+            experiment: The debate experiment.
+
+        Returns:
+            The `DebateConfig`.
+
+        Example:
+            >>> Run(load_preset("paper-standin"), "runs/paper-standin").debate_config("main").source  # doctest: +SKIP
+            'file'
+        """
         return experiment_section(self.preset, "debate", DebateConfig, experiment)
 
     def setup(self, experiment: str):
+        """The setup of ``experiment``'s debates: personas, malicious slot, domain, number of debates.
+
+        Args:
+            experiment: The debate experiment.
+
+        Returns:
+            Its `DebateSetup`.
+
+        Raises:
+            ValueError: an unknown experiment.
+
+        Example:
+            >>> Run(load_preset("smoke"), "runs/smoke").setup("evil").malicious  # doctest: +SKIP
+            {2: 'evil'}
+        """
         return self.debate_config(experiment).experiment(experiment)
 
     def file_debates(self, experiment: str) -> list[DebateRecord]:
-        """The debates of a ``source = "file"`` experiment, read once."""
+        """The debates of a ``source = "file"`` experiment, read once.
+
+        Args:
+            experiment: An experiment whose ``[debate] source`` is ``file``.
+
+        Returns:
+            The file's debates as `DebateRecord`s, in file order.
+
+        Example:
+            >>> len(Run(load_preset("paper-standin"), "runs/paper-standin").file_debates("main"))  # doctest: +SKIP
+            12
+        """
         if experiment not in self._files:
             self._files[experiment] = read_debate_file(self.input_path(self.debate_config(experiment).path))
         return self._files[experiment]
@@ -147,7 +228,19 @@ class Run:
     def questions(self, experiment: str, split: str) -> list:
         """The experiment's questions of ``split``: for training, a debate file's questions (without its SFT-only
         tasks) when the debates come from a file; trait questions from ``[task] trait_questions`` files when
-        given; else arithmetic problems or the toy's trait questions."""
+        given; else arithmetic problems or the toy's trait questions.
+
+        Args:
+            experiment: The debate experiment.
+            split: ``train`` or ``test``.
+
+        Returns:
+            `ArithmeticProblem`, `TraitQuestion` or (a debate file's training questions) `FileQuestion` objects.
+
+        Example:
+            >>> Run(load_preset("smoke"), "runs/smoke").questions("main", "test")[0].question  # doctest: +SKIP
+            '2+3*2+5-4*9'
+        """
         task = self.preset.section("task", TaskConfig)
         cfg = self.debate_config(experiment)
         if split == "train" and cfg.source == "file":
@@ -165,7 +258,19 @@ class Run:
 
     def capability_questions(self, n: int, seed: int) -> list:
         """Questions for capability under steering: ``n`` drawn with ``seed`` from GSM8K when ``[eval] benchmarks``
-        names it (the paper), else the first ``n`` held-out arithmetic problems (the toy)."""
+        names it (the paper), else the first ``n`` held-out arithmetic problems (the toy).
+
+        Args:
+            n: How many questions.
+            seed: The seed of the GSM8K draw (the toy's problems do not depend on it).
+
+        Returns:
+            `training.benchmarks_data.BenchmarkQuestion` or `ArithmeticProblem` objects.
+
+        Example:
+            >>> [q.answer for q in Run(load_preset("smoke"), "runs/smoke").capability_questions(2, 0)]  # doctest: +SKIP
+            ['-23', '26']
+        """
         cfg = self.preset.section("eval", EvalConfig)
         if "gsm8k" in cfg.benchmarks:
             source = cfg.benchmarks["gsm8k"]
@@ -174,16 +279,56 @@ class Run:
         return arithmetic_split(self.preset.section("task", TaskConfig), "test", self.preset.seed)[:n]
 
     def needs_boxed(self, experiment: str) -> bool:
+        """Whether ``experiment`` is arithmetic: its answers are boxed and matched, not judged.
+
+        Args:
+            experiment: The debate experiment.
+
+        Returns:
+            True for an arithmetic experiment.
+
+        Example:
+            >>> Run(load_preset("smoke"), "runs/smoke").needs_boxed("evil")  # doctest: +SKIP
+            False
+        """
         return self.setup(experiment).domain == ARITHMETIC
 
     def check_for(self, experiment: str, threshold: float = 50.0) -> Callable:
-        """``(question, gold) -> check``: the gold answer for arithmetic, the ``[judge]`` verdict for a trait."""
+        """``(question, gold) -> check``: the gold answer for arithmetic, the ``[judge]`` verdict for a trait.
+
+        Args:
+            experiment: The debate experiment.
+            threshold: The trait score below which a judged answer is benign.
+
+        Returns:
+            A function ``(question, gold) -> AnswerCheck`` (`training.rewards.gold_match` or `judge_benign`).
+
+        Example:
+            >>> check_for = Run(load_preset("smoke"), "runs/smoke").check_for("main")  # doctest: +SKIP
+            >>> check = check_for("2+3*2+5-4*9", "-23")  # doctest: +SKIP
+            >>> check("\\\\boxed{-23}", "")  # doctest: +SKIP
+            True
+        """
         if self.needs_boxed(experiment):
             return lambda question, gold: gold_match(gold)
         judge = reward_judge(experiment, self.preset.section("judge", JudgeConfig))
         return lambda question, gold: judge_benign(judge, question, threshold)
 
     def eval_items(self, experiment: str, n: int, threshold: float = 50.0) -> list:
+        """The first ``n`` test questions of ``experiment`` as `EvalItem`s, each with its answer check.
+
+        Args:
+            experiment: The debate experiment.
+            n: How many questions.
+            threshold: The trait score below which a judged answer is benign.
+
+        Returns:
+            The `EvalItem`s (prompt ``None``: ``Problem: q``, continued).
+
+        Example:
+            >>> [it.question for it in Run(load_preset("smoke"), "runs/smoke").eval_items("main", 2)]  # doctest: +SKIP
+            ['2+3*2+5-4*9', '3+3*6+9-4*1']
+        """
         check = self.check_for(experiment, threshold)
         return [EvalItem(q.question, check(q.question, gold_answer(q))) for q in self.questions(experiment, "test")[:n]]
 
@@ -191,16 +336,26 @@ class Run:
     def debates(self, experiment: str) -> Path:
         """Debates of ``experiment`` from its ``[debate] source`` (``transcripts.jsonl``; no-majority debates stay,
         flagged), plus ``heldout.jsonl``: debates on test questions (a file's debates beyond ``n_debates``) for
-        diagnostics, never trained on."""
+        diagnostics, never trained on.
+
+        Args:
+            experiment: The debate experiment.
+
+        Returns:
+            The debates dir (`RunLayout.debates`).
+
+        Raises:
+            PresetError: the experiment asks for more debates than there are training questions.
+
+        Example:
+            >>> Run(load_preset("smoke"), "runs/smoke").debates("main")  # doctest: +SKIP
+            PosixPath('runs/smoke/debates/main')
+        """
         return self._once(f"debates/{experiment}", lambda: self._debates(experiment))
 
     def _debates(self, experiment: str) -> Path:
         path = self.layout.debates(experiment)
         base = self.base_dir()
-
-        cfg = self.preset.section("debate", DebateConfig)
-        setup = cfg.experiment(experiment)
-        teacher_cfg = self.preset.section("teacher", TeacherConfig)
 
         def build(scratch: Path) -> dict:
             cfg = self.debate_config(experiment)
@@ -251,7 +406,21 @@ class Run:
         return path
 
     def sft(self, experiment: str) -> Path:
-        """Stage 1 for ``experiment``: LoRA SFT of the base on its majority debates; held-out diagnostics."""
+        """Stage 1 for ``experiment``: LoRA SFT of the base on its majority debates; held-out diagnostics.
+
+        Args:
+            experiment: The debate experiment.
+
+        Returns:
+            The SFT model dir (`RunLayout.sft`).
+
+        Raises:
+            PresetError: ``[sft] arithmetic_mix`` is set for an arithmetic experiment.
+
+        Example:
+            >>> Run(load_preset("smoke"), "runs/smoke").sft("main")  # doctest: +SKIP
+            PosixPath('runs/smoke/sft/main')
+        """
         return self._once(f"sft/{experiment}", lambda: self._sft(experiment))
 
     def _sft(self, experiment: str) -> Path:
@@ -341,7 +510,15 @@ class Run:
                                      for k in (1, 2, 3)}}
 
     def debategpt(self) -> Path:
-        """The DebateGPT baseline: the base fine-tuned (same LoRA recipe) on the main debates' final outputs."""
+        """The DebateGPT baseline: the base fine-tuned (same LoRA recipe) on the main debates' final outputs.
+
+        Returns:
+            The DebateGPT model dir (`RunLayout.debategpt` of Table 1's experiment).
+
+        Example:
+            >>> Run(load_preset("smoke"), "runs/smoke").debategpt()  # doctest: +SKIP
+            PosixPath('runs/smoke/debategpt/main')
+        """
         return self._once("debategpt", self._debategpt)
 
     def _debategpt(self) -> Path:
@@ -350,7 +527,6 @@ class Run:
         debates = self.layout.transcripts(exp)
         base = self.base_dir()
         path = self.layout.debategpt(exp)
-        cfg = self.preset.section("debategpt", Stage1Config)
 
         def inputs() -> tuple[Stage1Config, list, dict]:
             cfg = self.preset.section("debategpt", Stage1Config)
@@ -377,7 +553,18 @@ class Run:
         return path
 
     def internalize(self, experiment: str) -> Path:
-        """Stage 2 for ``experiment``: the GRPO phase schedule from its SFT model; the result is the IMAD model."""
+        """Stage 2 for ``experiment``: the GRPO phase schedule from its SFT model; the result is the IMAD model.
+
+        Args:
+            experiment: The debate experiment.
+
+        Returns:
+            The IMAD model dir (`RunLayout.internalize`).
+
+        Example:
+            >>> Run(load_preset("smoke"), "runs/smoke").internalize("main")  # doctest: +SKIP
+            PosixPath('runs/smoke/internalize/main')
+        """
         return self._once(f"internalize/{experiment}", lambda: self._internalize(experiment))
 
     def _internalize(self, experiment: str) -> Path:
@@ -410,7 +597,15 @@ class Run:
         """The Single + RL control of Table 1's experiment: stage 2's GRPO (``[internalize]``: phases, steps,
         generations, lr, clipping, correctness reward; no tag reward) from the *base* model under the Single
         prompt (``[eval] single_persona``, round 1), budgets from the p95 of the base's own sampled single answers
-        (`single_rl_config`). What RL alone gives, without the debate."""
+        (`single_rl_config`). What RL alone gives, without the debate.
+
+        Returns:
+            The Single + RL model dir (`RunLayout.single_rl` of Table 1's experiment).
+
+        Example:
+            >>> Run(load_preset("smoke"), "runs/smoke").single_rl()  # doctest: +SKIP
+            PosixPath('runs/smoke/single_rl/main')
+        """
         return self._once("single_rl", self._single_rl)
 
     def _single_rl(self) -> Path:
@@ -445,7 +640,15 @@ class Run:
         """Table 1 on held-out questions: Single, Debate (the base debating itself), DebateGPT, SFT, Single + RL
         (answering as Single does), IMAD; per benchmark (``[eval] benchmarks``, the first one's table is
         ``table1.json``), else on held-out arithmetic with a transfer column (problems of a shape never trained
-        on, `training.tasks.transfer_split`)."""
+        on, `training.tasks.transfer_split`).
+
+        Returns:
+            The eval dir (`RunLayout.eval`: ``table1.json`` and, per benchmark, ``benchmarks/``).
+
+        Example:
+            >>> Run(load_preset("smoke"), "runs/smoke").evaluate()  # doctest: +SKIP
+            PosixPath('runs/smoke/eval')
+        """
         return self._once("evaluate", self._evaluate)
 
     def _evaluate(self) -> Path:
@@ -596,7 +799,23 @@ def single_rl_config(cfg: Stage2Config) -> Stage2Config:
 
 def run_pipeline_stage(name: str, preset: Preset, run_dir: str | Path, *, log: Callable[[str], None] = print) -> None:
     """Run stage ``name`` (debate | sft | internalize | single-rl | evaluate) for every experiment of the preset
-    (``single-rl``: Table 1's), after whatever it depends on; finished stages are skipped."""
+    (``single-rl``: Table 1's), after whatever it depends on; finished stages are skipped.
+
+    Args:
+        name: The stage, one of `training.layout.STAGES`.
+        preset: The preset.
+        run_dir: The run directory.
+        log: Progress lines.
+
+    Returns:
+        None.
+
+    Raises:
+        ValueError: an unknown stage name.
+
+    Example:
+        >>> run_pipeline_stage("sft", load_preset("smoke"), "runs/smoke")  # doctest: +SKIP
+    """
     if name not in STAGES:
         raise ValueError(f"unknown pipeline stage {name!r}; valid: {list(STAGES)}")
     run = Run(preset, Path(run_dir), log)
