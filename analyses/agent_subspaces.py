@@ -21,6 +21,7 @@ ROUGE AUC table keeps the paper's fixed grid ``alphas`` in the ``normalize`` uni
 
 from __future__ import annotations
 
+import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,24 +30,22 @@ import plotly.graph_objects as go
 import lens
 from analyses import figures as study_figures
 from analyses.generation import fits_context, native_prompt, stop_ids
-import random
-
 from analyses.metrics import ROUGE_METRICS, auc, json_safe, pct_change, rouge
-from analyses.strengths import RESIDUAL_UNIT, Accuracy, StrengthSearch, in_residual_units, search_grid
+from analyses.results import RESULTS
 from analyses.stats import bootstrap, paired_difference
-from lens.debate_format import Transcript, training_text, turn_spans
+from analyses.strengths import RESIDUAL_UNIT, Accuracy, StrengthSearch, in_residual_units, search_grid
 from lens.activations import resolve_transcripts
-from lens.sites import middle_layer
+from lens.debate_format import Transcript, training_text, turn_spans
 from lens.io import atomic_write_json
 from lens.probes import PCAProjection, ProbeResult
-from analyses.results import RESULTS
+from lens.sites import middle_layer
 from training.layout import RunLayout
+from training.pipeline import Run
 from training.presets import Preset
 from training.runner import load_debates
 from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, bounds
 from training.tasks import TaskConfig, arithmetic_split
 from training.teacher import ARITHMETIC_PERSONAS, persona_marks, solution
-from training.pipeline import Run
 
 NAME = "agent_subspaces"
 # The version of what this experiment measures, in its stage's fingerprint (2: steering on searched grids)
@@ -91,18 +90,64 @@ class SubspaceConfig(StrengthSearch):
 
 
 def alpha_unit(normalize: bool) -> str:
-    """What α = 1 adds, for axis titles and the report."""
+    """What α = 1 adds, for axis titles and the report.
+
+    Args:
+        normalize: The experiment's ``normalize`` setting (unit vectors, or the raw mean difference).
+
+    Returns:
+        The α axis title.
+
+    Example:
+        >>> from analyses.agent_subspaces import alpha_unit
+        >>> alpha_unit(True)
+        'α (unit vector)'
+    """
     return "α (unit vector)" if normalize else "α (× raw mean difference)"
 
 
 def heldout_transcripts(run_dir: str | Path, experiment: str = "main", n: int | None = None) -> list[Transcript]:
     """Held-out debates of ``experiment`` (teacher debates on test questions, never trained on; the debate
-    stage writes them beside the training transcripts)."""
+    stage writes them beside the training transcripts).
+
+    Args:
+        run_dir: The run directory (`RunLayout`).
+        experiment: The experiment whose held-out debates are read (``main`` or a trait).
+        n: At most this many, in file order (None: all).
+
+    Returns:
+        The held-out transcripts.
+
+    Example:
+        >>> len(heldout_transcripts("runs/toy", "main", n=20))  # doctest: +SKIP
+        20
+    """
     return [r.transcript for r in load_debates(RunLayout(Path(run_dir)).heldout(experiment))][:n]
 
 
 def turn_prompts(transcripts: list[Transcript], agent: int, rounds: tuple[int, ...]) -> tuple[list[str], list[str]]:
-    """(context up to and including the agent's ``tag:``, the agent's own response) for each of its turns."""
+    """(context up to and including the agent's ``tag:``, the agent's own response) for each of its turns.
+
+    Args:
+        transcripts: The held-out debates.
+        agent: The agent (1-based).
+        rounds: The rounds whose turns count.
+
+    Returns:
+        ``(prompts, references)``: each prompt is the `training_text` up to and including the agent's tag (trailing
+        spaces stripped), each reference that turn's text.
+
+    Raises:
+        ValueError: the agent has no turn in ``rounds``.
+
+    Example:
+        >>> from analyses.agent_subspaces import turn_prompts
+        >>> from lens.debate_format import Transcript, Turn
+        >>> t = Transcript("1+1", [Turn(1, 1, "It is 2."), Turn(1, 2, "I say 3.")], "The agents settle on 2.")
+        >>> prompts, refs = turn_prompts([t], 2, (1,))
+        >>> prompts[0].endswith("<|Agent 2 Solution|>:"), refs
+        (True, ['I say 3.'])
+    """
     prompts, refs = [], []
     for t in transcripts:
         text = training_text(t)
@@ -120,7 +165,26 @@ def rouge_sweeps(model, subs: dict, turns: dict, cfg: SubspaceConfig) -> dict[st
     curve per metric and, under ``per_prompt``, each prompt's scores per α (for paired intervals). Every agent
     and α runs in one batched `lens.generate` (each agent on its own turns, ``turns[a] = (prompts, refs)``).
     Contexts too long to leave room for a continuation are skipped (the same ones for every model sharing the
-    tokenizer)."""
+    tokenizer).
+
+    Args:
+        model: A model loaded with `lens.load_model` (base or IMAD).
+        subs: Agent → its steering vector (`lens.AgentSubspace`).
+        turns: Agent → ``(prompts, references)`` (`turn_prompts`).
+        cfg: The ``[subspaces]`` section (``alphas``, ``max_new_tokens``, sampling, ``seed``).
+
+    Returns:
+        Agent (as a string) → ``{"rouge1": [mean per α], "rouge2": [...], "rougeL": [...], "per_prompt": {metric:
+        [[score per prompt] per α]}}``.
+
+    Raises:
+        ValueError: every context of an agent is too long for the model's context.
+
+    Example:
+        >>> turns = {a: turn_prompts(heldout, a, cfg.rounds) for a in (1, 2, 3)}  # doctest: +SKIP
+        >>> rouge_sweeps(model, subs, turns, cfg)["1"]["rougeL"][:3]  # doctest: +SKIP
+        [0.21, 0.24, 0.27]
+    """
     prompts, refs, own = [], {}, {}
     for a, (ps, rs) in turns.items():
         keep = fits_context(model, ps, margin=16)
@@ -145,7 +209,22 @@ def rouge_sweeps(model, subs: dict, turns: dict, cfg: SubspaceConfig) -> dict[st
 
 def auc_difference(alphas, base: list[list[float]], imad: list[list[float]]) -> dict:
     """95% interval of AUC(IMAD) − AUC(base) from per-prompt ROUGE per α (paired over prompts: the AUC of the
-    mean curve is the mean of the per-prompt AUCs)."""
+    mean curve is the mean of the per-prompt AUCs).
+
+    Args:
+        alphas: The α grid.
+        base: Base's ROUGE: per α, one score per prompt.
+        imad: IMAD's, on the same prompts in the same order.
+
+    Returns:
+        The `analyses.stats.Interval` of the mean per-prompt AUC difference, as a dict.
+
+    Example:
+        >>> from analyses.agent_subspaces import auc_difference
+        >>> d = auc_difference([0.0, 1.0], [[0.2, 0.2], [0.2, 0.2]], [[0.2, 0.2], [0.4, 0.6]])
+        >>> round(d["estimate"], 2), d["n"]
+        (0.15, 2)
+    """
     per = lambda rows: [auc(alphas, [row[j] for row in rows]) for j in range(len(rows[0]))]  # noqa: E731
     return paired_difference(per(imad), per(base)).to_dict()
 
@@ -154,7 +233,24 @@ def capability_sweeps(model, kind: str, subs: dict, grids: dict[str, list[float]
                       problems) -> dict[str, tuple[list[float], list[list[bool]]]]:
     """Per agent (``subs`` and ``grids`` keyed by the agent's number as a string), arithmetic accuracy per α of its
     grid under steering with its vector (native prompts, greedy), and each problem's correctness per α; each agent's
-    whole grid in one batched `lens.generate`."""
+    whole grid in one batched `lens.generate`.
+
+    Args:
+        model: A model loaded with `lens.load_model`.
+        kind: ``base`` or ``imad`` (which native prompt it reads).
+        subs: Agent (as a string) → its steering vector.
+        grids: Agent (as a string) → its α grid (`steering_grids`).
+        cfg: The ``[subspaces]`` section (``capability_max_new_tokens``, ``seed``).
+        problems: The arithmetic problems (`training.pipeline.Run.capability_questions`).
+
+    Returns:
+        Agent → ``(accuracy per α, each problem's correctness per α)``.
+
+    Example:
+        >>> grids = {"1": [0.0, 0.1, 0.2]}  # doctest: +SKIP
+        >>> capability_sweeps(model, "imad", {"1": sub}, grids, cfg, problems)["1"][0]  # doctest: +SKIP
+        [0.9, 0.86, 0.62]
+    """
     sweeps = {}
     for a, sub in subs.items():
         accuracy = Accuracy(kind, problems, cfg.capability_max_new_tokens, cfg.seed)
@@ -165,7 +261,23 @@ def capability_sweeps(model, kind: str, subs: dict, grids: dict[str, list[float]
 
 def steering_grids(model, kind: str, subs: dict, cfg: SubspaceConfig, select) -> tuple[dict, dict]:
     """Per agent, the α grid capability and steerability are measured on: searched on ``select`` (the α-selection
-    split) when ``cfg.alpha_search``, else ``cfg.capability_alphas``; and each search (empty without one)."""
+    split) when ``cfg.alpha_search``, else ``cfg.capability_alphas``; and each search (empty without one).
+
+    Args:
+        model: A model loaded with `lens.load_model`.
+        kind: ``base`` or ``imad`` (which native prompt it reads).
+        subs: Agent (as a string) → its steering vector (in residual units under ``alpha_search``).
+        cfg: The ``[subspaces]`` section.
+        select: The α-selection problems (training partition).
+
+    Returns:
+        ``(grids, searches)``: agent → its α grid, and agent → its `search_grid` record (``{}`` without a search).
+
+    Example:
+        >>> grids, searches = steering_grids(model, "imad", steer_subs, cfg, select)  # doctest: +SKIP
+        >>> grids["1"]  # doctest: +SKIP
+        [-0.4, -0.2, 0.0, 0.2, 0.4]
+    """
     if not cfg.alpha_search:
         return {a: list(cfg.capability_alphas) for a in subs}, {}
     grids, searches = {}, {}
@@ -176,7 +288,26 @@ def steering_grids(model, kind: str, subs: dict, cfg: SubspaceConfig, select) ->
 
 
 def capability_drop(alphas, per: list[list[bool]]) -> dict:
-    """The largest accuracy drop from α = 0 over the steered α, with its paired 95% interval over problems."""
+    """The largest accuracy drop from α = 0 over the steered α, with its paired 95% interval over problems.
+
+    Args:
+        alphas: The α grid (with 0).
+        per: Per α, each problem's correctness (the same problems in the same order).
+
+    Returns:
+        The paired interval of accuracy at α = 0 minus accuracy at the worst α, as a dict with that ``alpha``;
+        ``{"estimate": None, "ci": [None, None]}`` when the grid holds only α = 0.
+
+    Raises:
+        ValueError: α = 0 is not in ``alphas``.
+
+    Example:
+        >>> from analyses.agent_subspaces import capability_drop
+        >>> d = capability_drop([0.0, 1.0, 2.0], [[True, True, True, False], [True, True, False, False],
+        ...                                       [True, False, False, False]])
+        >>> d["estimate"], d["alpha"]
+        (0.5, 2.0)
+    """
     i0 = list(alphas).index(0.0)
     steered = [i for i in range(len(alphas)) if i != i0]
     if not steered:
@@ -187,7 +318,20 @@ def capability_drop(alphas, per: list[list[bool]]) -> dict:
 
 
 def marker_counts(texts: list[str], persona: str) -> list[float]:
-    """1 for each text carrying ``persona``'s transparent style marks (`training.teacher.persona_marks`), else 0."""
+    """1 for each text carrying ``persona``'s transparent style marks (`training.teacher.persona_marks`), else 0.
+
+    Args:
+        texts: Generated texts.
+        persona: A persona `training.teacher.persona_marks` knows (``analyst``, ``critic``, ``programmer``, ...).
+
+    Returns:
+        One 1.0 or 0.0 per text.
+
+    Example:
+        >>> from analyses.agent_subspaces import marker_counts
+        >>> marker_counts(["SELF-CRITIQUE: fine", "4"], "critic")
+        [1.0, 0.0]
+    """
     return [float(persona_marks(t)[persona]) for t in texts]
 
 
@@ -197,7 +341,27 @@ def steerability(model, kind: str, subs: dict, personas: dict[str, str], problem
     agent's number as a string): the share of outputs with that
     agent's persona markers and their ROUGE-L against the teacher's solution in that persona's style, per α of the
     agent's grid (the non-negative part of ``grids[a]``, else ``cfg.alphas``); the gain is the largest change over
-    α = 0, with a paired 95% interval over prompts."""
+    α = 0, with a paired 95% interval over prompts.
+
+    Args:
+        model: A model loaded with `lens.load_model`.
+        kind: ``base`` or ``imad`` (which native prompt it reads).
+        subs: Agent (as a string) → its steering vector.
+        personas: Agent (as a string) → its arithmetic persona; only these agents are measured.
+        problems: The neutral-slot problems (test arithmetic).
+        cfg: The ``[subspaces]`` section (``steer_max_new_tokens``, sampling, ``seed``, ``alphas``).
+        grids: Agent → its searched grid (None: ``cfg.alphas`` for every agent).
+
+    Returns:
+        Agent → ``persona``, ``alphas``, ``markers`` and ``rougeL`` (means per α) and ``per_prompt_markers``; with
+        α = 0 and another α on the grid also ``marker_gain`` and ``rouge_gain`` (intervals with their ``alpha``) and
+        ``per_prompt_gain``.
+
+    Example:
+        >>> block = steerability(model, "imad", steer_subs, {"1": "analyst"}, neutral, cfg, grids)  # doctest: +SKIP
+        >>> block["1"]["marker_gain"]["estimate"]  # doctest: +SKIP
+        0.4
+    """
     prompts = [native_prompt(kind, p.question, model.tokenizer) for p in problems]
     block = {}
     for a, persona in personas.items():
@@ -224,18 +388,49 @@ def steerability(model, kind: str, subs: dict, personas: dict[str, str], problem
 
 def steerability_difference(base: dict, imad: dict) -> dict:
     """Per agent, IMAD's marker gain minus base's with its 95% interval, paired over the prompts (both models
-    read the same problems), each model at its own best α."""
+    read the same problems), each model at its own best α.
+
+    Args:
+        base: Base's `steerability` block.
+        imad: IMAD's, on the same problems.
+
+    Returns:
+        Agent → the interval of the mean per-prompt gain difference, as a dict; agents without a gain in both blocks
+        are left out.
+
+    Example:
+        >>> from analyses.agent_subspaces import steerability_difference
+        >>> d = steerability_difference({"1": {"per_prompt_gain": [0.0, 1.0, 0.0]}},
+        ...                             {"1": {"per_prompt_gain": [1.0, 1.0, 1.0]}})
+        >>> round(d["1"]["estimate"], 3)
+        0.667
+    """
     return {a: bootstrap([x - y for x, y in zip(imad[a]["per_prompt_gain"], base[a]["per_prompt_gain"])]).to_dict()
             for a in base if "per_prompt_gain" in base[a] and "per_prompt_gain" in imad.get(a, {})}
 
 
 def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
-    """The whole experiment; the agent vectors (safetensors + JSON) and ``results.json`` go to ``out_dir``."""
+    """The whole experiment; the agent vectors (safetensors + JSON) and ``results.json`` go to ``out_dir``.
+
+    Args:
+        preset: The loaded preset (its ``[subspaces]`` and ``[task]`` sections).
+        run_dir: The run directory (`RunLayout`), with the base, SFT and IMAD models and the held-out debates.
+        out_dir: Where the vectors and ``results.json`` go.
+
+    Returns:
+        The results as saved (strict JSON): config, layer, ROUGE curves and AUCs, capability and its grids,
+        steerability, probes and the PCA.
+
+    Example:
+        >>> results = run(load_preset("toy"), "runs/toy", "runs/toy/analyses/agent_subspaces")  # doctest: +SKIP
+        >>> results["auc"]["1"]["rougeL"]["pct"]  # doctest: +SKIP
+        12.3
+    """
     cfg = preset.section("subspaces", SubspaceConfig)
     layout, out_dir = RunLayout.of(preset, run_dir), Path(out_dir)
     heldout = heldout_transcripts(layout.root, cfg.experiment, cfg.n_heldout)
-    run = Run(preset, run_dir)
-    sft = lens.load_model(layout.sft(cfg.experiment), **run.placement.lens())
+    pipeline = Run(preset, run_dir)
+    sft = lens.load_model(layout.sft(cfg.experiment), **pipeline.placement.lens())
     layer = middle_layer(sft) if cfg.layer is None else cfg.layer
     agents = sorted({turn.agent for t in heldout for turn in t.turns})
     personas = {str(a): heldout[0].persona_of(a) for a in agents}
@@ -250,11 +445,11 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     probes = {"sft": lens.probe_layers(heldout_acts).to_dict()}
     pca = _pca_dict(lens.pca_projection(heldout_acts, layer=layer, center="slot"))
     del sft
-    problems = run.capability_questions(cfg.n_capability, cfg.seed)
+    problems = pipeline.capability_questions(cfg.n_capability, cfg.seed)
     select = arithmetic_split(preset.section("task", TaskConfig), "train", preset.seed)[:cfg.n_select]
     grids: dict = {}
     searches: dict = {}
-    rouge: dict = {}
+    rouge_curves: dict = {}
     capability: dict = {}
     drops: dict = {}
     steer: dict = {}
@@ -262,10 +457,10 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     dirs = {"base": layout.base, "imad": layout.internalize(cfg.experiment)}
     for kind in MODELS:
         # with [model] keep_hf the HF twin generates (same resid_post hooks, same greedy tokens, ~2x faster)
-        model = lens.load_model(dirs[kind], **run.placement.lens())
+        model = lens.load_model(dirs[kind], **pipeline.placement.lens())
         if kind == "imad":
             probes["imad"] = lens.probe_layers(model, heldout).to_dict()
-        rouge[kind] = rouge_sweeps(model, subs, {a: turn_prompts(heldout, a, cfg.rounds) for a in agents}, cfg)
+        rouge_curves[kind] = rouge_sweeps(model, subs, {a: turn_prompts(heldout, a, cfg.rounds) for a in agents}, cfg)
         grids[kind], searches[kind] = steering_grids(model, kind, steer_subs, cfg, select)
         sweeps = capability_sweeps(model, kind, steer_subs, grids[kind], cfg, problems)
         capability[kind] = {a: acc for a, (acc, _) in sweeps.items()}
@@ -276,12 +471,12 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
                                                              if p in ARITHMETIC_PERSONAS}, neutral, cfg,
                                    grids[kind] if cfg.alpha_search else None)
         del model
-    auc_block = {str(a): {m: {**_auc_entry(cfg.alphas, rouge["base"][str(a)][m], rouge["imad"][str(a)][m]),
-                              "diff": auc_difference(cfg.alphas, rouge["base"][str(a)]["per_prompt"][m],
-                                                     rouge["imad"][str(a)]["per_prompt"][m])}
+    auc_block = {str(a): {m: {**_auc_entry(cfg.alphas, rouge_curves["base"][str(a)][m], rouge_curves["imad"][str(a)][m]),
+                              "diff": auc_difference(cfg.alphas, rouge_curves["base"][str(a)]["per_prompt"][m],
+                                                     rouge_curves["imad"][str(a)]["per_prompt"][m])}
                           for m in ROUGE_METRICS} for a in agents}
     for kind in MODELS:
-        for curve in rouge[kind].values():
+        for curve in rouge_curves[kind].values():
             curve.pop("per_prompt")
     steerability_block = {**steer, "gain_difference": steerability_difference(steer["base"], steer["imad"]),
                           "slot": "each model's native arithmetic prompt (test problems), no agent tag",
@@ -297,7 +492,7 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
                                     "stats": s.stats, "normalization": s.normalization,
                                     "scores": {str(k): v for k, v in s.scores.items()}}
                            for a, s in subs.items()},
-               "rouge": rouge, "auc": auc_block, "capability": capability, "capability_drop": drops,
+               "rouge": rouge_curves, "auc": auc_block, "capability": capability, "capability_drop": drops,
                "steerability": steerability_block, "probe": probes, "pca": pca}
     results = json_safe(results)
     atomic_write_json(out_dir / RESULTS, results)
@@ -322,7 +517,22 @@ def _pca(d: dict) -> PCAProjection:
 
 def auc_rows(results: dict) -> list[dict]:
     """Table 8: ROUGE AUC per agent and metric, base vs IMAD, with the % difference and the 95% interval of the
-    paired difference IMAD − base."""
+    paired difference IMAD − base.
+
+    Args:
+        results: The agent_subspaces results (``auc``, ``personas``).
+
+    Returns:
+        One row per agent and metric: ``agent``, ``metric``, ``base``, ``imad``, ``delta %`` and
+        ``IMAD − base [95% CI]``.
+
+    Example:
+        >>> from analyses.agent_subspaces import auc_rows
+        >>> results = {"personas": {"1": "analyst"}, "auc": {"1": {"rougeL": {
+        ...     "base": 1.0, "imad": 1.2, "pct": 20.0, "diff": {"estimate": 0.2, "ci": [0.1, 0.3]}}}}}
+        >>> auc_rows(results)[0]["IMAD − base [95% CI]"]
+        '0.200 [0.100, 0.300]'
+    """
     return [{"agent": f"{a} ({results['personas'][a]})", "metric": m, "base": v["base"], "imad": v["imad"],
              "delta %": v["pct"], "IMAD − base [95% CI]": _band(v.get("diff"))}
             for a, ms in results["auc"].items() for m, v in ms.items()]
@@ -337,7 +547,19 @@ def _band(d: dict | None, scale: float = 1.0, digits: int = 3) -> str:
 
 def steerability_rows(results: dict) -> list[dict]:
     """Steerability per agent, base vs IMAD: persona-marker share at α = 0 and the gain steering causes (with
-    intervals), the ROUGE-L gain over α = 0, and IMAD − base."""
+    intervals), the ROUGE-L gain over α = 0, and IMAD − base.
+
+    Args:
+        results: The agent_subspaces results (``steerability``, ``personas``, ``alphas``).
+
+    Returns:
+        One row per agent with persona markers; ``[]`` when the results have no steerability.
+
+    Example:
+        >>> results = load_results("runs/toy", "agent_subspaces")  # doctest: +SKIP
+        >>> steerability_rows(results)[0]["IMAD − base marker gain (pts)"]  # doctest: +SKIP
+        '31.0 [18.0, 44.0]'
+    """
     st = results.get("steerability")
     if not st:
         return []
@@ -359,7 +581,19 @@ def steerability_rows(results: dict) -> list[dict]:
 
 
 def figures(results: dict) -> dict[str, go.Figure]:
-    """Every figure of this experiment, by name."""
+    """Every figure of this experiment, by name.
+
+    Args:
+        results: The agent_subspaces results (`analyses.results.load_results`).
+
+    Returns:
+        Name → plotly figure: ``probe_accuracy``, ``pca_agents``, ``rouge_vs_alpha``, ``rouge_auc`` and
+        ``capability_agent_steering``.
+
+    Example:
+        >>> sorted(figures(load_results("runs/toy", "agent_subspaces")))  # doctest: +SKIP
+        ['capability_agent_steering', 'pca_agents', 'probe_accuracy', 'rouge_auc', 'rouge_vs_alpha']
+    """
     return {"probe_accuracy": lens.plots.probe_accuracy_by_layer(
                 {name.upper(): ProbeResult(**p) for name, p in results["probe"].items()}),
             "pca_agents": lens.plots.pca_scatter(_pca(results["pca"])),
