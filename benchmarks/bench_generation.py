@@ -4,6 +4,7 @@ forward hooks at the same ``resid_post`` site; checks both give the same greedy 
 the eval backend uses (HF ``cache_implementation="static"``) against HF's default growing cache, at the shape of a
 Debate round-2 turn (64 prompts of 300 tokens, 80 new): time and whether the greedy tokens agree. (On the toy
 base's real round-1 and IMAD generations, ~100-token prompts that stop early, the two caches took the same time.)
+Last, tokens per second at 256 rows per call against 64, at round-1 and round-2 prompt lengths.
 
 usage: .venv/bin/python benchmarks/bench_generation.py
 """
@@ -41,7 +42,7 @@ def main() -> dict[str, float]:
           f"HF hooks {n / t_hf:.0f} tok/s, HF/TL = {t_tl / t_hf:.2f}x; identical greedy tokens: {same}")
     ratios = {"steered generation tok/s HF hooks / TL": t_tl / t_hf,
               "steered generation same tokens (1 = yes)": float(same)}
-    return ratios | kv_cache()
+    return ratios | kv_cache() | batch_scaling()
 
 
 def kv_cache() -> dict[str, float]:
@@ -65,6 +66,29 @@ def kv_cache() -> dict[str, float]:
           f"{t_dyn / t_static:.2f}x; identical greedy tokens: {same}")
     return {"generation static / dynamic KV cache speed-up": t_dyn / t_static,
             "generation static cache same tokens (1 = yes)": float(same)}
+
+
+def batch_scaling() -> dict[str, float]:
+    """Tokens per second with 256 rows per ``generate`` call against 64 (the toy's eval batch), at a round-1 prompt
+    length (100 tokens) and a round-2 one (300): whether the toy's generating stages would gain from larger batches,
+    i.e. whether they are bound by per-step overhead or by compute."""
+    torch.set_num_threads(2)
+    hf, tok = tiny_llama(n_layers=4, d_model=128, n_heads=4, n_kv_heads=4)
+    out = {}
+    for prompt in (100, 300):
+        speed = {}
+        for rows in (64, 256):
+            ids = torch.randint(10, len(tok), (rows, prompt), generator=torch.Generator().manual_seed(3))
+
+            def go():
+                with torch.no_grad():
+                    hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=80,
+                                min_new_tokens=80, pad_token_id=tok.pad_token_id, cache_implementation="static")
+            speed[rows] = rows * 80 / best_of(go, 2)
+        print(f"{prompt}-token prompts, 80 new (2 threads): 64 rows {speed[64]:.0f} tok/s, 256 rows "
+              f"{speed[256]:.0f} tok/s, {speed[256] / speed[64]:.2f}x")
+        out[f"generation tok/s 256 / 64 rows ({prompt}-token prompts)"] = speed[256] / speed[64]
+    return out
 
 
 if __name__ == "__main__":
