@@ -256,7 +256,7 @@ def check_endpoint(label: str, base_url: str, api_key_env: str = "OPENAI_API_KEY
         Two findings: reachability and the key.
 
     Example:
-        >>> CHECKS.append(lambda p, d: check_endpoint("[debate] source", p.data["debate"]["base_url"]))
+        >>> CHECKS.append(lambda p, d: check_endpoint("[debate] source", p.data["debate"]["base_url"]))  # doctest: +SKIP
     """
     key = os.environ.get(api_key_env)
     loopback = urlparse(base_url).hostname in LOOPBACK
