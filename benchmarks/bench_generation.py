@@ -42,22 +42,26 @@ def main() -> dict[str, float]:
           f"HF hooks {n / t_hf:.0f} tok/s, HF/TL = {t_tl / t_hf:.2f}x; identical greedy tokens: {same}")
     ratios = {"steered generation tok/s HF hooks / TL": t_tl / t_hf,
               "steered generation same tokens (1 = yes)": float(same)}
-    return ratios | kv_cache() | batch_scaling()
-
-
-def kv_cache() -> dict[str, float]:
-    """Greedy generation with a static KV cache vs HF's default dynamic one (which re-copies itself each step), on
-    the toy base's exact shape (4 heads, no grouped KV)."""
     torch.set_num_threads(2)
-    hf, tok = tiny_llama(n_layers=4, d_model=128, n_heads=4, n_kv_heads=4)
+    toy = tiny_llama(n_layers=4, d_model=128, n_heads=4, n_kv_heads=4)  # the toy base's exact shape, no grouped KV
+    return ratios | kv_cache(*toy) | batch_scaling(*toy)
+
+
+def greedy(hf, tok, ids, cache: str) -> torch.Tensor:
+    """80 new greedy tokens for every row of ``ids`` (no early stop) with KV cache ``cache``."""
+    with torch.no_grad():
+        return hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=80,
+                           min_new_tokens=80, pad_token_id=tok.pad_token_id, cache_implementation=cache)
+
+
+def kv_cache(hf, tok) -> dict[str, float]:
+    """Greedy generation with a static KV cache vs HF's default dynamic one (which re-copies itself each step)."""
     ids = torch.randint(10, len(tok), (64, 300), generator=torch.Generator().manual_seed(2))
     out = {}
 
     def run(cache):
         def go():
-            with torch.no_grad():
-                out[cache] = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=80,
-                                         min_new_tokens=80, pad_token_id=tok.pad_token_id, cache_implementation=cache)
+            out[cache] = greedy(hf, tok, ids, cache)
         return go
 
     t_dyn, t_static = best_of(run("dynamic"), 2), best_of(run("static"), 2)
@@ -68,28 +72,20 @@ def kv_cache() -> dict[str, float]:
             "generation static cache same tokens (1 = yes)": float(same)}
 
 
-def batch_scaling() -> dict[str, float]:
+def batch_scaling(hf, tok) -> dict[str, float]:
     """Tokens per second with 256 rows per ``generate`` call against 64 (the toy's eval batch), at a round-1 prompt
     length (100 tokens) and a round-2 one (300): whether the toy's generating stages would gain from larger batches,
     i.e. whether they are bound by per-step overhead or by compute."""
-    torch.set_num_threads(2)
-    hf, tok = tiny_llama(n_layers=4, d_model=128, n_heads=4, n_kv_heads=4)
     out = {}
     for prompt in (100, 300):
         speed = {}
         for rows in (64, 256):
             ids = torch.randint(10, len(tok), (rows, prompt), generator=torch.Generator().manual_seed(3))
-
-            def go():
-                with torch.no_grad():
-                    hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=80,
-                                min_new_tokens=80, pad_token_id=tok.pad_token_id, cache_implementation="static")
-            speed[rows] = rows * 80 / best_of(go, 2)
+            speed[rows] = rows * 80 / best_of(lambda: greedy(hf, tok, ids, "static"), 2)
         print(f"{prompt}-token prompts, 80 new (2 threads): 64 rows {speed[64]:.0f} tok/s, 256 rows "
               f"{speed[256]:.0f} tok/s, {speed[256] / speed[64]:.2f}x")
         out[f"generation tok/s 256 / 64 rows ({prompt}-token prompts)"] = speed[256] / speed[64]
     return out
-
 
 if __name__ == "__main__":
     main()
