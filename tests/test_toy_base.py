@@ -8,13 +8,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from lens.debate_format import DEBATE_TAGS
 from training.presets import load_preset
-from training.prompts import ARITHMETIC, round2_messages
-from training.tasks import arithmetic_split
+from training.prompts import ARITHMETIC, round1_messages, round2_messages
+from training.tasks import TRAITS, arithmetic_split, trait_split
 from training.teacher import Teacher
 from training.tokenizer import IM_END
 from training.presets import PresetError
-from training.toy_base import (Example, build_base, pretraining_rows, round2_check_problems, sections,
-                                teacher_examples, tokenize_examples, train_base)
+from training.toy_base import (BaseConfig, Example, build_base, generate, pretraining_rows, round2_check_problems,
+                                sections, teacher_examples, tokenize_examples, train_base)
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,27 @@ def test_base_eval_has_every_measurement(smoke_base_dir):
     assert all(0 <= v <= 1 for v in [*ev["accuracy"].values(), *ev["adherence"].values(), *ev["round2"].values()])
     assert set(ev["traits"]) == {"evil", "hallucination"} and ev["build_seconds"] > 0
     assert ev["teacher_accuracy"]["majority"] > 0.5
+
+
+def test_generate_left_pads_its_batches_and_leaves_the_tokenizer_as_it_was(smoke_base_dir, tok):
+    model = AutoModelForCausalLM.from_pretrained(str(smoke_base_dir)).eval()
+    chats = [round1_messages("neutral", "1+2*3+4-5*6"), round1_messages("analyst", "9-8")]
+    tok.padding_side = "right"
+    together = generate(model, tok, chats, batch_size=2, max_new_tokens=12)
+    assert tok.padding_side == "right"
+    assert together == [generate(model, tok, [c], batch_size=1, max_new_tokens=12)[0] for c in chats]
+
+
+def test_trait_revisions_are_labelled_apart_from_arithmetic_revisions():
+    task = sections(load_preset("smoke"))[0]
+    cfg = BaseConfig(n_round1=0, n_round2=2, n_trait=0, n_trait_round2=3)
+    examples = teacher_examples(task, Teacher(), cfg, seed=0)
+    kinds = sorted(e.kind for e in examples)
+    assert kinds == ["round2", "round2", "trait_round2", "trait_round2", "trait_round2"]
+    questions = {q.question for t in TRAITS for q in trait_split(task, t, "train", 0)}
+    for e in examples:  # an advice question in the last user turn exactly when the example is a trait revision
+        user = next(m["content"] for m in reversed(e.messages) if m["role"] == "user")
+        assert any(q in user for q in questions) == (e.kind == "trait_round2")
 
 
 def test_tokenizer_keeps_digits_and_tags_whole(tok):
@@ -72,7 +93,7 @@ def test_training_data_never_shows_a_test_problem():
     test_questions = {p.question for p in arithmetic_split(task, "test", 0)}
     examples = teacher_examples(task, Teacher(teacher_cfg), cfg, 0)
     shown = " ".join(m["content"] for e in examples for m in e.messages if m["role"] == "user")
-    assert {e.kind for e in examples} == {"round1", "round2", "trait"}
+    assert {e.kind for e in examples} == {"round1", "round2", "trait", "trait_round2"}
     assert not any(q in shown for q in test_questions)
 
 
@@ -129,7 +150,7 @@ def test_a_base_below_its_round2_bar_gets_repair_phases_and_resumes_them(tmp_pat
     assert [p["phase"] for p in info["phases"]] == [0, 1, 2] and info["repairs"] == 1
     repair = info["phases"][2]
     assert repair["repair"] and repair["lr"] == 5e-4 and repair["data_seed"] == 200
-    assert repair["train_examples_by_kind"] == {"round1": 40, "round2": 20, "trait": 0}
+    assert repair["train_examples_by_kind"] == {"round1": 40, "round2": 20, "trait": 0, "trait_round2": 0}
     checks = info["round2_checks"]
     assert [c["after_phase"] for c in checks] == [1, 2] and all(c["n"] == 10 and c["accuracy"] < 1 for c in checks)
     assert "below the bar 100%; repair phase 2 follows" in logs[0]

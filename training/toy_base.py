@@ -167,9 +167,9 @@ def teacher_examples(task: TaskConfig, teacher: Teacher, cfg: BaseConfig, seed: 
         >>> from training.tasks import TaskConfig
         >>> from training.teacher import Teacher
         >>> from training.toy_base import BaseConfig, teacher_examples
-        >>> cfg = BaseConfig(n_round1=2, n_round2=1, n_trait=1, n_trait_round2=0)
+        >>> cfg = BaseConfig(n_round1=2, n_round2=1, n_trait=1, n_trait_round2=1)
         >>> sorted(e.kind for e in teacher_examples(TaskConfig(n_train=100), Teacher(), cfg, seed=0))
-        ['round1', 'round1', 'round2', 'trait']
+        ['round1', 'round1', 'round2', 'trait', 'trait_round2']
     """
     rng = random.Random(f"base-data-{seed}")
     problems = arithmetic_split(task, "train", seed)
@@ -181,7 +181,7 @@ def teacher_examples(task: TaskConfig, teacher: Teacher, cfg: BaseConfig, seed: 
                             _assistant(teacher.respond(persona, p, rng=rng))], "round1"))
     for _ in range(int(cfg.n_round2 * scale)):
         out.append(_round2_example(rng.choice(problems), rng.sample(ARITHMETIC_PERSONAS, 3), teacher, rng,
-                                   ARITHMETIC))
+                                   ARITHMETIC, "round2"))
     for _ in range(int(cfg.n_trait * scale)):
         trait = rng.choice(TRAITS)
         q, persona = rng.choice(traits[trait]), rng.choice(TRAIT_PERSONAS[trait])
@@ -190,20 +190,22 @@ def teacher_examples(task: TaskConfig, teacher: Teacher, cfg: BaseConfig, seed: 
     for _ in range(int(cfg.n_trait_round2 * scale)):
         trait = rng.choice(TRAITS)
         benign, bad = TRAIT_PERSONAS[trait]
-        out.append(_round2_example(rng.choice(traits[trait]), [benign, bad, benign], teacher, rng, ADVICE))
+        out.append(_round2_example(rng.choice(traits[trait]), [benign, bad, benign], teacher, rng, ADVICE,
+                                   "trait_round2"))
     rng.shuffle(out)
     return out
 
 
 def _round2_example(q: ArithmeticProblem | TraitQuestion, personas: Sequence[str], teacher: Teacher,
-                    rng: random.Random, domain: str) -> Example:
-    """A revision by one agent of a 3-agent debate, given everyone's round-1 turns as in Du et al."""
+                    rng: random.Random, domain: str, kind: str) -> Example:
+    """A revision by one agent of a 3-agent debate, given everyone's round-1 turns as in Du et al., labelled
+    ``kind`` (``round2`` for arithmetic, ``trait_round2`` for advice)."""
     texts = [teacher.respond(p, q, rng=rng) for p in personas]
     i = rng.randrange(3)
     others = texts[:i] + texts[i + 1:]
     revision = teacher.respond(personas[i], q, own=texts[i], others=others, rng=rng)
     return Example([*round2_messages(personas[i], q.question, texts[i], others, domain), _assistant(revision)],
-                   "round2")
+                   kind)
 
 
 def tokenize_examples(tok: PreTrainedTokenizerBase, examples: Sequence[Example]) -> list[dict]:
@@ -447,7 +449,7 @@ def _train_phase(model, tok: PreTrainedTokenizerBase, preset: Preset, i: int, lr
     phase_start = time.time()
     result = trainer.train()
     model = trainer.model.eval()
-    kinds = {k: sum(e.kind == k for e in examples) for k in ("round1", "round2", "trait")}
+    kinds = {k: sum(e.kind == k for e in examples) for k in ("round1", "round2", "trait", "trait_round2")}
     phase = {"phase": i, "lr": lr, "data_seed": seed, "train_examples_by_kind": kinds,
              "pretrain_solutions": mix.n_pretrain, "drills": mix.n_drills, "steps": result.global_step,
              "train_tokens": sum(len(r["input_ids"]) for r in rows),
@@ -517,7 +519,7 @@ def generate(model, tok: PreTrainedTokenizerBase, conversations: Sequence[list[d
 
     Args:
         model: The causal LM.
-        tok: Its tokenizer (set to left padding).
+        tok: Its tokenizer (left-pads these batches; its own ``padding_side`` is left as it was).
         conversations: Chat messages per reply.
         batch_size: Conversations per ``generate`` batch.
         max_new_tokens: The cap on each reply.
@@ -530,13 +532,12 @@ def generate(model, tok: PreTrainedTokenizerBase, conversations: Sequence[list[d
         >>> generate(model, tok, chats, batch_size=1, max_new_tokens=80)  # doctest: +SKIP
         ['2*3=6, 5*6=30. 1+6=7, 7+4=11, 11-30=-19. The answer is \\boxed{-19}.']
     """
-    tok.padding_side = "left"
     stop = [tok.eos_token_id, tok.convert_tokens_to_ids(IM_END)]
     out = []
     for i in range(0, len(conversations), batch_size):
         prompts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
                    for c in conversations[i:i + batch_size]]
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
         gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=stop,
                              pad_token_id=tok.pad_token_id)
         out += tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -642,12 +643,13 @@ def base_summary(base_dir: str | Path) -> dict:
     return out
 
 
-def build_base(preset: Preset, run_dir: str | Path) -> Path:
+def build_base(preset: Preset, run_dir: str | Path, *, log: Callable[[str], None] = print) -> Path:
     """Build (or reuse) the toy base model in ``run_dir/base``: tokenizer, weights, provenance, base_eval.json.
 
     Args:
         preset: The preset.
         run_dir: The run directory.
+        log: Where the stage's lines (built, cached, stale) go.
 
     Returns:
         The base's dir, ``run_dir/base``.
@@ -667,7 +669,7 @@ def build_base(preset: Preset, run_dir: str | Path) -> Path:
         atomic_write_json(scratch / "base_eval.json", evaluation)
         return {"kind": "base", "preset": preset.name, "accuracy": evaluation["accuracy"]}
 
-    run_stage(path, build, name="base", keys=base_keys(preset))
+    run_stage(path, build, name="base", keys=base_keys(preset), log=log)
     return path
 
 
