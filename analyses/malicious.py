@@ -365,11 +365,12 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     """
     cfg = preset.section("malicious", MaliciousConfig)
     task = preset.section("task", TaskConfig)
-    layout, out_dir, run = RunLayout.of(preset, run_dir), Path(out_dir), Run(preset, run_dir)
+    run, out_dir = Run(preset, run_dir), Path(out_dir)
+    layout = run.layout
     problems = run.capability_questions(cfg.n_capability, cfg.seed)
     select = arithmetic_split(task, "train", preset.seed)[:cfg.n_select]
     load = run.placement.lens()  # [model] keep_hf: the HF twin generates and reads ~2x faster
-    base = lens.load_model(layout.base, **load)
+    base = lens.load_model(run.base_dir(), **load)
     layer = middle_layer(base) if cfg.layer is None else cfg.layer
     unit = RESIDUAL_UNIT if cfg.alpha_search else alpha_unit(cfg.normalize)
     results: dict = {"config": asdict(cfg), "layer": layer, "alpha_unit": unit, "traits": {},

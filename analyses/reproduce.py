@@ -15,13 +15,12 @@ from analyses.models import resolve_model
 from analyses.study_report import write_report
 from analyses.validate import validate_preset
 from training.layout import STAGES, RunLayout
-from training.pipeline import run_pipeline_stage
+from training.pipeline import Run
 from training.presets import Preset
 from training.ranks import is_main, main_stage
 from training.stages import read_manifest
 from training.tasks import TaskConfig
 from training.threads import generation_threads
-from training.toy_base import build_base
 
 EXPERIMENTS: dict[str, Callable[[Preset, Path, Path], dict]] = {
     agent_subspaces.NAME: agent_subspaces.run,
@@ -127,10 +126,11 @@ def reproduce(preset: Preset, run_dir: str | Path, *, log: Callable[[str], None]
     validate_preset(preset)
     run_dir = Path(run_dir)
     start = time.time()
+    run = Run(preset, run_dir, log)  # one Run: each finished stage is checked and logged once
     if is_toy(preset) and is_main():
-        build_base(preset, run_dir)
+        run.base_dir()
     for stage in STAGES:
-        run_pipeline_stage(stage, preset, run_dir, log=log)
+        run.stage(stage)
     for name in EXPERIMENTS:
         run_experiment(name, preset, run_dir, log)
     if not is_main():  # the report is the main process's; the others only helped train

@@ -135,6 +135,9 @@ def test_killed_experiment_resumes_without_redoing_finished_stages(smoke_study, 
     repro.reproduce(load_preset("smoke"), smoke_study, log=lines.append)
     assert any(l.startswith("[analyses/agent_subspaces] done") for l in lines)
     assert any(l.startswith("[analyses/malicious] cached") for l in lines)
+    cached = [l.split("]")[0] + "]" for l in lines if "] cached at" in l]
+    assert "[base]" in cached and "[sft/main]" in cached
+    assert len(cached) == len(set(cached)), f"finished stages logged more than once: {sorted(cached)}"
     assert not (target / "half-written.json").exists() and (target / "results.json").is_file()
     for path, mtime in manifests.items():
         if "agent_subspaces" not in str(path):

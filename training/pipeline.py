@@ -122,6 +122,41 @@ class Run:
             self._done[key] = stage()
         return self._done[key]
 
+    def stage(self, name: str) -> None:
+        """Run stage ``name`` (debate | sft | internalize | single-rl | evaluate) for every experiment of the preset
+        (``single-rl``: Table 1's), after whatever it depends on; finished stages are skipped, and a stage this
+        `Run` already ran or found finished is neither re-checked nor logged again.
+
+        Args:
+            name: The stage, one of `training.layout.STAGES`.
+
+        Returns:
+            None.
+
+        Raises:
+            ValueError: an unknown stage name.
+
+        Example:
+            >>> run = Run(load_preset("smoke"), "runs/smoke")  # doctest: +SKIP
+            >>> for name in STAGES:  # doctest: +SKIP
+            ...     run.stage(name)
+        """
+        if name not in STAGES:
+            raise ValueError(f"unknown pipeline stage {name!r}; valid: {list(STAGES)}")
+        for exp in self.experiments.names:
+            if name == "debate":
+                self.debates(exp)
+            elif name == "sft":
+                self.sft(exp)
+            elif name == "internalize":
+                self.internalize(exp)
+        if name in ("sft", "internalize", "evaluate"):
+            self.debategpt()
+        if name in ("single-rl", "evaluate"):
+            self.single_rl()
+        if name == "evaluate":
+            self.evaluate()
+
     # ------------------------------------------------------------------------------------------------ inputs
     def base_dir(self) -> Path:
         """The base model: ``[model] path`` when the preset names one (real models), else the toy base.
@@ -147,7 +182,7 @@ class Run:
                 raise UserError(f"the toy base model is built by one process: run `latent-agents toy base --preset "
                                 f"{self.preset.path} --run-dir {self.dir}` first, then launch this command again")
             if is_main():
-                return Path(build_base(self.preset, self.dir))
+                return Path(build_base(self.preset, self.dir, log=self.log))
             wait_for(self.layout.toy_base / MANIFEST, what="base", failed=failed_marker(self.dir), log=self.log)
             return self.layout.toy_base
         if str(local).startswith("hf://"):
@@ -799,7 +834,7 @@ def single_rl_config(cfg: Stage2Config) -> Stage2Config:
 
 def run_pipeline_stage(name: str, preset: Preset, run_dir: str | Path, *, log: Callable[[str], None] = print) -> None:
     """Run stage ``name`` (debate | sft | internalize | single-rl | evaluate) for every experiment of the preset
-    (``single-rl``: Table 1's), after whatever it depends on; finished stages are skipped.
+    (``single-rl``: Table 1's), after whatever it depends on; finished stages are skipped (`Run.stage`).
 
     Args:
         name: The stage, one of `training.layout.STAGES`.
@@ -816,22 +851,7 @@ def run_pipeline_stage(name: str, preset: Preset, run_dir: str | Path, *, log: C
     Example:
         >>> run_pipeline_stage("sft", load_preset("smoke"), "runs/smoke")  # doctest: +SKIP
     """
-    if name not in STAGES:
-        raise ValueError(f"unknown pipeline stage {name!r}; valid: {list(STAGES)}")
-    run = Run(preset, Path(run_dir), log)
-    for exp in run.experiments.names:
-        if name == "debate":
-            run.debates(exp)
-        elif name == "sft":
-            run.sft(exp)
-        elif name == "internalize":
-            run.internalize(exp)
-    if name in ("sft", "internalize", "evaluate"):
-        run.debategpt()
-    if name in ("single-rl", "evaluate"):
-        run.single_rl()
-    if name == "evaluate":
-        run.evaluate()
+    Run(preset, Path(run_dir), log).stage(name)
 
 
 def _resume_dir(scratch: Path, config: dict) -> Path:
