@@ -16,7 +16,11 @@ each over its value at α = 0, for base and IMAD, with 95% bootstrap intervals o
 Strengths (``alpha_search = true``): capability under steering and steerability steer with each agent's vector in
 `analyses.strengths`' unit (α × the mean residual norm), each model and agent on its own grid from 0 to where that
 model's accuracy on the α-selection split halves, in both directions (steerability on the non-negative half). The
-ROUGE AUC table keeps the paper's fixed grid ``alphas`` in the ``normalize`` unit, one grid for both models.
+ROUGE AUC table keeps the paper's fixed grid ``alphas`` in the ``normalize`` unit, one grid for both models; beside
+it, ROUGE is swept again over each agent's working range, in the same residual unit and on one grid for both
+models: ``grid_points`` steps from 0 to the smaller of base's and IMAD's positive halving strengths, where the text
+still works (on the toy, the paper's grid passes that point at its first step, so its AUC mostly sums the ROUGE of
+broken text). With a search, the ``rouge_auc`` claim is decided on the working range.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable, Sequence
 
 import plotly.graph_objects as go
 
@@ -48,8 +53,9 @@ from training.tasks import TaskConfig, arithmetic_split
 from training.teacher import ARITHMETIC_PERSONAS, persona_marks, solution
 
 NAME = "agent_subspaces"
-# The version of what this experiment measures, in its stage's fingerprint (2: steering on searched grids)
-VERSION = 2
+# The version of what this experiment measures, in its stage's fingerprint (2: steering on searched grids; 3: ROUGE
+# over the working range)
+VERSION = 3
 MODELS = ("base", "imad")
 
 
@@ -160,7 +166,8 @@ def turn_prompts(transcripts: list[Transcript], agent: int, rounds: tuple[int, .
     return prompts, refs
 
 
-def rouge_sweeps(model, subs: dict, turns: dict, cfg: SubspaceConfig) -> dict[str, dict[str, list]]:
+def rouge_sweeps(model, subs: dict, turns: dict, cfg: SubspaceConfig,
+                 alphas: Sequence[float] | None = None) -> dict[str, dict[str, list]]:
     """Per agent, ROUGE-1/2/L per α of the continuation steered with its vector against its own turn: the mean
     curve per metric and, under ``per_prompt``, each prompt's scores per α (for paired intervals). Every agent
     and α runs in one batched `lens.generate` (each agent on its own turns, ``turns[a] = (prompts, refs)``).
@@ -169,9 +176,10 @@ def rouge_sweeps(model, subs: dict, turns: dict, cfg: SubspaceConfig) -> dict[st
 
     Args:
         model: A model loaded with `lens.load_model` (base or IMAD).
-        subs: Agent → its steering vector (`lens.AgentSubspace`).
+        subs: Agent → its steering vector (`lens.AgentSubspace`, or a `lens.Add` of it with its own strength).
         turns: Agent → ``(prompts, references)`` (`turn_prompts`).
         cfg: The ``[subspaces]`` section (``alphas``, ``max_new_tokens``, sampling, ``seed``).
+        alphas: The α grid, multiplying each agent's strength (None: ``cfg.alphas``).
 
     Returns:
         Agent (as a string) → ``{"rouge1": [mean per α], "rouge2": [...], "rougeL": [...], "per_prompt": {metric:
@@ -195,12 +203,13 @@ def rouge_sweeps(model, subs: dict, turns: dict, cfg: SubspaceConfig) -> dict[st
         own[str(a)] = list(range(len(prompts), len(prompts) + len(kept)))
         prompts += kept
         refs[str(a)] = [r for r, k in zip(rs, keep) if k]
+    alphas = list(cfg.alphas if alphas is None else alphas)
     out = lens.generate(model, prompts, interventions={str(a): sub for a, sub in subs.items()}, arm_prompts=own,
-                        alphas=cfg.alphas, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                        alphas=alphas, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                         top_p=cfg.top_p, seed=cfg.seed, stop=stop_ids(model, at_tags=True))
     curves = {}
     for a, rs in refs.items():
-        scores = [[rouge(o.strip(), r) for o, r in zip(out.select(arm=a, alpha=x), rs)] for x in cfg.alphas]
+        scores = [[rouge(o.strip(), r) for o, r in zip(out.select(arm=a, alpha=x), rs)] for x in alphas]
         curve: dict[str, list] = {m: [sum(s[m] for s in row) / len(rs) for row in scores] for m in ROUGE_METRICS}
         curve["per_prompt"] = {m: [[s[m] for s in row] for row in scores] for m in ROUGE_METRICS}
         curves[a] = curve
@@ -227,6 +236,65 @@ def auc_difference(alphas, base: list[list[float]], imad: list[list[float]]) -> 
     """
     per = lambda rows: [auc(alphas, [row[j] for row in rows]) for j in range(len(rows[0]))]  # noqa: E731
     return paired_difference(per(imad), per(base)).to_dict()
+
+
+def working_spans(grids: dict[str, dict[str, list[float]]]) -> dict[str, float]:
+    """Per agent, the end of the working range both models share: the smaller of their positive halving strengths
+    (the largest α of each model's searched grid); agents where either model has no positive strength are left out.
+
+    Args:
+        grids: Model → agent → its searched α grid (`steering_grids`).
+
+    Returns:
+        Agent → the span, in the grids' unit.
+
+    Example:
+        >>> from analyses.agent_subspaces import working_spans
+        >>> working_spans({"base": {"1": [-0.4, 0.0, 0.4], "2": [0.0]}, "imad": {"1": [-0.3, 0.0, 0.3], "2": [0.0]}})
+        {'1': 0.3}
+    """
+    spans = {a: min(max(g[a]) for g in grids.values()) for a in next(iter(grids.values()))
+             if all(a in g for g in grids.values())}
+    return {a: s for a, s in spans.items() if s > 0}
+
+
+def working_rouge(loads: dict[str, Callable[[], object]], subs: dict, turns: dict, spans: dict[str, float],
+                  cfg: SubspaceConfig) -> dict:
+    """ROUGE over each agent's working range (`working_spans`), for base and IMAD on the same grid: ``grid_points``
+    equal steps from 0 to the span, steering with the agent's vector in residual units; AUCs with paired intervals.
+
+    Args:
+        loads: Model kind (``base``, ``imad``) → a function loading it.
+        subs: Agent (as a string) → its vector in residual units (`analyses.strengths.in_residual_units`).
+        turns: Agent → ``(prompts, references)`` (`turn_prompts`).
+        spans: Agent (as a string) → the end of its working range.
+        cfg: The ``[subspaces]`` section (``grid_points``, generation settings).
+
+    Returns:
+        ``{"unit", "grids": agent → α grid, "rouge": model → agent → curves, "auc": agent → metric → base, imad,
+        pct and diff}``.
+
+    Example:
+        >>> spans = working_spans(grids)  # doctest: +SKIP
+        >>> working_rouge(loads, steer_subs, turns, spans, cfg)["auc"]["1"]["rougeL"]["diff"]["ci"]  # doctest: +SKIP
+        [0.05, 0.21]
+    """
+    steps = [k / cfg.grid_points for k in range(cfg.grid_points + 1)]
+    grids = {a: [s * f for f in steps] for a, s in spans.items()}
+    curves = {}
+    for kind, load in loads.items():
+        model = load()
+        curves[kind] = rouge_sweeps(model, {a: lens.Add(subs[a], spans[a]) for a in spans},
+                                    {int(a): turns[int(a)] for a in spans}, cfg, alphas=steps)
+        del model
+    block = {a: {m: {**_auc_entry(grids[a], curves["base"][a][m], curves["imad"][a][m]),
+                     "diff": auc_difference(grids[a], curves["base"][a]["per_prompt"][m],
+                                            curves["imad"][a]["per_prompt"][m])}
+                 for m in ROUGE_METRICS} for a in spans}
+    for model_curves in curves.values():
+        for curve in model_curves.values():
+            curve.pop("per_prompt")
+    return {"unit": RESIDUAL_UNIT, "grids": grids, "rouge": curves, "auc": block}
 
 
 def capability_sweeps(model, kind: str, subs: dict, grids: dict[str, list[float]], cfg: SubspaceConfig,
@@ -418,8 +486,8 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
         out_dir: Where the vectors and ``results.json`` go.
 
     Returns:
-        The results as saved (strict JSON): config, layer, ROUGE curves and AUCs, capability and its grids,
-        steerability, probes and the PCA.
+        The results as saved (strict JSON): config, layer, ROUGE curves and AUCs (the paper's grid, and with a
+        search ``rouge_working``: `working_rouge`), capability and its grids, steerability, probes and the PCA.
 
     Example:
         >>> results = run(load_preset("toy"), "runs/toy", "runs/toy/analyses/agent_subspaces")  # doctest: +SKIP
@@ -427,9 +495,9 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
         12.3
     """
     cfg = preset.section("subspaces", SubspaceConfig)
-    layout, out_dir = RunLayout.of(preset, run_dir), Path(out_dir)
+    pipeline, out_dir = Run(preset, run_dir), Path(out_dir)
+    layout = pipeline.layout
     heldout = heldout_transcripts(layout.root, cfg.experiment, cfg.n_heldout)
-    pipeline = Run(preset, run_dir)
     sft = lens.load_model(layout.sft(cfg.experiment), **pipeline.placement.lens())
     layer = middle_layer(sft) if cfg.layer is None else cfg.layer
     agents = sorted({turn.agent for t in heldout for turn in t.turns})
@@ -454,13 +522,15 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     drops: dict = {}
     steer: dict = {}
     neutral = arithmetic_split(preset.section("task", TaskConfig), "test", preset.seed)[:cfg.n_steer]
-    dirs = {"base": layout.base, "imad": layout.internalize(cfg.experiment)}
+    dirs = {"base": pipeline.base_dir(), "imad": layout.internalize(cfg.experiment)}
+    # with [model] keep_hf the HF twin generates (same resid_post hooks, same greedy tokens, ~2x faster)
+    loads = {kind: (lambda d=d: lens.load_model(d, **pipeline.placement.lens())) for kind, d in dirs.items()}
+    turns = {a: turn_prompts(heldout, a, cfg.rounds) for a in agents}
     for kind in MODELS:
-        # with [model] keep_hf the HF twin generates (same resid_post hooks, same greedy tokens, ~2x faster)
-        model = lens.load_model(dirs[kind], **pipeline.placement.lens())
+        model = loads[kind]()
         if kind == "imad":
             probes["imad"] = lens.probe_layers(model, heldout).to_dict()
-        rouge_curves[kind] = rouge_sweeps(model, subs, {a: turn_prompts(heldout, a, cfg.rounds) for a in agents}, cfg)
+        rouge_curves[kind] = rouge_sweeps(model, subs, turns, cfg)
         grids[kind], searches[kind] = steering_grids(model, kind, steer_subs, cfg, select)
         sweeps = capability_sweeps(model, kind, steer_subs, grids[kind], cfg, problems)
         capability[kind] = {a: acc for a, (acc, _) in sweeps.items()}
@@ -471,6 +541,7 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
                                                              if p in ARITHMETIC_PERSONAS}, neutral, cfg,
                                    grids[kind] if cfg.alpha_search else None)
         del model
+    working = working_rouge(loads, steer_subs, turns, working_spans(grids), cfg) if cfg.alpha_search else None
     auc_block = {str(a): {m: {**_auc_entry(cfg.alphas, rouge_curves["base"][str(a)][m], rouge_curves["imad"][str(a)][m]),
                               "diff": auc_difference(cfg.alphas, rouge_curves["base"][str(a)]["per_prompt"][m],
                                                      rouge_curves["imad"][str(a)]["per_prompt"][m])}
@@ -487,12 +558,13 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
                "steering_unit": RESIDUAL_UNIT if cfg.alpha_search else alpha_unit(cfg.normalize),
                "selection_split": f"the first {cfg.n_select} training-partition arithmetic problems"
                if cfg.alpha_search else None,
-               "n_prompts": {str(a): len(turn_prompts(heldout, a, cfg.rounds)[0]) for a in agents},
+               "n_prompts": {str(a): len(turns[a][0]) for a in agents},
                "vectors": {str(a): {"layer": s.layer, "hook_name": s.hook_name, "position": s.position,
                                     "stats": s.stats, "normalization": s.normalization,
                                     "scores": {str(k): v for k, v in s.scores.items()}}
                            for a, s in subs.items()},
-               "rouge": rouge_curves, "auc": auc_block, "capability": capability, "capability_drop": drops,
+               "rouge": rouge_curves, "auc": auc_block, "rouge_working": working,
+               "capability": capability, "capability_drop": drops,
                "steerability": steerability_block, "probe": probes, "pca": pca}
     results = json_safe(results)
     atomic_write_json(out_dir / RESULTS, results)
@@ -545,6 +617,29 @@ def _band(d: dict | None, scale: float = 1.0, digits: int = 3) -> str:
     return f"{scale * d['estimate']:.{digits}f} [{scale * lo:.{digits}f}, {scale * hi:.{digits}f}]"
 
 
+def working_view(results: dict) -> dict | None:
+    """The working-range ROUGE block shaped as the paper-grid results are, for `auc_rows` and the ROUGE figures.
+
+    Args:
+        results: The agent_subspaces results.
+
+    Returns:
+        ``auc``, ``rouge``, per-agent ``grids``, ``personas``, ``alpha_unit`` and a ``title``; None when the run had
+        no α search (no ``rouge_working``).
+
+    Example:
+        >>> from analyses.agent_subspaces import working_view
+        >>> working_view({"rouge_working": None}) is None
+        True
+    """
+    w = results.get("rouge_working")
+    if not w:
+        return None
+    return {"auc": w["auc"], "rouge": w["rouge"], "grids": w["grids"], "personas": results["personas"],
+            "alpha_unit": w["unit"], "title": "ROUGE over the working range (0 to where the first model's "
+                                              "accuracy halves), base vs IMAD"}
+
+
 def steerability_rows(results: dict) -> list[dict]:
     """Steerability per agent, base vs IMAD: persona-marker share at α = 0 and the gain steering causes (with
     intervals), the ROUGE-L gain over α = 0, and IMAD − base.
@@ -587,16 +682,20 @@ def figures(results: dict) -> dict[str, go.Figure]:
         results: The agent_subspaces results (`analyses.results.load_results`).
 
     Returns:
-        Name → plotly figure: ``probe_accuracy``, ``pca_agents``, ``rouge_vs_alpha``, ``rouge_auc`` and
-        ``capability_agent_steering``.
+        Name → plotly figure: ``probe_accuracy``, ``pca_agents``, ``rouge_vs_alpha``, ``rouge_auc``, with an α
+        search ``rouge_working_vs_alpha`` and ``rouge_working_auc``, and ``capability_agent_steering``.
 
     Example:
         >>> sorted(figures(load_results("runs/toy", "agent_subspaces")))  # doctest: +SKIP
         ['capability_agent_steering', 'pca_agents', 'probe_accuracy', 'rouge_auc', 'rouge_vs_alpha']
     """
-    return {"probe_accuracy": lens.plots.probe_accuracy_by_layer(
+    figs = {"probe_accuracy": lens.plots.probe_accuracy_by_layer(
                 {name.upper(): ProbeResult(**p) for name, p in results["probe"].items()}),
             "pca_agents": lens.plots.pca_scatter(_pca(results["pca"])),
             "rouge_vs_alpha": study_figures.rouge_curves(results),
-            "rouge_auc": study_figures.rouge_auc_bars(results),
-            "capability_agent_steering": study_figures.capability_under_steering(results)}
+            "rouge_auc": study_figures.rouge_auc_bars(results)}
+    working = working_view(results)
+    if working:
+        figs |= {"rouge_working_vs_alpha": study_figures.rouge_curves(working),
+                 "rouge_working_auc": study_figures.rouge_auc_bars(working)}
+    return figs | {"capability_agent_steering": study_figures.capability_under_steering(results)}

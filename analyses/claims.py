@@ -146,7 +146,7 @@ def token_efficiency_claims(methods: dict[str, dict] | None, paired: dict[str, d
         f"ratio {_fmt_iv(ratio, 100)}% (reproduced when the interval's upper end is ≤ 10%)"
         if have else "Table 1 missing",
         (_hi(ratio) <= 0.10) if have and ratio else None, {"IMAD/Debate tokens": ratio} if ratio else MISSING))
-    claims.append(_diff_claim("accuracy_vs_debate", "IMAD accuracy ≥ Debate",
+    claims.append(_diff_claim("accuracy_vs_debate", "IMAD beats Debate on accuracy",
                               "LLaMA IMAD beats Debate on all 3 benchmarks", m, p, "IMAD", "Debate"))
     claims.append(_diff_claim("debate_vs_single", "Debate beats Single (a debate gain to internalize)",
                               "Debate above Single for LLaMA and Qwen on GSM8K", m, p, "Debate", "Single"))
@@ -232,22 +232,7 @@ def subspace_claims(results: dict | None) -> list[Claim]:
                       "agent-subspace results missing", None, MISSING),
                 Claim("steering_lowers_capability", "steering IMAD with any one agent vector lowers accuracy",
                       "all agents lower GSM8K accuracy (Fig. 11)", "agent-subspace results missing", None, MISSING)]
-    auc = results["auc"]
-    pcts = [_num(v["pct"]) for metrics in auc.values() for v in metrics.values()]
-    flat = [x for x in pcts if not math.isnan(x)]
-    mean_pct = sum(flat) / len(flat) if flat else math.nan
-    diffs = {f"agent {a} {k}": v.get("diff") or iv(_num(v["imad"]) - _num(v["base"]), None)
-             for a, metrics in auc.items() for k, v in metrics.items()}
-    scored = {n: d for n, d in diffs.items() if d["estimate"] not in (None, 0.0) or _hi(d) > 0}
-    per_agent = "; ".join(f"{n}: {_fmt_iv(d, 1, 3)}" for n, d in diffs.items() if n.endswith("rougeL"))
-    start = "; ".join(f"agent {a}: base {_fmt(_num(results['rouge']['base'][a]['rougeL'][0]), 2)} vs IMAD "
-                      f"{_fmt(_num(results['rouge']['imad'][a]['rougeL'][0]), 2)}" for a in auc) \
-        if results["alphas"][0] == 0 else "n/a"
-    claims = [Claim("rouge_auc", "ROUGE AUC IMAD > base for all three agents",
-                    "+15.4% mean (6.1–25.0%); base and IMAD identical at α = 0",
-                    f"mean {_pct(mean_pct)}; AUC difference IMAD − base (ROUGE-L) {per_agent}; reproduced when "
-                    f"every scored difference's interval is above 0. Unsteered (α = 0) ROUGE-L: {start}",
-                    bool(scored) and all(_lo(d) > 0 for d in scored.values()), diffs)]
+    claims = [_rouge_claim(results)]
     drops = results.get("capability_drop", {})
     cap = results.get("capability", {}).get("imad", {})
     grid = lambda a: results.get("capability_grid", {}).get("imad", {}).get(a) or [0.0]  # noqa: E731
@@ -277,6 +262,85 @@ def subspace_claims(results: dict | None) -> list[Claim]:
             all(_lo(d) > 0 for d in steer.values()),
             {f"agent {a} IMAD−base marker gain": d for a, d in steer.items()}))
     return claims
+
+
+def _auc_diffs(auc: dict) -> tuple[float, dict[str, dict]]:
+    """The mean % AUC change over agents and metrics, and each agent and metric's interval of IMAD − base."""
+    pcts = [x for metrics in auc.values() for v in metrics.values() if not math.isnan(x := _num(v["pct"]))]
+    diffs = {f"agent {a} {k}": v.get("diff") or iv(_num(v["imad"]) - _num(v["base"]), None)
+             for a, metrics in auc.items() for k, v in metrics.items()}
+    return (sum(pcts) / len(pcts) if pcts else math.nan), diffs
+
+
+def _auc_text(auc: dict) -> str:
+    mean, diffs = _auc_diffs(auc)
+    return f"mean {_pct(mean)}; AUC difference IMAD − base (ROUGE-L) " + "; ".join(
+        f"{n}: {_fmt_iv(d, 1, 3)}" for n, d in diffs.items() if n.endswith("rougeL"))
+
+
+def _auc_above_zero(auc: dict) -> tuple[bool, list[str]]:
+    """Whether every scored AUC difference's interval is above 0 (a difference of exactly 0 with no interval is not
+    scored), and the names of those that are not."""
+    scored = {n: d for n, d in _auc_diffs(auc)[1].items() if d["estimate"] not in (None, 0.0) or _hi(d) > 0}
+    below = [n for n, d in scored.items() if not _lo(d) > 0]
+    return bool(scored) and not below, below
+
+
+def _rouge_claim(results: dict) -> Claim:
+    """ROUGE AUC IMAD > base for every agent: on the working range when the run searched its strengths (the paper's
+    fixed grid reported beside it), else on the paper's grid."""
+    text, paper = ("ROUGE AUC IMAD > base for all three agents",
+                   "+15.4% mean (6.1–25.0%); base and IMAD identical at α = 0")
+    rule = "reproduced when every scored difference's interval is above 0"
+    start = "Unsteered (α = 0) ROUGE-L: " + ("; ".join(
+        f"agent {a}: base {_fmt(_num(results['rouge']['base'][a]['rougeL'][0]), 2)} vs IMAD "
+        f"{_fmt(_num(results['rouge']['imad'][a]['rougeL'][0]), 2)}" for a in results["auc"])
+        if results["alphas"][0] == 0 else "n/a")
+    working = results.get("rouge_working")
+    if not working:
+        return Claim("rouge_auc", text, paper, f"{_auc_text(results['auc'])}; {rule}. {start}",
+                     _auc_above_zero(results["auc"])[0], _auc_diffs(results["auc"])[1])
+    ok, _ = _auc_above_zero(working["auc"])
+    _, paper_below = _auc_above_zero(results["auc"])
+    spans = ", ".join(f"agent {a} 0–{_fmt(max(g), 2)}" for a, g in working["grids"].items())
+    past = paper_points_past_working_range(results)
+    return Claim(
+        "rouge_auc", text, paper,
+        f"over each agent's working range ({working['unit']}: {spans}, up to where the first model's accuracy halves "
+        f"on the α-selection split; one grid for both models): {_auc_text(working['auc'])}; {rule}. {start}. On the "
+        f"paper's fixed grid ({results.get('alpha_unit', 'α')} {_fmt(min(results['alphas']), 2)}–"
+        f"{_fmt(max(results['alphas']), 2)}" + (f"; of its {len(results['alphas'])} points, " + ", ".join(
+            f"{n} (agent {a})" for a, n in past.items()) + " lie past the working range" if past else "")
+        + f"): {_auc_text(results['auc'])}; "
+        + (f"not above 0 there: {', '.join(paper_below)}" if paper_below else "every interval above 0 there"),
+        ok and set(working["auc"]) == set(results["auc"]), _auc_diffs(working["auc"])[1])
+
+
+def paper_points_past_working_range(results: dict) -> dict[str, int]:
+    """Per agent, how many α of the paper's ROUGE grid lie past its working range, both in the mean-residual-norm
+    unit (a raw-difference α times the raw difference's norm, a unit-vector α as is, over the mean residual norm).
+
+    Args:
+        results: The agent_subspaces results with ``rouge_working``, ``alphas``, ``config`` and ``vectors``.
+
+    Returns:
+        Agent → the count; empty when the vectors' norms are not recorded.
+
+    Example:
+        >>> from analyses.claims import paper_points_past_working_range
+        >>> paper_points_past_working_range({"alphas": [0.0, 0.5, 1.0], "config": {"normalize": False},
+        ...     "rouge_working": {"grids": {"1": [0.0, 0.2, 0.4]}},
+        ...     "vectors": {"1": {"stats": {"raw_diff_norm": 100.0, "resid_norm": 100.0}}}})
+        {'1': 2}
+    """
+    normalize, out = results.get("config", {}).get("normalize", False), {}
+    for a, grid in results["rouge_working"]["grids"].items():
+        stats = results.get("vectors", {}).get(a, {}).get("stats", {})
+        norm = 1.0 if normalize else stats.get("raw_diff_norm")
+        if not norm or not stats.get("resid_norm"):
+            return {}
+        out[a] = sum(abs(x) * norm / stats["resid_norm"] > max(grid) for x in results["alphas"])
+    return out
 
 
 def _curve(block: dict, key: str) -> dict[float, float]:

@@ -43,7 +43,8 @@ def rouge_curves(results: dict) -> go.Figure:
     """ROUGE-1/2/L vs α per agent, base (grey) vs IMAD (red): paper Fig. 9.
 
     Args:
-        results: The agent_subspaces results (``auc``, ``personas``, ``alphas``, ``rouge``, ``alpha_unit``).
+        results: The agent_subspaces results (``auc``, ``personas``, ``alphas``, ``rouge``, ``alpha_unit``), or a
+            block with per-agent ``grids`` in place of ``alphas`` and a ``title``.
 
     Returns:
         The plotly figure: one row per agent, one column per metric, a base and an IMAD curve in each.
@@ -55,17 +56,19 @@ def rouge_curves(results: dict) -> go.Figure:
     """
     agents = list(results["auc"])
     metrics = list(METRIC_NAMES)
-    fig = make_subplots(rows=len(agents), cols=len(metrics), shared_xaxes=True,
+    grids = results.get("grids") or {a: results["alphas"] for a in agents}
+    fig = make_subplots(rows=len(agents), cols=len(metrics), shared_xaxes="grids" not in results,
                         subplot_titles=[f"agent {a} ({results['personas'][a]}) {METRIC_NAMES[m]}"
                                         for a in agents for m in metrics])
     for i, a in enumerate(agents, 1):
         for j, m in enumerate(metrics, 1):
             for model, color in MODEL_COLORS.items():
-                fig.add_trace(go.Scatter(x=results["alphas"], y=results["rouge"][model][a][m], mode="lines+markers",
+                fig.add_trace(go.Scatter(x=grids[a], y=results["rouge"][model][a][m], mode="lines+markers",
                                          name=model, legendgroup=model, showlegend=i == j == 1,
                                          line={"color": color}), row=i, col=j)
     fig.update_xaxes(title_text=results["alpha_unit"], row=len(agents))
-    fig.update_layout(title="ROUGE of steered output vs the agent's own response", height=260 * len(agents),
+    fig.update_layout(title=results.get("title", "ROUGE of steered output vs the agent's own response"),
+                      height=260 * len(agents),
                       width=1100)
     return fig
 
@@ -74,7 +77,8 @@ def rouge_auc_bars(results: dict) -> go.Figure:
     """Area under each ROUGE-vs-α curve per agent and metric, base vs IMAD, with the % difference on top.
 
     Args:
-        results: The agent_subspaces results (``auc``: per agent and metric, ``base``, ``imad`` and ``pct``).
+        results: The agent_subspaces results (``auc``: per agent and metric, ``base``, ``imad`` and ``pct``;
+            optionally a ``title`` naming the grid).
 
     Returns:
         The plotly figure: grouped bars, base and IMAD, one group per agent and metric.
@@ -92,7 +96,8 @@ def rouge_auc_bars(results: dict) -> go.Figure:
         texts = [f"{v['pct']:+.1f}%" if model == "imad" and v["pct"] is not None else ""
                  for ms in results["auc"].values() for v in ms.values()]
         fig.add_trace(go.Bar(x=labels, y=ys, name=model, marker_color=color, text=texts, textposition="outside"))
-    fig.update_layout(barmode="group", title="ROUGE AUC over α (trapezoid), base vs IMAD", yaxis_title="AUC")
+    fig.update_layout(barmode="group", title=results.get("title", "ROUGE AUC over α (trapezoid), base vs IMAD"),
+                      yaxis_title="AUC")
     return fig
 
 
@@ -198,6 +203,11 @@ def malicious_panels(results: dict) -> go.Figure:
     cols = [("trait", "trait score"), ("capability", "accuracy %"), ("perplexity", "perplexity (log)")]
     fig = make_subplots(rows=len(traits), cols=3, subplot_titles=[f"{t} · {c[1]}" for t in traits for c in cols])
     for i, trait in enumerate(traits, 1):
+        controls = results["traits"][trait].get("controls", {})
+        imad = results["traits"][trait]["imad"]
+        capping = capping_choice(controls["capping_imad"], imad["capability"][imad["alphas"].index(0.0)],
+                                 results.get("config", {}).get("capacity_budget", 0.05)) \
+            if "capping_imad" in controls else None
         for j, (key, _) in enumerate(cols, 1):
             for model, color in MODEL_COLORS.items():
                 block = results["traits"][trait][model]
@@ -207,11 +217,6 @@ def malicious_panels(results: dict) -> go.Figure:
                     x=block["alphas"], y=ys, mode="lines+markers", name=model, legendgroup=model,
                     showlegend=i == j == 1, line={"color": color},
                     error_y={"type": "data", "array": err, "visible": True} if err else None), row=i, col=j)
-            controls = results["traits"][trait].get("controls", {})
-            imad = results["traits"][trait]["imad"]
-            capping = capping_choice(controls["capping_imad"], imad["capability"][imad["alphas"].index(0.0)],
-                                     results.get("config", {}).get("capacity_budget", 0.05)) \
-                if "capping_imad" in controls else None
             _controls(fig, controls, i, j, key, capping)
     fig.update_xaxes(title_text=results["alpha_unit"])
     fig.update_yaxes(type="log", col=3)

@@ -19,7 +19,8 @@ from typing import Callable
 import lens
 from analyses import agent_subspaces, malicious
 from analyses.metrics import json_safe
-from analyses.claims import gain_source, malicious_claims, subspace_claims, token_efficiency_claims
+from analyses.claims import (gain_source, malicious_claims, paper_points_past_working_range, subspace_claims,
+                             token_efficiency_claims)
 from analyses.figures import stage2_curves
 from analyses.report import Report
 from analyses.results import load_results
@@ -329,6 +330,19 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
                  "accuracy with each model's native prompt (base: chat template, neutral persona; IMAD: "
                  "'Problem: q').", "note")
         rep.table(agent_subspaces.auc_rows(subs), "Table 8: ROUGE AUC over α, base vs IMAD")
+        working = agent_subspaces.working_view(subs)
+        if working:
+            past = paper_points_past_working_range(subs)
+            rep.text(f"The paper's grid is in the vectors' own unit ({subs['alpha_unit']})"
+                     + (f"; of its {len(subs['alphas'])} points, " + ", ".join(
+                         f"{n} (agent {a})" for a, n in past.items()) + " lie past the agent's working range "
+                        "(stronger than where the first model's arithmetic accuracy halves)" if past else "")
+                     + f". The same sweep over each agent's working range ({working['alpha_unit']}; "
+                     + ", ".join(f"agent {a}: 0–{max(g):.2f}" for a, g in working["grids"].items())
+                     + f", in {len(next(iter(working['grids'].values()))) - 1} equal steps, the end being the smaller "
+                     "of base's and IMAD's positive strengths where accuracy on the α-selection split halves; one "
+                     "grid for both models) is below; the rouge_auc claim is decided on it.")
+            rep.table(agent_subspaces.auc_rows(working), "Table 8b: ROUGE AUC over the working range, base vs IMAD")
         if subs.get("steerability"):
             rep.text("Steerability, not familiarity: from a neutral slot (each model's native arithmetic prompt, "
                      "no agent tag), the share of outputs carrying agent i's persona markers and their ROUGE-L "

@@ -12,7 +12,7 @@ import torch
 
 import lens
 from analyses import figures
-from analyses.agent_subspaces import marker_counts
+from analyses.agent_subspaces import auc_rows, marker_counts, working_spans, working_view
 from analyses.stats import bootstrap, paired_difference, table1_intervals
 from lens.rating import halving_strength, pareto_frontier, strength_grid
 from analyses.claims import malicious_claims, subspace_claims, token_efficiency_claims
@@ -119,6 +119,49 @@ def test_claims_from_result_dicts():
         block["imad"]["capability_ci"] = block["base"]["capability_ci"] = [[0.0, 0.05]] * 3 + [[0.4, 0.6], [0, 0]]
     assert {c.id: c for c in malicious_claims(collapse)}["capability_stable"].reproduced is False
     assert "Unsteered (α = 0) ROUGE-L: agent 1: base 0.30 vs IMAD 0.30" in sub[0].measured
+
+
+def _with_working_range(results: dict, gains: dict[str, float]) -> dict:
+    """``results`` plus a working-range ROUGE block whose per-agent AUC differences are ``gains`` (±0.05)."""
+    grids = {a: [0.0, 0.1, 0.2, 0.3] for a in gains}
+    curve = {a: {m: [0.9, 0.7, 0.4, 0.2] for m in ("rouge1", "rouge2", "rougeL")} for a in gains}
+    auc = {a: {m: {"base": 0.1, "imad": 0.1 + g, "pct": 1000 * g, "diff": {"estimate": g, "ci": [g - 0.05, g + 0.05]}}
+               for m in ("rouge1", "rouge2", "rougeL")} for a, g in gains.items()}
+    return {**results, "rouge_working": {"unit": "α (× mean residual norm)", "grids": grids,
+                                         "rouge": {"base": curve, "imad": curve}, "auc": auc}}
+
+
+def test_working_range_ends_where_the_first_model_halves_and_decides_the_rouge_claim():
+    grids = {"base": {"1": [-0.4, 0.0, 0.2, 0.4], "2": [-0.3, 0.0, 0.3], "3": [0.0]},
+             "imad": {"1": [-0.3, 0.0, 0.15, 0.3], "2": [-0.4, 0.0, 0.4], "3": [-0.1, 0.0, 0.1]}}
+    assert working_spans(grids) == {"1": 0.3, "2": 0.3}  # agent 3: base has no positive strength
+    paper_fails = _subspace_results(-0.1)  # on the paper's grid every difference is below 0
+    claim = subspace_claims(_with_working_range(paper_fails, {"1": 0.2, "2": 0.1, "3": 0.3}))[0]
+    assert claim.reproduced is True
+    assert "agent 1 0–0.3" in claim.measured and "α (× mean residual norm)" in claim.measured
+    assert "not above 0 there: agent 1 rouge1" in claim.measured  # the paper grid's verdict is stated beside it
+    assert "lie past" not in claim.measured  # the vectors' norms are not recorded: no count
+    norms = {"config": {"normalize": False},
+             "vectors": {a: {"stats": {"raw_diff_norm": 50.0, "resid_norm": 100.0}} for a in "123"}}
+    counted = subspace_claims(_with_working_range({**paper_fails, **norms}, {"1": 0.2, "2": 0.1, "3": 0.3}))[0]
+    # paper grid 0, 2.5, 5 (× raw difference) is 0, 1.25, 2.5 residual norms: two points past 0.3
+    assert "of its 3 points, 2 (agent 1), 2 (agent 2), 2 (agent 3) lie past the working range" in counted.measured
+    assert claim.intervals["agent 2 rougeL"]["estimate"] == 0.1
+    assert subspace_claims(_with_working_range(_subspace_results(), {"1": 0.2, "2": 0.0, "3": 0.3}))[0].reproduced \
+        is False  # agent 2's interval [-0.05, 0.05] reaches below 0
+    partial = subspace_claims(_with_working_range(_subspace_results(), {"1": 0.2, "2": 0.2}))[0]
+    assert partial.reproduced is False  # agent 3 has no working range: not every agent was measured
+
+
+def test_working_range_view_feeds_the_table_and_figures():
+    results = _with_working_range(_subspace_results(), {"1": 0.2, "2": 0.1, "3": 0.3})
+    view = working_view(results)
+    assert [r["IMAD − base [95% CI]"] for r in auc_rows(view) if r["metric"] == "rougeL"] == [
+        "0.200 [0.150, 0.250]", "0.100 [0.050, 0.150]", "0.300 [0.250, 0.350]"]
+    fig = figures.rouge_curves(view)
+    assert list(fig.data[0].x) == [0.0, 0.1, 0.2, 0.3] and "working range" in fig.layout.title.text
+    assert fig.layout.xaxis7.title.text == "α (× mean residual norm)"
+    assert working_view(_subspace_results()) is None
 
 
 def test_alpha_axes_say_what_alpha_one_adds():
