@@ -341,7 +341,10 @@ def build(preset: Preset, run_dir: Path) -> tuple[Report, dict]:
                      + ", ".join(f"agent {a}: 0–{max(g):.2f}" for a, g in working["grids"].items())
                      + f", in {len(next(iter(working['grids'].values()))) - 1} equal steps, the end being the smaller "
                      "of base's and IMAD's positive strengths where accuracy on the α-selection split halves; one "
-                     "grid for both models) is below; the rouge_auc claim is decided on it.")
+                     "grid for both models) is below; the rouge_auc claim is decided on it. Like the paper's, this "
+                     "AUC carries each model's unsteered ROUGE (IMAD knows the tags), so it says which model "
+                     "continues an agent's turn more like that agent, not which one steering moves more: the "
+                     "steerability table below measures that.")
             rep.table(agent_subspaces.auc_rows(working), "Table 8b: ROUGE AUC over the working range, base vs IMAD")
         if subs.get("steerability"):
             rep.text("Steerability, not familiarity: from a neutral slot (each model's native arithmetic prompt, "
