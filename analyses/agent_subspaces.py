@@ -287,14 +287,7 @@ def working_rouge(loads: dict[str, Callable[[], object]], subs: dict, turns: dic
         curves[kind] = rouge_sweeps(model, {a: lens.Add(subs[a], spans[a]) for a in spans},
                                     {int(a): turns[int(a)] for a in spans}, cfg, alphas=steps)
         del model
-    block = {a: {m: {**_auc_entry(grids[a], curves["base"][a][m], curves["imad"][a][m]),
-                     "diff": auc_difference(grids[a], curves["base"][a]["per_prompt"][m],
-                                            curves["imad"][a]["per_prompt"][m])}
-                 for m in ROUGE_METRICS} for a in spans}
-    for model_curves in curves.values():
-        for curve in model_curves.values():
-            curve.pop("per_prompt")
-    return {"unit": RESIDUAL_UNIT, "grids": grids, "rouge": curves, "auc": block}
+    return {"unit": RESIDUAL_UNIT, "grids": grids, "rouge": curves, "auc": _auc_block(grids, curves)}
 
 
 def capability_sweeps(model, kind: str, subs: dict, grids: dict[str, list[float]], cfg: SubspaceConfig,
@@ -542,13 +535,7 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
                                    grids[kind] if cfg.alpha_search else None)
         del model
     working = working_rouge(loads, steer_subs, turns, working_spans(grids), cfg) if cfg.alpha_search else None
-    auc_block = {str(a): {m: {**_auc_entry(cfg.alphas, rouge_curves["base"][str(a)][m], rouge_curves["imad"][str(a)][m]),
-                              "diff": auc_difference(cfg.alphas, rouge_curves["base"][str(a)]["per_prompt"][m],
-                                                     rouge_curves["imad"][str(a)]["per_prompt"][m])}
-                          for m in ROUGE_METRICS} for a in agents}
-    for kind in MODELS:
-        for curve in rouge_curves[kind].values():
-            curve.pop("per_prompt")
+    auc_block = _auc_block({str(a): list(cfg.alphas) for a in agents}, rouge_curves)
     steerability_block = {**steer, "gain_difference": steerability_difference(steer["base"], steer["imad"]),
                           "slot": "each model's native arithmetic prompt (test problems), no agent tag",
                           "markers": "training.teacher.persona_marks"}
@@ -569,6 +556,18 @@ def run(preset: Preset, run_dir: str | Path, out_dir: str | Path) -> dict:
     results = json_safe(results)
     atomic_write_json(out_dir / RESULTS, results)
     return results
+
+
+def _auc_block(grids: dict[str, list[float]], curves: dict) -> dict:
+    """Per agent (``grids``' keys) and metric, base's and IMAD's AUC over the agent's grid, the % change and the
+    paired interval of the difference; the per-prompt scores are dropped from ``curves`` once used."""
+    block = {a: {m: {**_auc_entry(grid, curves["base"][a][m], curves["imad"][a][m]),
+                     "diff": auc_difference(grid, curves["base"][a]["per_prompt"][m], curves["imad"][a]["per_prompt"][m])}
+                 for m in ROUGE_METRICS} for a, grid in grids.items()}
+    for model_curves in curves.values():
+        for curve in model_curves.values():
+            curve.pop("per_prompt")
+    return block
 
 
 def _auc_entry(alphas, base: list[float], imad: list[float]) -> dict:
