@@ -119,6 +119,34 @@ def test_benchmark_loaders_on_local_files(tmp_path):
     assert load_benchmark("bbh", data_file=bbh, tasks=("navigate",))[0].matches("yes")
 
 
+def test_benchmark_cache_is_read_offline_even_when_the_hub_was_imported_first(tmp_path, monkeypatch):
+    import socket
+
+    import datasets
+    from huggingface_hub import constants
+
+    # a notebook that imported transformers before HF_HUB_OFFLINE was set: both libraries think they are online
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    lookups = []
+
+    def no_network(host, *args, **kwargs):
+        lookups.append(host)
+        raise OSError(f"no network here ({host})")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    with pytest.raises(BenchmarkDataError, match=r"'openai/gsm8k'\) is not in the local cache"):
+        load_benchmark("gsm8k", cache_dir=str(tmp_path))
+    assert lookups == []
+    assert constants.HF_HUB_OFFLINE is False and datasets.config.HF_HUB_OFFLINE is False  # restored after
+    from training.benchmarks_data import offline_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # a user who opts in to downloads keeps them
+    with offline_hub():
+        assert datasets.config.HF_HUB_OFFLINE is False
+
+
 def test_benchmark_errors_are_one_clear_sentence(tmp_path):
     with pytest.raises(BenchmarkDataError, match=r"'TIGER-Lab/MMLU-Pro'\) is not in the local cache.*--data-file"):
         load_benchmark("mmlu_pro", cache_dir=str(tmp_path / "empty"))

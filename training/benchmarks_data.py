@@ -1,13 +1,16 @@
 """The paper's benchmarks, offline: GSM8K, MMLU-Pro and five BBH tasks, from the local HF cache or a local file.
 
 Nothing is downloaded: a dataset that is neither cached nor given as ``data_file`` (json, jsonl or parquet) is one
-clear error naming the dataset id and how to fetch it. Each question knows how its answer is matched (§5.2):
+clear error naming the dataset id and how to fetch it. The cache is read in the Hub's offline mode even when
+``transformers`` or ``datasets`` was imported before this module (as in a notebook), unless the environment opts in
+to downloads with ``HF_HUB_OFFLINE=0``. Each question knows how its answer is matched (§5.2):
 GSM8K compares the number after ``#### ``, MMLU-Pro the option letter, BBH the target with parentheses
 stripped, lowercased.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -16,8 +19,6 @@ from typing import Callable
 
 from lens.debate_format import normalize_answer
 from training.errors import UserError
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download behind the user's back
 
 BBH_TASKS = ("formal_fallacies", "logical_deduction_five_objects", "tracking_shuffled_objects_five_objects",
              "causal_judgement", "web_of_lies")
@@ -119,14 +120,48 @@ def _fetch_hint(name: str, spec: _Spec) -> str:
             f"the cache here, or pass a local json/jsonl/parquet file as data_file (--data-file)")
 
 
+@contextlib.contextmanager
+def offline_hub():
+    """The Hugging Face Hub's offline mode for the duration of the block, whatever was imported before.
+
+    ``huggingface_hub`` and ``datasets`` read ``HF_HUB_OFFLINE`` once, when first imported, so setting the variable
+    later (a notebook that imported ``transformers`` first) does not stop ``datasets.load_dataset`` from asking the
+    Hub, with five retries, before it reads the cache. This sets both libraries' flags for the block and restores
+    them after. A user who set ``HF_HUB_OFFLINE=0`` (or another false value) keeps downloads on.
+
+    Yields:
+        None.
+
+    Example:
+        >>> from training.benchmarks_data import offline_hub
+        >>> import datasets, huggingface_hub.constants as hub
+        >>> with offline_hub():
+        ...     datasets.config.HF_HUB_OFFLINE and hub.is_offline_mode()
+        True
+    """
+    import datasets
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_OFFLINE", "1").strip().lower() in ("0", "false", "no", "off"):
+        yield
+        return
+    saved = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
+
+
 def _from_cache(name: str, spec: _Spec, config: str | None, cache_dir: str | None) -> list[dict]:
     import datasets
 
-    for hf_id in spec.hf_ids:
-        try:
-            return list(datasets.load_dataset(hf_id, config, split=spec.split, cache_dir=cache_dir))
-        except (ConnectionError, FileNotFoundError, ValueError, OSError):
-            continue
+    with offline_hub():
+        for hf_id in spec.hf_ids:
+            try:
+                return list(datasets.load_dataset(hf_id, config, split=spec.split, cache_dir=cache_dir))
+            except (ConnectionError, FileNotFoundError, ValueError, OSError):
+                continue
     raise BenchmarkDataError(_fetch_hint(name, spec))
 
 
