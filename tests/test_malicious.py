@@ -191,10 +191,10 @@ def test_departures_name_the_eliciting_condition_the_mix_and_the_unit():
     preset = load_preset("toy")
     out = departures(preset, preset.section("malicious", MaliciousConfig))
     assert len(out) == 4 and out[0].startswith("Eliciting condition (agent_slot)")
-    assert "50% arithmetic debates" in out[1] and "evil" in out[1] and "hallucination" in out[2]
+    assert "75% arithmetic debates" in out[1] and "evil" in out[1] and "hallucination" in out[2]
     assert "× mean residual norm" in out[3]
     smoke = load_preset("smoke", ["malicious.elicit=\"native\"", "malicious.alpha_search=false"])
-    assert departures(smoke, smoke.section("malicious", MaliciousConfig)) == [out[1]]  # smoke mixes for evil only
+    assert departures(smoke, smoke.section("malicious", MaliciousConfig)) == [out[1].replace("75%", "50%")]  # evil only
     mean = load_preset("toy", ["malicious.vector_position=\"turn_mean\""])
     assert departures(mean, mean.section("malicious", MaliciousConfig))[3] == (
         "IMAD's agent vector is read at turn_mean of each of the agent's turns; the paper's code reads the turn's "
