@@ -66,8 +66,9 @@ from training.llm_judge import make_judge
 from analyses.results import RESULTS
 from training.layout import RunLayout
 from training.presets import Preset
-from training.pipeline import Run, experiment_section
+from training.pipeline import ExperimentsConfig, Run, experiment_section
 from training.prompts import ADVICE, ROUND1, SYSTEM_PROMPTS
+from training.internalize import Stage2Config
 from training.sft import Stage1Config
 from training.schema import AT_LEAST_ONE, NON_EMPTY, NON_NEGATIVE, PROBABILITY, bounds, matches
 from training.tasks import TaskConfig, arithmetic_split
@@ -323,12 +324,18 @@ def departures(preset: Preset, cfg: MaliciousConfig) -> list[str]:
     if cfg.elicit != "native":
         out.append(f"Eliciting condition ({cfg.elicit}): {ELICIT[cfg.elicit]}; the paper reads each model's native "
                    "prompt.")
+    table1 = preset.section("experiments", ExperimentsConfig).table1
+    main = experiment_section(preset, "internalize", Stage2Config, table1).phase_specs()
     for trait in cfg.traits:
         mix = experiment_section(preset, "sft", Stage1Config, trait).arithmetic_mix
         if mix:
             out.append(f"The {trait} model's stage-1 data: {100 * mix:g}% arithmetic debates of the Table 1 "
                        f"experiment beside the {trait} debates, so that it keeps the base's arithmetic; the paper "
                        "trains on trait debates only.")
+        phases = experiment_section(preset, "internalize", Stage2Config, trait).phase_specs()
+        if phases != main:
+            out.append(f"The {trait} model's stage 2: {_schedule(phases)}, where Table 1's IMAD has "
+                       f"{_schedule(main)}; the paper's malicious GRPO keeps the main schedule.")
     if cfg.vector_position != "turn_end":
         out.append(f"IMAD's agent vector is read at {cfg.vector_position} of each of the agent's turns; the paper's "
                    "code reads the turn's last token.")
@@ -336,6 +343,18 @@ def departures(preset: Preset, cfg: MaliciousConfig) -> list[str]:
         out.append(f"Strengths in {RESIDUAL_UNIT}, the grid per model and vector from where its capability halves "
                    "on the α-selection split; the paper uses α ∈ [−5, 5] on a unit vector.")
     return out
+
+
+def _schedule(phases) -> str:
+    """A GRPO schedule in words: ``3 phases, budgets 50 / 35 / 25% (of the SFT model's p95 length), steps 20 / 20 /
+    20`` (tag coefficients added where a phase fixes one)."""
+    budgets = " / ".join(f"{100 * p.budget:g}%" if isinstance(p.budget, float) else f"{p.budget} tokens"
+                         for p in phases)
+    fixed = [p.tag_weight for p in phases if p.tag_weight is not None]
+    coeffs = f", tag coefficient {' / '.join(f'{w:g}' for w in fixed)}" if fixed else ""
+    of = " (of the SFT model's p95 length)" if any(isinstance(p.budget, float) for p in phases) else ""
+    return (f"{len(phases)} phase{'s' if len(phases) > 1 else ''}, budget{'s' if len(phases) > 1 else ''} "
+            f"{budgets}{of}, steps {' / '.join(str(p.steps) for p in phases)}{coeffs}")
 
 
 def _random_like(vector, seed: int):

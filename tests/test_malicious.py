@@ -185,18 +185,27 @@ def test_fig3_shows_every_control_and_states_the_unit_on_every_alpha_axis():
     assert len(xaxes) == 3 and all(ax.title.text == "α (× mean residual norm)" for ax in xaxes)
 
 
-def test_departures_name_the_eliciting_condition_the_mix_and_the_unit():
+def test_departures_name_the_eliciting_condition_the_mix_the_trait_schedule_and_the_unit():
     from analyses.malicious import departures
 
     preset = load_preset("toy")
     out = departures(preset, preset.section("malicious", MaliciousConfig))
-    assert len(out) == 4 and out[0].startswith("Eliciting condition (agent_slot)")
-    assert "75% arithmetic debates" in out[1] and "evil" in out[1] and "hallucination" in out[2]
-    assert "× mean residual norm" in out[3]
+    assert len(out) == 6 and out[0].startswith("Eliciting condition (agent_slot)")
+    assert "75% arithmetic debates" in out[1] and "evil" in out[1] and "hallucination" in out[3]
+    assert out[2] == ("The evil model's stage 2: 1 phase, budget 50% (of the SFT model's p95 length), steps 15, tag "
+                      "coefficient 0.4, where Table 1's IMAD has 3 phases, budgets 50% / 35% / 25% (of the SFT "
+                      "model's p95 length), steps 20 / 20 / 20; the paper's malicious GRPO keeps the main schedule.")
+    assert out[4] == out[2].replace("evil", "hallucination")
+    assert "× mean residual norm" in out[5]
     smoke = load_preset("smoke", ["malicious.elicit=\"native\"", "malicious.alpha_search=false"])
     assert departures(smoke, smoke.section("malicious", MaliciousConfig)) == [out[1].replace("75%", "50%")]  # evil only
+    tokens = load_preset("smoke", ["malicious.elicit=\"native\"", "malicious.alpha_search=false",
+                                   "experiments.overrides.evil.internalize={ phases = [{ budget = 100, steps = 2 }] }"])
+    assert departures(tokens, tokens.section("malicious", MaliciousConfig))[1] == (
+        "The evil model's stage 2: 1 phase, budget 100 tokens, steps 2, where Table 1's IMAD has 2 phases, budgets "
+        "100% / 50% (of the SFT model's p95 length), steps 2 / 2; the paper's malicious GRPO keeps the main schedule.")
     mean = load_preset("toy", ["malicious.vector_position=\"turn_mean\""])
-    assert departures(mean, mean.section("malicious", MaliciousConfig))[3] == (
+    assert departures(mean, mean.section("malicious", MaliciousConfig))[5] == (
         "IMAD's agent vector is read at turn_mean of each of the agent's turns; the paper's code reads the turn's "
         "last token.")
     bad = load_preset("toy", ["malicious.vector_position=\"turn_start\""])
