@@ -313,8 +313,9 @@ def departures(preset: Preset, cfg: MaliciousConfig) -> list[str]:
         cfg: Its ``[malicious]`` section.
 
     Returns:
-        One sentence each for a non-native ``elicit``, a trait's stage-1 arithmetic mix, a ``vector_position`` other
-        than ``turn_end`` and ``alpha_search``; ``[]`` for the paper's recipe.
+        One sentence each for a non-native ``elicit``, a trait's stage-1 arithmetic mix, a trait's stage-2 schedule
+        other than Table 1's, a ``vector_position`` other than ``turn_end`` and ``alpha_search``; ``[]`` for the
+        paper's recipe.
 
     Example:
         >>> departures(preset, preset.section("malicious", MaliciousConfig))[0]  # doctest: +SKIP
@@ -346,13 +347,15 @@ def departures(preset: Preset, cfg: MaliciousConfig) -> list[str]:
 
 
 def _schedule(phases) -> str:
-    """A GRPO schedule in words: ``3 phases, budgets 50 / 35 / 25% (of the SFT model's p95 length), steps 20 / 20 /
-    20`` (tag coefficients added where a phase fixes one)."""
-    budgets = " / ".join(f"{100 * p.budget:g}%" if isinstance(p.budget, float) else f"{p.budget} tokens"
-                         for p in phases)
+    """A GRPO schedule in words: ``3 phases, budgets 50% / 35% / 25% (of the SFT model's p95 length), steps 20 / 20
+    / 20`` (tag coefficients added where a phase fixes one; a budget above 1 is a token count)."""
+    def fraction(p) -> bool:
+        return isinstance(p.budget, float) and p.budget <= 1.0
+
+    budgets = " / ".join(f"{100 * p.budget:g}%" if fraction(p) else f"{p.budget:g} tokens" for p in phases)
     fixed = [p.tag_weight for p in phases if p.tag_weight is not None]
     coeffs = f", tag coefficient {' / '.join(f'{w:g}' for w in fixed)}" if fixed else ""
-    of = " (of the SFT model's p95 length)" if any(isinstance(p.budget, float) for p in phases) else ""
+    of = " (of the SFT model's p95 length)" if any(fraction(p) for p in phases) else ""
     return (f"{len(phases)} phase{'s' if len(phases) > 1 else ''}, budget{'s' if len(phases) > 1 else ''} "
             f"{budgets}{of}, steps {' / '.join(str(p.steps) for p in phases)}{coeffs}")
 

@@ -201,6 +201,10 @@ def test_departures_name_the_eliciting_condition_the_mix_the_trait_schedule_and_
     assert departures(smoke, smoke.section("malicious", MaliciousConfig)) == [out[1].replace("75%", "50%")]  # evil only
     tokens = load_preset("smoke", ["malicious.elicit=\"native\"", "malicious.alpha_search=false",
                                    "experiments.overrides.evil.internalize={ phases = [{ budget = 100, steps = 2 }] }"])
+    longer = load_preset("smoke", ["malicious.elicit=\"native\"", "malicious.alpha_search=false",
+                                   "experiments.overrides.evil.internalize={ phases = [{ budget = 100.0, steps = 2 }] }"])
+    assert departures(longer, longer.section("malicious", MaliciousConfig)) == departures(
+        tokens, tokens.section("malicious", MaliciousConfig))  # a float above 1 is a token count
     assert departures(tokens, tokens.section("malicious", MaliciousConfig))[1] == (
         "The evil model's stage 2: 1 phase, budget 100 tokens, steps 2, where Table 1's IMAD has 2 phases, budgets "
         "100% / 50% (of the SFT model's p95 length), steps 2 / 2; the paper's malicious GRPO keeps the main schedule.")
