@@ -349,13 +349,10 @@ def departures(preset: Preset, cfg: MaliciousConfig) -> list[str]:
 def _schedule(phases) -> str:
     """A GRPO schedule in words: ``3 phases, budgets 50% / 35% / 25% (of the SFT model's p95 length), steps 20 / 20
     / 20`` (tag coefficients added where a phase fixes one; a budget above 1 is a token count)."""
-    def fraction(p) -> bool:
-        return isinstance(p.budget, float) and p.budget <= 1.0
-
-    budgets = " / ".join(f"{100 * p.budget:g}%" if fraction(p) else f"{p.budget:g} tokens" for p in phases)
+    budgets = " / ".join(f"{100 * p.budget:g}%" if p.is_fraction else f"{p.budget:g} tokens" for p in phases)
     fixed = [p.tag_weight for p in phases if p.tag_weight is not None]
     coeffs = f", tag coefficient {' / '.join(f'{w:g}' for w in fixed)}" if fixed else ""
-    of = " (of the SFT model's p95 length)" if any(fraction(p) for p in phases) else ""
+    of = " (of the SFT model's p95 length)" if any(p.is_fraction for p in phases) else ""
     return (f"{len(phases)} phase{'s' if len(phases) > 1 else ''}, budget{'s' if len(phases) > 1 else ''} "
             f"{budgets}{of}, steps {' / '.join(str(p.steps) for p in phases)}{coeffs}")
 

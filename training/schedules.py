@@ -51,6 +51,11 @@ class PhaseSpec:
     steps: int
     tag_weight: float | None = None
 
+    @property
+    def is_fraction(self) -> bool:
+        """Whether ``budget`` is a fraction of the reference length (a float ≤ 1) rather than a token count."""
+        return isinstance(self.budget, float) and self.budget <= 1.0
+
 
 @dataclass(frozen=True)
 class Phase:
@@ -91,7 +96,7 @@ def resolve_phases(specs: Sequence[PhaseSpec], ref_length: int | None = None, *,
         raise ValueError("the GRPO schedule has no phases; add at least one [[internalize.phases]] entry")
     budgets = []
     for s in specs:
-        if isinstance(s.budget, float) and s.budget <= 1.0:
+        if s.is_fraction:
             if ref_length is None:
                 raise ValueError(f"phase budget {s.budget} is a fraction but no reference length was measured")
             budgets.append(max(1, round(s.budget * ref_length)))
