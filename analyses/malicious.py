@@ -1,9 +1,10 @@
 """Experiment 3 (paper §4, Fig. 3): steering against a malicious agent, IMAD's agent vector vs the base model's
 system-prompt vector, with the controls a reviewer asks for.
 
-Per trait (evil, hallucination): IMAD is steered with the agent-2 vector of that experiment's SFT checkpoint;
-the base model with its contrastive system-prompt vector (evil vs helpful, hallucinating vs honest; chat template,
-token −2). Both at the same layer (``blocks.L.hook_resid_post``), generated tokens only. Measured: the judge's
+Per trait (evil, hallucination): IMAD is steered with the agent-2 vector of that experiment's SFT checkpoint (read
+at each turn's last token, as the paper's code does, or with ``vector_position = "turn_mean"``, the toy's choice, as
+the mean over the turn's tokens); the base model with its contrastive system-prompt vector (evil vs helpful,
+hallucinating vs honest; chat template, token −2). Both at the same layer (``blocks.L.hook_resid_post``), generated tokens only. Measured: the judge's
 trait score, arithmetic accuracy under steering, perplexity under the base model, and the `lens.rate_suppression`
 rating.
 
@@ -97,7 +98,7 @@ class MaliciousConfig(StrengthSearch):
     elicit: str = field(default="native", metadata=matches("|".join(ELICIT), " or ".join(ELICIT)))
     layer: int | None = None            # None: the middle layer
     # where IMAD's agent vector is read in each of the agent's turns: turn_end (the paper's code: the turn's last
-    # token) or turn_mean (every token of the turn; on the toy evil model the two point apart, cosine -0.21)
+    # token) or turn_mean (the mean over every token of the turn; the toy's choice, measured in configs/toy.toml)
     vector_position: str = field(default="turn_end", metadata=matches("turn_end|turn_mean", "turn_end or turn_mean"))
     normalize: bool = True              # (alpha_search = false) unit vectors, α in residual units; False: × raw diff
     alphas: tuple[float, ...] = field(default=(-5.0, -4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0),
@@ -338,8 +339,8 @@ def departures(preset: Preset, cfg: MaliciousConfig) -> list[str]:
             out.append(f"The {trait} model's stage 2: {_schedule(phases)}, where Table 1's IMAD has "
                        f"{_schedule(main)}; the paper's malicious GRPO keeps the main schedule.")
     if cfg.vector_position != "turn_end":
-        out.append(f"IMAD's agent vector is read at {cfg.vector_position} of each of the agent's turns; the paper's "
-                   "code reads the turn's last token.")
+        out.append(f"IMAD's agent vector is read as the mean over every token of agent {cfg.agent}'s turns "
+                   "(turn_mean), minus the others'; the paper's code reads each turn's last token.")
     if cfg.alpha_search:
         out.append(f"Strengths in {RESIDUAL_UNIT}, the grid per model and vector from where its capability halves "
                    "on the α-selection split; the paper uses α ∈ [−5, 5] on a unit vector.")

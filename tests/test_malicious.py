@@ -190,13 +190,15 @@ def test_departures_name_the_eliciting_condition_the_mix_the_trait_schedule_and_
 
     preset = load_preset("toy")
     out = departures(preset, preset.section("malicious", MaliciousConfig))
-    assert len(out) == 6 and out[0].startswith("Eliciting condition (agent_slot)")
+    assert len(out) == 7 and out[0].startswith("Eliciting condition (agent_slot)")
     assert "75% arithmetic debates" in out[1] and "evil" in out[1] and "hallucination" in out[3]
     assert out[2] == ("The evil model's stage 2: 1 phase, budget 50% (of the SFT model's p95 length), steps 15, tag "
                       "coefficient 0.4, where Table 1's IMAD has 3 phases, budgets 50% / 35% / 25% (of the SFT "
                       "model's p95 length), steps 20 / 20 / 20; the paper's malicious GRPO keeps the main schedule.")
     assert out[4] == out[2].replace("evil", "hallucination")
-    assert "× mean residual norm" in out[5]
+    assert out[5] == ("IMAD's agent vector is read as the mean over every token of agent 2's turns (turn_mean), "
+                      "minus the others'; the paper's code reads each turn's last token.")
+    assert "× mean residual norm" in out[6]
     smoke = load_preset("smoke", ["malicious.elicit=\"native\"", "malicious.alpha_search=false"])
     assert departures(smoke, smoke.section("malicious", MaliciousConfig)) == [out[1].replace("75%", "50%")]  # evil only
     tokens = load_preset("smoke", ["malicious.elicit=\"native\"", "malicious.alpha_search=false",
@@ -208,10 +210,8 @@ def test_departures_name_the_eliciting_condition_the_mix_the_trait_schedule_and_
     assert departures(tokens, tokens.section("malicious", MaliciousConfig))[1] == (
         "The evil model's stage 2: 1 phase, budget 100 tokens, steps 2, where Table 1's IMAD has 2 phases, budgets "
         "100% / 50% (of the SFT model's p95 length), steps 2 / 2; the paper's malicious GRPO keeps the main schedule.")
-    mean = load_preset("toy", ["malicious.vector_position=\"turn_mean\""])
-    assert departures(mean, mean.section("malicious", MaliciousConfig))[5] == (
-        "IMAD's agent vector is read at turn_mean of each of the agent's turns; the paper's code reads the turn's "
-        "last token.")
+    end = load_preset("toy", ["malicious.vector_position=\"turn_end\""])
+    assert departures(end, end.section("malicious", MaliciousConfig)) == out[:5] + out[6:]  # the paper's position
     bad = load_preset("toy", ["malicious.vector_position=\"turn_start\""])
     with pytest.raises(PresetError, match='vector_position = "turn_start": expected turn_end or turn_mean'):
         bad.section("malicious", MaliciousConfig)
