@@ -4,9 +4,9 @@ system-prompt vector, with the controls a reviewer asks for.
 Per trait (evil, hallucination): IMAD is steered with the agent-2 vector of that experiment's SFT checkpoint (read
 at each turn's last token, as the paper's code does, or with ``vector_position = "turn_mean"``, the toy's choice, as
 the mean over the turn's tokens); the base model with its contrastive system-prompt vector (evil vs helpful,
-hallucinating vs honest; chat template, token −2). Both at the same layer (``blocks.L.hook_resid_post``), generated tokens only. Measured: the judge's
-trait score, arithmetic accuracy under steering, perplexity under the base model, and the `lens.rate_suppression`
-rating.
+hallucinating vs honest; chat template, token −2). Both at the same layer (``blocks.L.hook_resid_post``), generated
+tokens only. Measured: the judge's trait score, arithmetic accuracy under steering, perplexity under the base model,
+and the `lens.rate_suppression` rating.
 
 What each model reads for a trait question (``elicit``): ``native``, the paper's, is each model's native prompt
 (IMAD: ``Problem: {q}``; base: its chat template with the neutral persona, i.e. no trait prompt). The toy uses
